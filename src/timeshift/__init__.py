@@ -1,0 +1,32 @@
+"""timeshift: efficient video recognition with temporal shift and related temporal modules."""
+
+import logging
+
+from timeshift import ops
+from timeshift.models import (
+    CheckpointError,
+    Recognizer,
+    create_model,
+    list_models,
+    load_checkpoint,
+    load_model,
+    save_model,
+    temporalize,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "Recognizer",
+    "__version__",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "load_model",
+    "ops",
+    "save_model",
+    "temporalize",
+]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,0 +1,3 @@
+from timeshift.cli import main
+
+raise SystemExit(main())

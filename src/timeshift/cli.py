@@ -1,0 +1,132 @@
+"""The ``timeshift`` command line: thin wrappers over importable functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+
+def _format_count(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(int(n))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from timeshift.bench.complexity import model_complexity
+    from timeshift.models.registry import create_model, model_info
+
+    kwargs = {}
+    if args.direction:
+        kwargs["direction"] = args.direction
+    # build on the meta device: nothing is allocated or computed, any model size is instant
+    with torch.device("meta"):
+        model = create_model(
+            args.name, num_classes=args.num_classes, num_segments=args.frames, **kwargs
+        )
+    c = model_complexity(model, frames=args.frames, input_size=args.size)
+    info = model_info(args.name)
+    if args.json:
+        print(json.dumps({"model": args.name, "num_classes": args.num_classes, **c.as_dict()}))
+        return 0
+    print(f"{args.name}  ({info.paper or info.family})")
+    print(f"  input              {args.frames} x 3 x {args.size} x {args.size}")
+    print(f"  classes            {args.num_classes}")
+    print(f"  parameters         {c.params:,}")
+    print(
+        f"  MACs per clip      {_format_count(c.macs)}  ({_format_count(c.macs_per_frame)} per"
+        " frame; the papers call MACs 'FLOPs')"
+    )
+    print(f"  temporal modules   {c.temporal_modules}")
+    if c.cache_tensors:
+        print(
+            f"  online cache       {c.cache_tensors} tensors, {c.cache_floats:,} floats"
+            f" ({c.cache_floats * 4 / 1024:.1f} KiB fp32) per stream"
+        )
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from timeshift.models.registry import list_models, model_info
+
+    names = list_models(args.pattern)
+    if args.json:
+        print(json.dumps(names))
+        return 0
+    for name in names:
+        print(f"{name:28} {model_info(name).backbone}")
+    return 0
+
+
+def cmd_bench_shift(args: argparse.Namespace) -> int:
+    from timeshift.bench.shift_speed import benchmark_shift
+
+    rows = benchmark_shift(rounds=args.rounds)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'allocator':9} {'format':13} {'clone ms':>9} {'shift ms':>9} {'ref ms':>9}"
+          f" {'shift/clone':>12} {'shift/ref':>10}")
+    for r in rows:
+        print(
+            f"{r['allocator']:9} {r['memory_format']:13} {r['clone_ms']:9.2f} {r['shift_ms']:9.2f}"
+            f" {r['reference_ms']:9.2f} {r['shift_over_clone']:12.3f}"
+            f" {r['shift_over_reference']:10.3f}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="timeshift", description="Efficient video recognition with temporal shift."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="parameters, MACs and temporal modules of a model")
+    p.add_argument("name", help="registered model name (see `timeshift models`)")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--frames", type=int, required=True, help="frames per clip (num_segments)")
+    p.add_argument("--size", type=int, default=224, help="input height/width (default 224)")
+    p.add_argument("--direction", choices=("bidirectional", "unidirectional"))
+    p.add_argument("--json", action="store_true", help="raw numbers as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("models", help="list registered models")
+    p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'tsm_*'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="bench_command", required=True)
+    b = bench.add_parser("shift", help="shift vs clone() vs the reference shift")
+    b.add_argument("--rounds", type=int, default=50)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_shift)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"timeshift: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

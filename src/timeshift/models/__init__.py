@@ -1,0 +1,36 @@
+"""Models: 2D backbones, temporalize, the Recognizer, the registry and checkpoint loading."""
+
+from timeshift.models.checkpoints import (
+    CheckpointError,
+    LoadReport,
+    load_checkpoint,
+    load_model,
+    save_model,
+)
+from timeshift.models.recognizer import Recognizer
+from timeshift.models.registry import (
+    ModelInfo,
+    build_recognizer,
+    create_model,
+    list_models,
+    model_info,
+    register_model,
+)
+from timeshift.models.temporalize import register_temporal_layer, temporalize
+
+__all__ = [
+    "CheckpointError",
+    "LoadReport",
+    "ModelInfo",
+    "Recognizer",
+    "build_recognizer",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "load_model",
+    "model_info",
+    "register_model",
+    "register_temporal_layer",
+    "save_model",
+    "temporalize",
+]

@@ -1,0 +1,382 @@
+"""The one place that saves, loads and adapts checkpoints.
+
+Formats understood by :func:`load_checkpoint`:
+
+* ``timeshift``: our own, ``{"format": "timeshift", "config", "state_dict", "meta"}`` (or a bare
+  ``Recognizer.state_dict()``);
+* ``tsm``: the reference TSM code, ``{"epoch", "arch", "state_dict", "best_prec1"}`` with keys
+  ``module.base_model.layer1.0.conv1.net.weight`` and ``module.new_fc.weight``;
+* ``mmaction2``: ``{"meta", "state_dict"}`` with ``backbone.layer1.0.conv1.conv.net.weight``,
+  ``backbone.layer1.0.conv1.bn.weight`` and ``cls_head.fc_cls.weight``;
+* ``torchvision``: a 2D ImageNet ResNet/MobileNetV2 state dict, used to initialise a backbone (its
+  classifier is dropped).
+
+All of them are matched against the model through *canonical* key names with the wrapper segments
+(``.net`` of temporal shift/pool, ``.block`` of non-local) removed, which is what lets TSN weights
+load into TSM models and back. A classifier whose shape differs (another class count) is dropped
+with a warning; any other mismatch raises :class:`CheckpointError` listing the keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SOURCES",
+    "CheckpointError",
+    "LoadReport",
+    "atomic_save",
+    "detect_source",
+    "load_checkpoint",
+    "load_model",
+    "read_checkpoint",
+    "save_model",
+]
+
+_logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SOURCES = ("auto", "timeshift", "tsm", "mmaction2", "torchvision")
+_WRAPPER_SEGMENTS = frozenset({"net", "block"})
+_CLASSIFIER_PREFIXES = ("fc.",)
+_MAX_LISTED = 20
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the model."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` did."""
+
+    source: str
+    loaded: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # in the checkpoint, deliberately unused
+    initialised: list[str] = field(default_factory=list)  # in the model, left at their init
+    missing: list[str] = field(default_factory=list)  # only when strict=False
+    unexpected: list[str] = field(default_factory=list)  # only when strict=False
+
+
+# -- writing ------------------------------------------------------------------------------------
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temporary file next to ``path``, then rename it into place.
+
+    A crash mid-write leaves the previous file intact, never a truncated checkpoint.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, *, meta: Mapping | None = None) -> Path:
+    """Write weights plus construction config so that :func:`load_model` can rebuild the model.
+
+    Args:
+        model: a model built by :func:`timeshift.create_model` (it carries ``config``).
+        path: destination file, written atomically.
+        meta: extra plain data to store (class names, training epoch, accuracy, ...).
+    """
+    config = getattr(model, "config", None)
+    if not config:
+        raise ValueError(
+            "save_model needs a model built by timeshift.create_model (it records the "
+            "construction config); for other modules save model.state_dict() with atomic_save"
+        )
+    payload = {
+        "format": "timeshift",
+        "format_version": FORMAT_VERSION,
+        "config": dict(config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    return atomic_save(payload, path)
+
+
+# -- reading ------------------------------------------------------------------------------------
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling/zip errors come in many types
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {exc}. It must be a torch.save file loadable with "
+            "weights_only=True (tensors and plain containers only)"
+        ) from exc
+
+
+def load_model(path: str | os.PathLike) -> nn.Module:
+    """Rebuild a model saved by :func:`save_model` and load its weights (strictly).
+
+    The stored ``meta`` is attached to the model as ``model.checkpoint_meta``.
+    """
+    from timeshift.models.registry import create_model
+
+    payload = read_checkpoint(path)
+    if not (isinstance(payload, Mapping) and payload.get("format") == "timeshift"):
+        raise CheckpointError(
+            f"{path} is not a timeshift checkpoint (no 'format': 'timeshift'); to load weights "
+            "from another format, build the model with create_model and use load_checkpoint"
+        )
+    version = payload.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format_version {version}; this timeshift reads up to {FORMAT_VERSION}"
+        )
+    config = payload["config"]
+    model = create_model(
+        config["name"],
+        num_classes=config["num_classes"],
+        num_segments=config["num_segments"],
+        **config.get("kwargs", {}),
+    )
+    load_checkpoint(model, payload, source="timeshift")
+    model.checkpoint_meta = dict(payload.get("meta", {}))
+    return model
+
+
+def _state_dict_of(payload: Any, origin: str) -> dict[str, torch.Tensor]:
+    state = payload
+    if isinstance(payload, Mapping) and isinstance(payload.get("state_dict"), Mapping):
+        state = payload["state_dict"]
+    if not isinstance(state, Mapping) or not state:
+        raise CheckpointError(f"{origin}: no state dict found (expected a 'state_dict' mapping)")
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{origin}: the state dict holds no tensors")
+    return tensors
+
+
+def detect_source(payload: Any) -> str:
+    """Guess which format a loaded checkpoint is in (one of ``SOURCES`` but ``"auto"``)."""
+    if isinstance(payload, Mapping) and payload.get("format") == "timeshift":
+        return "timeshift"
+    keys = list(_state_dict_of(payload, "checkpoint"))
+    stripped = [k.removeprefix("module.") for k in keys]
+    if any(k.startswith(("base_model.", "new_fc.")) for k in stripped):
+        return "tsm"
+    if any(k.startswith("cls_head.") for k in keys) or "backbone.conv1.conv.weight" in keys:
+        return "mmaction2"
+    if any(k.startswith("backbone.") for k in keys):
+        return "timeshift"
+    if any(k.startswith(("conv1.", "layer1.", "features.")) for k in keys):
+        return "torchvision"
+    raise CheckpointError(
+        "cannot tell the checkpoint format from its keys (first: "
+        f"{keys[:3]}); pass source= one of {SOURCES[1:]}"
+    )
+
+
+# -- key adaptation -------------------------------------------------------------------------------
+def _canonical(key: str) -> str:
+    return ".".join(p for p in key.split(".") if p not in _WRAPPER_SEGMENTS)
+
+
+def _from_tsm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("new_fc."):
+            key = "fc." + key.removeprefix("new_fc.")
+        elif key.startswith(("base_model.fc.", "base_model.classifier.")):
+            # with dropout=0 the reference replaces the backbone's last layer by the classifier
+            key = "fc." + key.split(".", 2)[2]
+        elif key.startswith("base_model."):
+            key = "backbone." + key.removeprefix("base_model.")
+        out[key] = value
+    return out
+
+
+_MM_CONV = re.compile(r"\.conv(\d)\.conv\.")
+_MM_BN = re.compile(r"\.conv(\d)\.bn\.")
+
+
+def _from_mmaction2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        if key.startswith("cls_head.fc_cls."):
+            key = "fc." + key.removeprefix("cls_head.fc_cls.")
+        else:
+            key = _MM_CONV.sub(r".conv\1.", key)
+            key = _MM_BN.sub(r".bn\1.", key)
+            key = key.replace(".downsample.conv.", ".downsample.0.")
+            key = key.replace(".downsample.bn.", ".downsample.1.")
+        out[key] = value
+    return out
+
+
+def _from_torchvision(state: Mapping[str, torch.Tensor], report: LoadReport):
+    out = {}
+    for key, value in state.items():
+        if key.startswith(("fc.", "classifier.")):
+            report.dropped.append(key)
+            continue
+        out["backbone." + key] = value
+    if report.dropped:
+        _logger.info("dropped the 2D ImageNet classifier (%s)", ", ".join(report.dropped))
+    return out
+
+
+_REF_MBV2_CONV = re.compile(r"^(backbone\.features\.(\d+)\.conv\.)(\d+)\.(.+)$")
+# reference TSM MobileNetV2 (plain Sequential) -> torchvision layout (Conv2dNormActivation)
+_REF_MBV2_EXPAND = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}
+_REF_MBV2_NO_EXPAND = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}
+
+
+def _mobilenet_reference_layout(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the reference TSM MobileNetV2 keys (``features.3.conv.0.weight``) to torchvision's."""
+    depth: dict[str, int] = {}
+    for key in state:
+        m = _REF_MBV2_CONV.match(key)
+        if m:
+            depth[m.group(2)] = max(depth.get(m.group(2), 0), int(m.group(3)))
+    out = {}
+    for key, value in state.items():
+        m = _REF_MBV2_CONV.match(key)
+        if m:
+            table = _REF_MBV2_EXPAND if depth[m.group(2)] >= 6 else _REF_MBV2_NO_EXPAND
+            key = f"{m.group(1)}{table[m.group(3)]}.{m.group(4)}"
+        out[key] = value
+    return out
+
+
+def _is_reference_mobilenet(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(
+        re.match(r"^backbone\.features\.\d+\.conv\.0\.weight$", k) and v.dim() == 4
+        for k, v in state.items()
+    )
+
+
+def _to_canonical(
+    payload: Any, source: str, report: LoadReport, origin: str
+) -> dict[str, torch.Tensor]:
+    state = _state_dict_of(payload, origin)
+    if source == "tsm":
+        state = _from_tsm(state)
+    elif source == "mmaction2":
+        state = _from_mmaction2(state)
+    elif source == "torchvision":
+        state = _from_torchvision(state, report)
+    canonical = {_canonical(k): v for k, v in state.items()}
+    if source in ("tsm", "torchvision") and _is_reference_mobilenet(canonical):
+        canonical = _mobilenet_reference_layout(canonical)
+    return canonical
+
+
+def _listing(title: str, keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    more = f" ... and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+    return f"\n  {title} ({len(keys)}): {shown}{more}"
+
+
+def load_checkpoint(
+    model: nn.Module,
+    checkpoint: str | os.PathLike | Mapping,
+    *,
+    source: str = "auto",
+    strict: bool = True,
+) -> LoadReport:
+    """Load weights from any supported format into ``model``.
+
+    Args:
+        model: a :class:`~timeshift.models.Recognizer` (keys ``backbone.*``, ``fc.*``).
+        checkpoint: a file path, or an already loaded checkpoint object.
+        source: ``"auto"`` or one of ``"timeshift"``, ``"tsm"``, ``"mmaction2"``,
+            ``"torchvision"``.
+        strict: raise :class:`CheckpointError` on missing/unexpected keys (the 2D classifier of
+            torchvision weights, a classifier with another class count, and new non-local
+            blocks when initialising from 2D weights are expected and never an error).
+
+    Returns:
+        A :class:`LoadReport`.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    origin = str(checkpoint) if isinstance(checkpoint, str | os.PathLike) else "checkpoint"
+    payload = read_checkpoint(checkpoint) if isinstance(checkpoint, str | os.PathLike) else checkpoint
+    if source == "auto":
+        source = detect_source(payload)
+    report = LoadReport(source=source)
+    incoming = _to_canonical(payload, source, report, origin)
+
+    target = model.state_dict()
+    by_canonical: dict[str, str] = {}
+    for key in target:
+        canon = _canonical(key)
+        if canon in by_canonical:
+            raise CheckpointError(f"model keys {by_canonical[canon]} and {key} are ambiguous")
+        by_canonical[canon] = key
+
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected, mismatched = [], []
+    for canon, value in incoming.items():
+        key = by_canonical.get(canon)
+        if key is None:
+            unexpected.append(canon)
+        elif target[key].shape != value.shape:
+            if key.startswith(_CLASSIFIER_PREFIXES):
+                report.dropped.append(canon)
+            else:
+                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model "
+                                  f"{tuple(target[key].shape)}")
+        else:
+            mapped[key] = value
+    if any(k.startswith(_CLASSIFIER_PREFIXES) for k in report.dropped) and source != "torchvision":
+        _logger.warning(
+            "%s: classifier shape differs from the model's (%d classes); it was not loaded and "
+            "keeps its fresh initialisation", origin, getattr(model, "num_classes", -1)
+        )
+
+    missing = [k for k in target if k not in mapped]
+    allowed_missing = [k for k in missing if _may_stay_initialised(k, source, report)]
+    missing = [k for k in missing if k not in allowed_missing]
+    report.initialised = allowed_missing
+    if mismatched:
+        raise CheckpointError(f"{origin}: shapes do not match the model" + _listing("", mismatched))
+    if strict and (missing or unexpected):
+        raise CheckpointError(
+            f"{origin} ({source} format) does not fit {type(model).__name__}"
+            + _listing("missing in checkpoint", missing)
+            + _listing("unexpected in checkpoint", unexpected)
+        )
+    report.missing, report.unexpected = missing, unexpected
+    model.load_state_dict(mapped, strict=False)
+    report.loaded = sorted(mapped)
+    _logger.info(
+        "loaded %d tensors from %s (%s format); %d left initialised, %d dropped",
+        len(mapped), origin, source, len(report.initialised), len(report.dropped),
+    )
+    return report
+
+
+def _may_stay_initialised(key: str, source: str, report: LoadReport) -> bool:
+    if key.endswith("num_batches_tracked"):
+        return True  # absent from checkpoints written by old PyTorch versions
+    if key.startswith(_CLASSIFIER_PREFIXES) and (source == "torchvision" or report.dropped):
+        return True
+    # non-local blocks added on top of 2D ImageNet weights start fresh
+    return source == "torchvision" and ".nl." in key

@@ -1,0 +1,137 @@
+"""The TSN framework: a 2D backbone applied per frame, a linear head, averaged over segments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Recognizer"]
+
+
+class Recognizer(nn.Module):
+    """Video classifier ``(N, T, C, H, W) -> (N, num_classes)``.
+
+    Frames are folded into the batch, run through the backbone (which may contain temporal
+    modules), globally average-pooled, passed through dropout and a linear classifier, and the
+    per-segment logits are averaged (TSN "avg" consensus).
+
+    Args:
+        backbone: module with ``forward_features`` on ``(N*T, C, H, W)`` and ``num_features``.
+        num_classes: classifier outputs (``0``: no classifier, ``forward`` returns features).
+        num_segments: frames per clip ``T`` the backbone's temporal modules were built for.
+        dropout: dropout probability before the classifier.
+        partial_bn: freeze every BatchNorm2d but the first (statistics and affine parameters),
+            the reference's trick for fine-tuning with small batches.
+        init_std: std of the normal init of the classifier weight (bias zero).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        num_classes: int,
+        num_segments: int,
+        dropout: float = 0.5,
+        partial_bn: bool = False,
+        init_std: float = 0.001,
+    ) -> None:
+        super().__init__()
+        if num_segments < 1:
+            raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+        # filled in by create_model so that checkpoints can rebuild the model
+        self.config: dict[str, Any] | None = None
+        self.backbone = backbone
+        self.num_segments = num_segments
+        self.num_features = int(backbone.num_features)
+        self.in_chans = int(getattr(backbone, "in_chans", 3))
+        self.init_std = init_std
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc: nn.Module = nn.Identity()
+        self.reset_classifier(num_classes)
+        self.partial_bn = False
+        self.set_partial_bn(partial_bn)
+
+    # -- classifier -------------------------------------------------------------------------
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one of ``num_classes`` outputs."""
+        self.num_classes = num_classes
+        if num_classes > 0:
+            fc = nn.Linear(self.num_features, num_classes)
+            nn.init.normal_(fc.weight, 0.0, self.init_std)
+            nn.init.zeros_(fc.bias)
+            self.fc = fc
+        else:
+            self.fc = nn.Identity()
+        if self.config is not None:
+            self.config["num_classes"] = num_classes
+
+    # -- partial BN ---------------------------------------------------------------------------
+    def _frozen_norms(self) -> list[nn.BatchNorm2d]:
+        norms = [m for m in self.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+        return norms[1:]
+
+    def set_partial_bn(self, enabled: bool) -> None:
+        """Freeze (or unfreeze) all BatchNorm2d layers of the backbone except the first."""
+        self.partial_bn = enabled
+        for m in self._frozen_norms():
+            for p in (m.weight, m.bias):
+                if p is not None:
+                    p.requires_grad_(not enabled)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Recognizer:
+        super().train(mode)
+        if mode and getattr(self, "partial_bn", False):
+            for m in self._frozen_norms():
+                m.eval()
+        return self
+
+    # -- forward --------------------------------------------------------------------------------
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 5:
+            raise ValueError(
+                f"expected a clip batch (N, T, C, H, W), got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.num_segments:
+            raise ValueError(
+                f"expected T={self.num_segments} frames per clip (the model's num_segments), "
+                f"got {x.shape[1]} in shape {tuple(x.shape)}"
+            )
+        if x.shape[2] != self.in_chans:
+            raise ValueError(
+                f"expected {self.in_chans} channels per frame, got {x.shape[2]} in shape "
+                f"{tuple(x.shape)}; input layout is (N, T, C, H, W)"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, T, C, H, W)`` -> feature maps ``(N, T', F, h, w)`` (``T' < T`` if pooled)."""
+        self._check_input(x)
+        n = x.shape[0]
+        feats = self.backbone.forward_features(x.flatten(0, 1))
+        return feats.view(n, feats.shape[0] // n, *feats.shape[1:])
+
+    def _segment_logits(self, feats: torch.Tensor, pre_logits: bool) -> torch.Tensor:
+        n, t = feats.shape[:2]
+        pooled = feats.flatten(0, 1).mean(dim=(2, 3))
+        if pre_logits:
+            return pooled.view(n, t, -1)
+        return self.fc(self.dropout(pooled)).view(n, t, -1)
+
+    def forward_head(self, feats: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Feature maps ``(N, T', F, h, w)`` -> logits ``(N, K)`` (or pooled features)."""
+        return self._segment_logits(feats, pre_logits).mean(dim=1)
+
+    def forward_segments(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-segment logits ``(N, T', num_classes)`` before the consensus average."""
+        return self._segment_logits(self.forward_features(x), pre_logits=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_segments={self.num_segments}, num_classes={self.num_classes}, "
+            f"partial_bn={self.partial_bn}"
+        )

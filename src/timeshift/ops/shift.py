@@ -1,0 +1,256 @@
+"""Temporal shift (TSM): move a fraction of the channels one step along time.
+
+Semantics follow the reference TSM implementation exactly so that its checkpoints work. On a
+``(N*T, C, H, W)`` tensor viewed as ``(N, T, C, H, W)`` with ``fold = C // fold_div``:
+
+* bi-directional (offline): ``out[:, t, :fold] = x[:, t+1, :fold]`` and
+  ``out[:, t, fold:2*fold] = x[:, t-1, fold:2*fold]``;
+* uni-directional (online): ``out[:, t, :fold] = x[:, t-1, :fold]``;
+
+the remaining channels are copied unchanged and frames shifted in from past either end are zero.
+
+Internally a shift is described by one source offset per channel group of width ``fold``:
+``out[:, t, group_i] = x[:, t + offsets[i], group_i]``. The gradient of a shift is the shift with
+the offsets negated, which is how both the out-of-place and the in-place autograd functions
+implement their backward passes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = ["DIRECTIONS", "TemporalShift", "shift_offsets", "temporal_shift"]
+
+Direction = Literal["bidirectional", "unidirectional"]
+DIRECTIONS: dict[str, tuple[int, ...]] = {
+    # first fold looks one frame ahead, second fold one frame back
+    "bidirectional": (1, -1),
+    # only the past: the first fold comes from the previous frame (the online demo's cache)
+    "unidirectional": (-1,),
+}
+
+
+def shift_offsets(direction: str) -> tuple[int, ...]:
+    """Source time offsets, one per shifted channel group, for a named direction."""
+    try:
+        return DIRECTIONS[direction]
+    except KeyError:
+        raise ValueError(
+            f"unknown shift direction {direction!r}; expected one of {sorted(DIRECTIONS)}"
+        ) from None
+
+
+def _check_input(x: torch.Tensor, num_segments: int) -> None:
+    if x.dim() != 4:
+        raise ValueError(
+            f"temporal_shift expects a (N*T, C, H, W) tensor, got shape {tuple(x.shape)}"
+        )
+    if num_segments < 1:
+        raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+    if x.shape[0] % num_segments:
+        raise ValueError(
+            f"batch dimension {x.shape[0]} is not a multiple of num_segments={num_segments}; "
+            "frames must be folded into the batch as (N*T, C, H, W)"
+        )
+
+
+def _fold(channels: int, fold_div: int, groups: int) -> int:
+    if fold_div < 1:
+        raise ValueError(f"fold_div must be >= 1, got {fold_div}")
+    fold = channels // fold_div
+    if fold * groups > channels:
+        raise ValueError(
+            f"fold_div={fold_div} shifts {groups} x {fold} channels but the input has only "
+            f"{channels}; use fold_div >= {groups}"
+        )
+    return fold
+
+
+def _time_ranges(num_segments: int, offset: int) -> tuple[slice, slice, slice]:
+    """(destination, source, zero-filled) frame slices for ``out[t] = x[t + offset]``."""
+    if offset == 1:
+        return slice(0, num_segments - 1), slice(1, num_segments), slice(num_segments - 1, None)
+    if offset == -1:
+        return slice(1, num_segments), slice(0, num_segments - 1), slice(0, 1)
+    raise ValueError(f"shift offsets must be +1 or -1, got {offset}")
+
+
+def _shift_into(out5: torch.Tensor, x5: torch.Tensor, fold: int, offsets: tuple[int, ...]) -> None:
+    """Write the shift of ``x5`` into the (uninitialised) ``out5``: one read and one write."""
+    num_segments = x5.shape[1]
+    for i, offset in enumerate(offsets):
+        channels = slice(i * fold, (i + 1) * fold)
+        dst, src, empty = _time_ranges(num_segments, offset)
+        out5[:, dst, channels].copy_(x5[:, src, channels])
+        out5[:, empty, channels].zero_()
+    rest = slice(len(offsets) * fold, None)
+    out5[:, :, rest].copy_(x5[:, :, rest])
+
+
+def _shift_fast(x: torch.Tensor, num_segments: int, fold: int, offsets: tuple[int, ...]):
+    # empty_like keeps the memory format (channels_last stays channels_last).
+    out = torch.empty_like(x)
+    shape = (x.shape[0] // num_segments, num_segments, *x.shape[1:])
+    _shift_into(out.view(shape), x.view(shape), fold, offsets)
+    return out
+
+
+def _shift_functional(x: torch.Tensor, num_segments: int, fold: int, offsets: tuple[int, ...]):
+    """The same shift written with slicing and concatenation only.
+
+    Used while tracing/exporting: graph exporters turn it into Slice/Concat nodes that stay
+    correct for new inputs and dynamic batch sizes, instead of in-place writes into a buffer.
+    """
+    nt, c, h, w = x.shape
+    x5 = x.reshape(nt // num_segments, num_segments, c, h, w)
+    parts = []
+    for i, offset in enumerate(offsets):
+        group = x5[:, :, i * fold : (i + 1) * fold]
+        zeros = torch.zeros_like(group[:, :1])
+        if offset == 1:
+            parts.append(torch.cat((group[:, 1:], zeros), dim=1))
+        else:
+            parts.append(torch.cat((zeros, group[:, :-1]), dim=1))
+    parts.append(x5[:, :, len(offsets) * fold :])
+    out = torch.cat(parts, dim=2).reshape(nt, c, h, w)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _tracing() -> bool:
+    return (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
+
+
+class _Shift(torch.autograd.Function):
+    """Out-of-place shift whose backward is the reverse shift (no slice-copy autograd graph)."""
+
+    @staticmethod
+    def forward(ctx, x, num_segments, fold, offsets):
+        ctx.shift_args = (num_segments, fold, tuple(-o for o in offsets))
+        return _shift_fast(x, num_segments, fold, offsets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Shift.apply(grad, *ctx.shift_args), None, None, None
+
+
+class _InplaceShift(torch.autograd.Function):
+    """Shift that overwrites its input; backward applies the reverse shift to the gradient.
+
+    Autograd's version counter still guards correctness: if another operation saved the input
+    for its own backward (e.g. an in-place ReLU before it), backward raises instead of silently
+    using shifted values.
+    """
+
+    @staticmethod
+    def forward(ctx, x, num_segments, fold, offsets):
+        ctx.shift_args = (num_segments, fold, tuple(-o for o in offsets))
+        x5 = x.view(x.shape[0] // num_segments, num_segments, *x.shape[1:])
+        for i, offset in enumerate(offsets):
+            channels = slice(i * fold, (i + 1) * fold)
+            dst, src, empty = _time_ranges(num_segments, offset)
+            # source and destination overlap in memory: stage the moved frames in a buffer
+            # of (T-1)/T * fold channels, the only extra memory the in-place shift needs.
+            moved = x5[:, src, channels].clone()
+            x5[:, dst, channels].copy_(moved)
+            x5[:, empty, channels].zero_()
+        ctx.mark_dirty(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Shift.apply(grad, *ctx.shift_args), None, None, None
+
+
+def temporal_shift(
+    x: torch.Tensor,
+    num_segments: int,
+    *,
+    fold_div: int = 8,
+    direction: Direction = "bidirectional",
+    inplace: bool = False,
+) -> torch.Tensor:
+    """Shift part of the channels of ``x`` one frame along time.
+
+    Args:
+        x: frames folded into the batch, shape ``(N*T, C, H, W)``; contiguous or channels_last.
+        num_segments: ``T``, the number of frames per video.
+        fold_div: ``C // fold_div`` channels move in each shifted direction (8 = shift 1/4 of
+            the channels bi-directionally, as TSM). ``fold_div > C`` shifts nothing.
+        direction: ``"bidirectional"`` (past and future, offline) or ``"unidirectional"``
+            (past only, for online streaming).
+        inplace: overwrite ``x`` instead of allocating the output. Differentiable; only valid
+            where nothing else reads ``x`` afterwards (autograd raises if something saved it).
+
+    Returns:
+        The shifted tensor, same shape and memory format as ``x``.
+    """
+    _check_input(x, num_segments)
+    offsets = shift_offsets(direction)
+    fold = _fold(x.shape[1], fold_div, len(offsets))
+    if fold == 0:
+        return x if inplace else x.clone()
+    if _tracing():
+        if inplace:
+            raise RuntimeError("in-place temporal shift cannot be traced or exported")
+        return _shift_functional(x, num_segments, fold, offsets)
+    if inplace:
+        return _InplaceShift.apply(x, num_segments, fold, offsets)
+    return _Shift.apply(x, num_segments, fold, offsets)
+
+
+class TemporalShift(nn.Module):
+    """Shift the input along time, then apply the wrapped module.
+
+    The wrapped module's weights stay under ``.net`` (``layer1.0.conv1.net.weight``), the key
+    layout of the reference TSM checkpoints.
+
+    Args:
+        net: module applied after the shift (typically the first conv of a residual branch);
+            ``None`` for a bare shift.
+        num_segments: frames per video ``T`` at this layer.
+        fold_div: ``C // fold_div`` channels shift in each direction.
+        direction: ``"bidirectional"`` or ``"unidirectional"``.
+        inplace: shift the input in place (see :func:`temporal_shift`).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | None,
+        num_segments: int,
+        fold_div: int = 8,
+        direction: Direction = "bidirectional",
+        inplace: bool = False,
+    ) -> None:
+        super().__init__()
+        shift_offsets(direction)  # validate early
+        self.net = net if net is not None else nn.Identity()
+        self.num_segments = num_segments
+        self.fold_div = fold_div
+        self.direction = direction
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = temporal_shift(
+            x,
+            self.num_segments,
+            fold_div=self.fold_div,
+            direction=self.direction,
+            inplace=self.inplace,
+        )
+        return self.net(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_segments={self.num_segments}, fold_div={self.fold_div}, "
+            f"direction={self.direction}, inplace={self.inplace}"
+        )
