@@ -67,18 +67,28 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_shift(args: argparse.Namespace) -> int:
-    from timeshift.bench.shift_speed import benchmark_shift
+    from pathlib import Path
+
+    from timeshift.bench.shift_speed import TARGETS, benchmark_shift, plot_shift_benchmark
 
     rows = benchmark_shift(rounds=args.rounds)
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "shift_speed.json").write_text(json.dumps(rows, indent=2))
+        plot_shift_benchmark(rows, out / "shift_speed.png")
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'allocator':9} {'format':13} {'clone ms':>9} {'shift ms':>9} {'ref ms':>9}"
-          f" {'shift/clone':>12} {'shift/ref':>10}")
+    print(
+        f"{'allocator':9} {'format':13} {'clone ms':>9} {'shift ms':>9} {'ref ms':>9}"
+        f" {'shift/clone':>12} {'target':>7} {'shift/ref':>10}"
+    )
     for r in rows:
+        target = TARGETS[r["memory_format"]]
         print(
             f"{r['allocator']:9} {r['memory_format']:13} {r['clone_ms']:9.2f} {r['shift_ms']:9.2f}"
-            f" {r['reference_ms']:9.2f} {r['shift_over_clone']:12.3f}"
+            f" {r['reference_ms']:9.2f} {r['shift_over_clone']:12.3f} {target:7.2f}"
             f" {r['shift_over_reference']:10.3f}"
         )
     return 0
@@ -110,12 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     b = bench.add_parser("shift", help="shift vs clone() vs the reference shift")
     b.add_argument("--rounds", type=int, default=50)
     b.add_argument("--json", action="store_true")
+    b.add_argument("--output", help="directory for shift_speed.json and shift_speed.png")
     b.set_defaults(func=cmd_bench_shift)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -90,8 +90,10 @@ def benchmark_shift(
         if allocator == "warm" and not keep_freed_memory():
             _logger.warning("not glibc: cannot switch the allocator, skipping the warm run")
             continue
-        for fmt_name, fmt in (("contiguous", torch.contiguous_format),
-                              ("channels_last", torch.channels_last)):
+        for fmt_name, fmt in (
+            ("contiguous", torch.contiguous_format),
+            ("channels_last", torch.channels_last),
+        ):
             x = base.contiguous(memory_format=fmt)
             fns = {
                 "clone": x.clone,
@@ -99,13 +101,43 @@ def benchmark_shift(
                 "reference": lambda x=x: reference_shift(x, num_segments, fold_div),
             }
             ms = _median_ms(fns, rounds, warmup)
-            rows.append({
-                "allocator": allocator,
-                "memory_format": fmt_name,
-                "shape": list(shape),
-                "threads": torch.get_num_threads(),
-                **{f"{k}_ms": round(v, 3) for k, v in ms.items()},
-                "shift_over_clone": round(ms["shift"] / ms["clone"], 3),
-                "shift_over_reference": round(ms["shift"] / ms["reference"], 3),
-            })
+            rows.append(
+                {
+                    "allocator": allocator,
+                    "memory_format": fmt_name,
+                    "shape": list(shape),
+                    "threads": torch.get_num_threads(),
+                    **{f"{k}_ms": round(v, 3) for k, v in ms.items()},
+                    "shift_over_clone": round(ms["shift"] / ms["clone"], 3),
+                    "shift_over_reference": round(ms["shift"] / ms["reference"], 3),
+                }
+            )
     return rows
+
+
+# targets of the Foundation issue: shift time relative to clone() of the same tensor
+TARGETS = {"contiguous": 1.10, "channels_last": 1.25}
+
+
+def plot_shift_benchmark(rows: list[dict], path) -> None:
+    """Bar chart of clone / shift / reference milliseconds per (allocator, format)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['allocator']}\n{r['memory_format']}" for r in rows]
+    variants = ("clone", "shift", "reference")
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 4))
+    for i, name in enumerate(variants):
+        xs = [j + (i - 1) * width for j in range(len(rows))]
+        ax.bar(xs, [r[f"{name}_ms"] for r in rows], width, label=name)
+    ax.set_xticks(range(len(rows)), labels)
+    ax.set_ylabel("median ms")
+    shape = "x".join(map(str, rows[0]["shape"])) if rows else ""
+    ax.set_title(f"temporal shift on {shape} ({rows[0]['threads'] if rows else 0} threads)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -288,6 +288,8 @@ def _to_canonical(
 
 
 def _listing(title: str, keys: list[str]) -> str:
+    if not keys:
+        return f"\n  {title}: none"
     shown = ", ".join(keys[:_MAX_LISTED])
     more = f" ... and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
     return f"\n  {title} ({len(keys)}): {shown}{more}"
@@ -317,7 +319,9 @@ def load_checkpoint(
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     origin = str(checkpoint) if isinstance(checkpoint, str | os.PathLike) else "checkpoint"
-    payload = read_checkpoint(checkpoint) if isinstance(checkpoint, str | os.PathLike) else checkpoint
+    payload = (
+        read_checkpoint(checkpoint) if isinstance(checkpoint, str | os.PathLike) else checkpoint
+    )
     if source == "auto":
         source = detect_source(payload)
     report = LoadReport(source=source)
@@ -341,25 +345,27 @@ def load_checkpoint(
             if key.startswith(_CLASSIFIER_PREFIXES):
                 report.dropped.append(canon)
             else:
-                mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model "
-                                  f"{tuple(target[key].shape)}")
+                mismatched.append(
+                    f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target[key].shape)}"
+                )
         else:
             mapped[key] = value
     if any(k.startswith(_CLASSIFIER_PREFIXES) for k in report.dropped) and source != "torchvision":
         _logger.warning(
             "%s: classifier shape differs from the model's (%d classes); it was not loaded and "
-            "keeps its fresh initialisation", origin, getattr(model, "num_classes", -1)
+            "keeps its fresh initialisation",
+            origin,
+            getattr(model, "num_classes", -1),
         )
 
     missing = [k for k in target if k not in mapped]
     allowed_missing = [k for k in missing if _may_stay_initialised(k, source, report)]
     missing = [k for k in missing if k not in allowed_missing]
     report.initialised = allowed_missing
-    if mismatched:
-        raise CheckpointError(f"{origin}: shapes do not match the model" + _listing("", mismatched))
-    if strict and (missing or unexpected):
+    if mismatched or (strict and (missing or unexpected)):
         raise CheckpointError(
             f"{origin} ({source} format) does not fit {type(model).__name__}"
+            + (_listing("shape mismatches", mismatched) if mismatched else "")
             + _listing("missing in checkpoint", missing)
             + _listing("unexpected in checkpoint", unexpected)
         )
@@ -368,7 +374,11 @@ def load_checkpoint(
     report.loaded = sorted(mapped)
     _logger.info(
         "loaded %d tensors from %s (%s format); %d left initialised, %d dropped",
-        len(mapped), origin, source, len(report.initialised), len(report.dropped),
+        len(mapped),
+        origin,
+        source,
+        len(report.initialised),
+        len(report.dropped),
     )
     return report
 

@@ -91,9 +91,7 @@ class Recognizer(nn.Module):
     # -- forward --------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 5:
-            raise ValueError(
-                f"expected a clip batch (N, T, C, H, W), got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected a clip batch (N, T, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.num_segments:
             raise ValueError(
                 f"expected T={self.num_segments} frames per clip (the model's num_segments), "

@@ -38,7 +38,9 @@ class NonLocalBlock3d(nn.Module):
             self.g = nn.Sequential(g, nn.MaxPool3d(kernel_size=(1, 2, 2)))
         else:
             self.phi, self.g = phi, g
-        self.W = nn.Sequential(nn.Conv3d(inter, in_channels, kernel_size=1), nn.BatchNorm3d(in_channels))
+        self.W = nn.Sequential(
+            nn.Conv3d(inter, in_channels, kernel_size=1), nn.BatchNorm3d(in_channels)
+        )
         nn.init.zeros_(self.W[1].weight)
         nn.init.zeros_(self.W[1].bias)
 

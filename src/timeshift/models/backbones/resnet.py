@@ -18,9 +18,7 @@ NormLayer = Callable[[int], nn.Module]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(
-        in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False
-    )
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
