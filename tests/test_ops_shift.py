@@ -144,6 +144,7 @@ class _ShiftNet(nn.Module):
         return self.conv(x)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_jit_trace_stays_correct_on_new_inputs():
     net = _ShiftNet().eval()
     traced = torch.jit.trace(net, torch.randn(4, 8, 5, 5))
@@ -151,6 +152,7 @@ def test_jit_trace_stays_correct_on_new_inputs():
     assert torch.allclose(traced(fresh), net(fresh), atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_onnx_export_matches_eager_on_new_inputs(tmp_path, dynamo):
     import onnxruntime as ort

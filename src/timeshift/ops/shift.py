@@ -17,6 +17,7 @@ implement their backward passes.
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -194,15 +195,20 @@ def temporal_shift(
     Returns:
         The shifted tensor, same shape and memory format as ``x``.
     """
-    _check_input(x, num_segments)
     offsets = shift_offsets(direction)
-    fold = _fold(x.shape[1], fold_div, len(offsets))
-    if fold == 0:
-        return x if inplace else x.clone()
     if _tracing():
         if inplace:
             raise RuntimeError("in-place temporal shift cannot be traced or exported")
-        return _shift_functional(x, num_segments, fold, offsets)
+        # shapes are model constants here: the checks below need not become graph ops
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            _check_input(x, num_segments)
+            fold = _fold(int(x.shape[1]), fold_div, len(offsets))
+        return _shift_functional(x, num_segments, fold, offsets) if fold else x.clone()
+    _check_input(x, num_segments)
+    fold = _fold(x.shape[1], fold_div, len(offsets))
+    if fold == 0:
+        return x if inplace else x.clone()
     if inplace:
         return _InplaceShift.apply(x, num_segments, fold, offsets)
     return _Shift.apply(x, num_segments, fold, offsets)
