@@ -249,3 +249,55 @@ def test_detect_source_errors():
         detect_source({"weird.key": torch.zeros(1)})
     with pytest.raises(ValueError, match="source must be one of"):
         timeshift.load_checkpoint(_model(), {}, source="caffe")
+
+
+def test_reference_online_demo_format():
+    """Bare MobileNetV2 state dict of the reference online demo: features.N.conv.K, classifier.*"""
+    source = _randomise(_model("tsm_mobilenet_v2_tiny", direction="unidirectional"))
+    demo = {}
+    for k, v in _to_reference_mobilenet(source.state_dict()).items():
+        k = k.replace(".net.", ".")
+        demo["classifier." + k[3:] if k.startswith("fc.") else k.removeprefix("backbone.")] = v
+    assert "features.3.conv.0.weight" in demo and "classifier.weight" in demo
+    target = _model("tsm_mobilenet_v2_tiny", direction="unidirectional")
+    report = timeshift.load_checkpoint(target, demo)
+    assert report.source == "tsm" and not report.dropped and not report.initialised
+    assert _same_outputs(source, target)
+
+
+def _nl_to_mmaction2(state):
+    table = {".nl.theta.": ".non_local_block.theta.conv.",
+             ".nl.phi.0.": ".non_local_block.phi.0.conv.",
+             ".nl.g.0.": ".non_local_block.g.0.conv.",
+             ".nl.W.0.": ".non_local_block.conv_out.conv.",
+             ".nl.W.1.": ".non_local_block.conv_out.bn."}  # fmt: skip
+    out = {}
+    for k, v in _to_mmaction2(state)["state_dict"].items():
+        if k.endswith(".nl.W.0.bias"):
+            continue  # mmcv's conv_out has no bias
+        for ours, theirs in table.items():
+            k = k.replace(ours, theirs)
+        out[k] = v
+    return {"meta": {}, "state_dict": out}
+
+
+def test_mmaction2_non_local_format():
+    source = _randomise(_model("tsm_resnet_nl_tiny"))
+    with torch.no_grad():
+        for name, p in source.named_parameters():
+            if name.endswith(".nl.W.0.bias"):
+                p.zero_()
+    ckpt = _nl_to_mmaction2(source.state_dict())
+    assert "backbone.layer2.0.non_local_block.conv_out.bn.weight" in ckpt["state_dict"]
+    assert "backbone.layer2.0.block.conv1.conv.net.weight" in ckpt["state_dict"]
+    target = _model("tsm_resnet_nl_tiny")
+    assert timeshift.load_checkpoint(target, ckpt).source == "mmaction2"
+    assert _same_outputs(source, target)
+
+
+def test_torchvision_classifier_kept_when_classes_match():
+    net2d = _randomise(create_backbone("mobilenet_v2_tiny", num_classes=5))
+    target = _model("tsn_mobilenet_v2_tiny", classes=5)
+    report = timeshift.load_checkpoint(target, net2d.state_dict())
+    assert not report.dropped
+    assert torch.equal(target.fc.weight, net2d.classifier[1].weight)

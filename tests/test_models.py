@@ -210,3 +210,17 @@ def test_channels_last_model_matches_contiguous():
     expected = model(x)
     model = model.to(memory_format=torch.channels_last)
     assert torch.allclose(model(x), expected, atol=1e-5)
+
+
+def test_inplace_shift_model_trains_like_out_of_place():
+    kwargs = dict(num_classes=5, num_segments=4, place="inplace")
+    a = timeshift.create_model("tsm_resnet_tiny", **kwargs)
+    b = timeshift.create_model("tsm_resnet_tiny", inplace=True, **kwargs)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 4, 3, 32, 32)
+    a.eval()(x).sum().backward()
+    b.eval()(x).sum().backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa.grad, pb.grad, atol=1e-6), name
+    with torch.no_grad():
+        assert torch.allclose(a(x), b(x), atol=1e-6)

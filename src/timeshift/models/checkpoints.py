@@ -183,6 +183,8 @@ def detect_source(payload: Any) -> str:
         return "mmaction2"
     if any(k.startswith("backbone.") for k in keys):
         return "timeshift"
+    if any(re.match(r"^features\.\d+\.conv\.0\.weight$", k) for k in keys):
+        return "tsm"  # the reference online demo's bare MobileNetV2 (plain Sequential blocks)
     if any(k.startswith(("conv1.", "layer1.", "features.")) for k in keys):
         return "torchvision"
     raise CheckpointError(
@@ -207,12 +209,25 @@ def _from_tsm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             key = "fc." + key.split(".", 2)[2]
         elif key.startswith("base_model."):
             key = "backbone." + key.removeprefix("base_model.")
+        elif key.startswith("classifier."):
+            # the online demo's bare MobileNetV2: features.* and a plain Linear classifier
+            key = "fc." + key.removeprefix("classifier.")
+        else:
+            key = "backbone." + key
         out[key] = value
     return out
 
 
 _MM_CONV = re.compile(r"\.conv(\d)\.conv\.")
 _MM_BN = re.compile(r"\.conv(\d)\.bn\.")
+# mmcv NonLocal3d (ConvModule-based) -> the reference layout (plain convs, W = conv + BN)
+_MM_NON_LOCAL = {
+    ".non_local_block.theta.conv.": ".nl.theta.",
+    ".non_local_block.phi.0.conv.": ".nl.phi.0.",
+    ".non_local_block.g.0.conv.": ".nl.g.0.",
+    ".non_local_block.conv_out.conv.": ".nl.W.0.",
+    ".non_local_block.conv_out.bn.": ".nl.W.1.",
+}
 
 
 def _from_mmaction2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -225,19 +240,31 @@ def _from_mmaction2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
             key = _MM_BN.sub(r".bn\1.", key)
             key = key.replace(".downsample.conv.", ".downsample.0.")
             key = key.replace(".downsample.bn.", ".downsample.1.")
+            for old, new in _MM_NON_LOCAL.items():
+                key = key.replace(old, new)
         out[key] = value
+    # mmcv's conv_out has no bias (a norm follows it): the reference's W.0 bias is then zero
+    for key in [k for k in out if k.endswith(".nl.W.0.weight")]:
+        bias = key.removesuffix("weight") + "bias"
+        if bias not in out:
+            out[bias] = out[key].new_zeros(out[key].shape[0])
+    if any(".nl." in k for k in out):
+        _logger.info(
+            "MMAction2 non-local blocks mapped assuming its TSM-NL config "
+            "(embedded_gaussian, sub_sample=True, use_scale=False)"
+        )
     return out
 
 
-def _from_torchvision(state: Mapping[str, torch.Tensor], report: LoadReport):
+def _from_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
-        if key.startswith(("fc.", "classifier.")):
-            report.dropped.append(key)
-            continue
-        out["backbone." + key] = value
-    if report.dropped:
-        _logger.info("dropped the 2D ImageNet classifier (%s)", ", ".join(report.dropped))
+        if key.startswith(("fc.", "classifier.1.")):
+            # the 2D ImageNet classifier: kept only if the model has the same classes
+            key = "fc." + key.split(".")[-1]
+        else:
+            key = "backbone." + key
+        out[key] = value
     return out
 
 
@@ -280,7 +307,7 @@ def _to_canonical(
     elif source == "mmaction2":
         state = _from_mmaction2(state)
     elif source == "torchvision":
-        state = _from_torchvision(state, report)
+        state = _from_torchvision(state)
     canonical = {_canonical(k): v for k, v in state.items()}
     if source in ("tsm", "torchvision") and _is_reference_mobilenet(canonical):
         canonical = _mobilenet_reference_layout(canonical)
@@ -350,8 +377,9 @@ def load_checkpoint(
                 )
         else:
             mapped[key] = value
-    if any(k.startswith(_CLASSIFIER_PREFIXES) for k in report.dropped) and source != "torchvision":
-        _logger.warning(
+    if any(k.startswith(_CLASSIFIER_PREFIXES) for k in report.dropped):
+        log = _logger.info if source == "torchvision" else _logger.warning
+        log(
             "%s: classifier shape differs from the model's (%d classes); it was not loaded and "
             "keeps its fresh initialisation",
             origin,
@@ -386,7 +414,8 @@ def load_checkpoint(
 def _may_stay_initialised(key: str, source: str, report: LoadReport) -> bool:
     if key.endswith("num_batches_tracked"):
         return True  # absent from checkpoints written by old PyTorch versions
-    if key.startswith(_CLASSIFIER_PREFIXES) and (source == "torchvision" or report.dropped):
+    classifier_dropped = any(k.startswith(_CLASSIFIER_PREFIXES) for k in report.dropped)
+    if key.startswith(_CLASSIFIER_PREFIXES) and (source == "torchvision" or classifier_dropped):
         return True
     # non-local blocks added on top of 2D ImageNet weights start fresh
     return source == "torchvision" and ".nl." in key

@@ -226,7 +226,9 @@ class TemporalShift(nn.Module):
         num_segments: frames per video ``T`` at this layer.
         fold_div: ``C // fold_div`` channels shift in each direction.
         direction: ``"bidirectional"`` or ``"unidirectional"``.
-        inplace: shift the input in place (see :func:`temporal_shift`).
+        inplace: shift the input in place when autograd is not recording (inference), saving
+            one activation-sized allocation; training, tracing and export use the out-of-place
+            shift, which gives the same values and gradients.
     """
 
     def __init__(
@@ -251,9 +253,17 @@ class TemporalShift(nn.Module):
             self.num_segments,
             fold_div=self.fold_div,
             direction=self.direction,
-            inplace=self.inplace,
+            inplace=self.inplace and self._may_overwrite(x),
         )
         return self.net(x)
+
+    @staticmethod
+    def _may_overwrite(x: torch.Tensor) -> bool:
+        # While autograd records, the block input is usually saved by the op that produced it
+        # (a ReLU keeps its output for backward), so overwriting it would break backward. The
+        # in-place saving is therefore taken at inference, and the out-of-place shift (same
+        # values, same gradients) is used for training, tracing and export.
+        return not _tracing() and not (torch.is_grad_enabled() and x.requires_grad)
 
     def extra_repr(self) -> str:
         return (
