@@ -81,16 +81,18 @@ def cmd_bench_shift(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print(
-        f"{'allocator':9} {'format':13} {'clone ms':>9} {'shift ms':>9} {'ref ms':>9}"
-        f" {'shift/clone':>12} {'target':>7} {'shift/ref':>10}"
+        f"{'allocator':9} {'format':13} {'clone ms':>9} {'shift ms':>9} {'pytorch ms':>10}"
+        f" {'ref ms':>9} {'shift/clone':>12} {'target':>7} {'shift/ref':>10}"
     )
     for r in rows:
         target = TARGETS[r["memory_format"]]
+        pytorch = f"{r['shift_pytorch_ms']:10.2f}" if "shift_pytorch_ms" in r else f"{'-':>10}"
         print(
             f"{r['allocator']:9} {r['memory_format']:13} {r['clone_ms']:9.2f} {r['shift_ms']:9.2f}"
-            f" {r['reference_ms']:9.2f} {r['shift_over_clone']:12.3f} {target:7.2f}"
+            f" {pytorch} {r['reference_ms']:9.2f} {r['shift_over_clone']:12.3f} {target:7.2f}"
             f" {r['shift_over_reference']:10.3f}"
         )
+    print(f"native channels_last kernel: {'on' if rows and rows[0]['native_kernel'] else 'off'}")
     return 0
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from timeshift.ops.shift import temporal_shift
+from timeshift.ops.shift import native_kernel, native_kernel_available, temporal_shift
 
 __all__ = ["benchmark_shift", "keep_freed_memory", "reference_shift"]
 
@@ -57,6 +57,11 @@ def keep_freed_memory() -> bool:
     return bool(ok)
 
 
+def _without_native(x: torch.Tensor, num_segments: int, fold_div: int) -> torch.Tensor:
+    with native_kernel(False):
+        return temporal_shift(x, num_segments, fold_div=fold_div)
+
+
 def _median_ms(fns: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
     for fn in fns.values():
         for _ in range(warmup):
@@ -81,6 +86,9 @@ def benchmark_shift(
 ) -> list[dict]:
     """Time clone / timeshift shift / reference shift on contiguous and channels_last inputs.
 
+    ``shift`` is what ``temporal_shift`` runs (the native kernel for channels_last when built);
+    ``shift_pytorch`` is the pure-PyTorch path, timed too when the native kernel exists.
+
     Returns one row per (allocator, memory format) with median milliseconds and the ratios
     ``shift / clone`` and ``shift / reference``.
     """
@@ -100,6 +108,8 @@ def benchmark_shift(
                 "shift": lambda x=x: temporal_shift(x, num_segments, fold_div=fold_div),
                 "reference": lambda x=x: reference_shift(x, num_segments, fold_div),
             }
+            if native_kernel_available():
+                fns["shift_pytorch"] = lambda x=x: _without_native(x, num_segments, fold_div)
             ms = _median_ms(fns, rounds, warmup)
             rows.append(
                 {
@@ -108,6 +118,7 @@ def benchmark_shift(
                     "shape": list(shape),
                     "threads": torch.get_num_threads(),
                     **{f"{k}_ms": round(v, 3) for k, v in ms.items()},
+                    "native_kernel": native_kernel_available(),
                     "shift_over_clone": round(ms["shift"] / ms["clone"], 3),
                     "shift_over_reference": round(ms["shift"] / ms["reference"], 3),
                 }
@@ -127,11 +138,11 @@ def plot_shift_benchmark(rows: list[dict], path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['allocator']}\n{r['memory_format']}" for r in rows]
-    variants = ("clone", "shift", "reference")
+    variants = [v for v in ("clone", "shift", "shift_pytorch", "reference") if f"{v}_ms" in rows[0]]
     width = 0.8 / len(variants)
     fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 4))
     for i, name in enumerate(variants):
-        xs = [j + (i - 1) * width for j in range(len(rows))]
+        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(rows))]
         ax.bar(xs, [r[f"{name}_ms"] for r in rows], width, label=name)
     ax.set_xticks(range(len(rows)), labels)
     ax.set_ylabel("median ms")

@@ -298,9 +298,7 @@ def _is_reference_mobilenet(state: Mapping[str, torch.Tensor]) -> bool:
     )
 
 
-def _to_canonical(
-    payload: Any, source: str, report: LoadReport, origin: str
-) -> dict[str, torch.Tensor]:
+def _to_canonical(payload: Any, source: str, origin: str) -> dict[str, torch.Tensor]:
     state = _state_dict_of(payload, origin)
     if source == "tsm":
         state = _from_tsm(state)
@@ -352,7 +350,7 @@ def load_checkpoint(
     if source == "auto":
         source = detect_source(payload)
     report = LoadReport(source=source)
-    incoming = _to_canonical(payload, source, report, origin)
+    incoming = _to_canonical(payload, source, origin)
 
     target = model.state_dict()
     by_canonical: dict[str, str] = {}

@@ -1,12 +1,19 @@
 """Temporal primitives: functional form plus an ``nn.Module`` wrapper. No model knowledge."""
 
 from timeshift.ops.pool import TemporalPool, pooled_segments, temporal_pool
-from timeshift.ops.shift import DIRECTIONS, TemporalShift, shift_offsets, temporal_shift
+from timeshift.ops.shift import (
+    DIRECTIONS,
+    TemporalShift,
+    native_kernel_available,
+    shift_offsets,
+    temporal_shift,
+)
 
 __all__ = [
     "DIRECTIONS",
     "TemporalPool",
     "TemporalShift",
+    "native_kernel_available",
     "pooled_segments",
     "shift_offsets",
     "temporal_pool",

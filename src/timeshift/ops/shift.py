@@ -17,13 +17,31 @@ implement their backward passes.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["DIRECTIONS", "TemporalShift", "shift_offsets", "temporal_shift"]
+try:  # optional native CPU kernel (see _kernels.c)
+    from timeshift.ops import _kernels
+except ImportError:  # not compiled: the PyTorch implementation below is used
+    _kernels = None
+
+__all__ = [
+    "DIRECTIONS",
+    "TemporalShift",
+    "native_kernel",
+    "native_kernel_available",
+    "shift_offsets",
+    "temporal_shift",
+]
+
+# TIMESHIFT_NATIVE=0 switches the native kernel off (comparisons, debugging)
+_use_native = _kernels is not None and os.environ.get("TIMESHIFT_NATIVE", "1") != "0"
 
 Direction = Literal["bidirectional", "unidirectional"]
 DIRECTIONS: dict[str, tuple[int, ...]] = {
@@ -91,7 +109,48 @@ def _shift_into(out5: torch.Tensor, x5: torch.Tensor, fold: int, offsets: tuple[
     out5[:, :, rest].copy_(x5[:, :, rest])
 
 
+def native_kernel_available() -> bool:
+    """Whether the compiled shift kernel (``_kernels.c``) is built and enabled."""
+    return _use_native
+
+
+@contextlib.contextmanager
+def native_kernel(enabled: bool) -> Iterator[None]:
+    """Temporarily switch the native kernel on or off (it stays off where it is not built)."""
+    global _use_native
+    previous = _use_native
+    _use_native = enabled and _kernels is not None
+    try:
+        yield
+    finally:
+        _use_native = previous
+
+
+def _shift_native(x: torch.Tensor, num_segments: int, fold: int, offsets: tuple[int, ...]):
+    """The compiled kernel, or None where it does not apply (device, layout, not built)."""
+    if not _use_native or x.device.type != "cpu" or x.numel() == 0:
+        return None
+    nt, c, h, w = x.shape
+    size = x.element_size()
+    if x.is_contiguous():
+        # one "row" per frame: groups are runs of fold*H*W elements
+        geometry = (1, c * h * w * size, fold * h * w * size)
+        out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    elif x.is_contiguous(memory_format=torch.channels_last):
+        # one row of C elements per pixel
+        geometry = (h * w, c * size, fold * size)
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+    else:
+        return None
+    _kernels.shift(x.data_ptr(), out.data_ptr(), nt, num_segments, *geometry, offsets)
+    return out
+
+
 def _shift_fast(x: torch.Tensor, num_segments: int, fold: int, offsets: tuple[int, ...]):
+    """Out-of-place shift, eager: one read and one write of the tensor."""
+    out = _shift_native(x, num_segments, fold, offsets)
+    if out is not None:
+        return out
     # empty_like keeps the memory format (channels_last stays channels_last).
     out = torch.empty_like(x)
     shape = (x.shape[0] // num_segments, num_segments, *x.shape[1:])
