@@ -224,3 +224,21 @@ def test_inplace_shift_model_trains_like_out_of_place():
         assert torch.allclose(pa.grad, pb.grad, atol=1e-6), name
     with torch.no_grad():
         assert torch.allclose(a(x), b(x), atol=1e-6)
+
+
+def test_backbone_and_model_options():
+    with torch.device("meta"):
+        half = timeshift.create_model("tsm_mobilenet_v2", num_classes=10, num_segments=8,
+                                      width_mult=0.5)  # fmt: skip
+        full = timeshift.create_model("tsm_mobilenet_v2", num_classes=10, num_segments=8)
+        plain = timeshift.create_model("tsm_resnet50_nl", num_classes=10, num_segments=8,
+                                       non_local=False)  # fmt: skip
+        tsn_nl = timeshift.create_model("tsn_resnet50", num_classes=10, num_segments=8,
+                                        non_local=True)  # fmt: skip
+    assert model_complexity(half, frames=8).params < model_complexity(full, frames=8).params
+    assert not any(".nl." in k for k in plain.state_dict())
+    assert any(".nl." in k for k in tsn_nl.state_dict())
+    model = timeshift.create_model("tsm_resnet_tiny", num_classes=3, num_segments=4, fold_div=4,
+                                   dropout=0.0)  # fmt: skip
+    assert model.backbone.layer1[0].conv1.fold_div == 4
+    assert isinstance(model.dropout, nn.Identity)

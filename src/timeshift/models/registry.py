@@ -263,10 +263,12 @@ def tsm_mobilenet_v2_tiny(**kwargs: Any) -> Recognizer:
 @register_model(family="tsm", backbone="resnet50", paper=_TSM_PAPER)
 def tsm_resnet50_nl(**kwargs: Any) -> Recognizer:
     """TSM-ResNet50 with 5 embedded-Gaussian non-local blocks (layer2: 0,2; layer3: 0,2,4)."""
-    return _tsm("resnet50", non_local=True, **kwargs)
+    kwargs.setdefault("non_local", True)
+    return _tsm("resnet50", **kwargs)
 
 
 @register_model(family="tsm", backbone="resnet_bottleneck_tiny", paper=_TSM_PAPER)
 def tsm_resnet_nl_tiny(**kwargs: Any) -> Recognizer:
     """Tiny bottleneck ResNet with non-local blocks in the reference placement (tests)."""
-    return _tsm("resnet_bottleneck_tiny", non_local=True, **kwargs)
+    kwargs.setdefault("non_local", True)
+    return _tsm("resnet_bottleneck_tiny", **kwargs)
