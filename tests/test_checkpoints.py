@@ -266,11 +266,13 @@ def test_reference_online_demo_format():
 
 
 def _nl_to_mmaction2(state):
-    table = {".nl.theta.": ".non_local_block.theta.conv.",
-             ".nl.phi.0.": ".non_local_block.phi.0.conv.",
-             ".nl.g.0.": ".non_local_block.g.0.conv.",
-             ".nl.W.0.": ".non_local_block.conv_out.conv.",
-             ".nl.W.1.": ".non_local_block.conv_out.bn."}  # fmt: skip
+    table = {
+        ".nl.theta.": ".non_local_block.theta.conv.",
+        ".nl.phi.0.": ".non_local_block.phi.0.conv.",
+        ".nl.g.0.": ".non_local_block.g.0.conv.",
+        ".nl.W.0.": ".non_local_block.conv_out.conv.",
+        ".nl.W.1.": ".non_local_block.conv_out.bn.",
+    }
     out = {}
     for k, v in _to_mmaction2(state)["state_dict"].items():
         if k.endswith(".nl.W.0.bias"):

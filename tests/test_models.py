@@ -10,11 +10,21 @@ from timeshift.models.registry import register_model
 from timeshift.ops import TemporalShift
 
 REQUIRED = [
-    "tsn_resnet18", "tsn_resnet34", "tsn_resnet50", "tsn_resnet101",
-    "tsm_resnet18", "tsm_resnet34", "tsm_resnet50", "tsm_resnet101", "tsm_resnet152",
-    "tsm_resnext50_32x4d", "tsm_resnext101_32x8d", "tsn_mobilenet_v2", "tsm_mobilenet_v2",
+    "tsn_resnet18",
+    "tsn_resnet34",
+    "tsn_resnet50",
+    "tsn_resnet101",
+    "tsm_resnet18",
+    "tsm_resnet34",
+    "tsm_resnet50",
+    "tsm_resnet101",
+    "tsm_resnet152",
+    "tsm_resnext50_32x4d",
+    "tsm_resnext101_32x8d",
+    "tsn_mobilenet_v2",
+    "tsm_mobilenet_v2",
     "tsm_resnet50_nl",
-]  # fmt: skip
+]
 
 
 def test_required_models_registered():
@@ -228,17 +238,21 @@ def test_inplace_shift_model_trains_like_out_of_place():
 
 def test_backbone_and_model_options():
     with torch.device("meta"):
-        half = timeshift.create_model("tsm_mobilenet_v2", num_classes=10, num_segments=8,
-                                      width_mult=0.5)  # fmt: skip
+        half = timeshift.create_model(
+            "tsm_mobilenet_v2", num_classes=10, num_segments=8, width_mult=0.5
+        )
         full = timeshift.create_model("tsm_mobilenet_v2", num_classes=10, num_segments=8)
-        plain = timeshift.create_model("tsm_resnet50_nl", num_classes=10, num_segments=8,
-                                       non_local=False)  # fmt: skip
-        tsn_nl = timeshift.create_model("tsn_resnet50", num_classes=10, num_segments=8,
-                                        non_local=True)  # fmt: skip
+        plain = timeshift.create_model(
+            "tsm_resnet50_nl", num_classes=10, num_segments=8, non_local=False
+        )
+        tsn_nl = timeshift.create_model(
+            "tsn_resnet50", num_classes=10, num_segments=8, non_local=True
+        )
     assert model_complexity(half, frames=8).params < model_complexity(full, frames=8).params
     assert not any(".nl." in k for k in plain.state_dict())
     assert any(".nl." in k for k in tsn_nl.state_dict())
-    model = timeshift.create_model("tsm_resnet_tiny", num_classes=3, num_segments=4, fold_div=4,
-                                   dropout=0.0)  # fmt: skip
+    model = timeshift.create_model(
+        "tsm_resnet_tiny", num_classes=3, num_segments=4, fold_div=4, dropout=0.0
+    )
     assert model.backbone.layer1[0].conv1.fold_div == 4
     assert isinstance(model.dropout, nn.Identity)

@@ -49,8 +49,9 @@ def test_matches_pytorch_path_and_equations(direction, shape, t, fold_div):
 
 
 @needs_native
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64, torch.int64,
-                                   torch.uint8])  # fmt: skip
+@pytest.mark.parametrize(
+    "dtype", [torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.uint8]
+)
 def test_any_dtype(dtype):
     x = (torch.randn(8, 16, 6, 6) * 100).to(dtype)
     for v in _layouts(x):

@@ -96,6 +96,64 @@ def cmd_bench_shift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_data(args: argparse.Namespace) -> int:
+    from timeshift.bench.data_speed import benchmark_data
+
+    result = benchmark_data(samples=args.samples, backend=args.backend)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(
+        f"{result['video']}, {result['num_segments']} segments at {result['size']}, "
+        f"{result['backend']}, {result['samples']} clips, 1 process"
+    )
+    print(f"  dataset (decode + sample + transform)  {result['dataset_clips_per_s']:8.2f} clips/s")
+    print(
+        f"  raw decode of the same frames          {result['raw_decode_clips_per_s']:8.2f} clips/s"
+    )
+    print(f"  ratio                                  {result['ratio']:8.3f}  (target >= 0.8)")
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from timeshift.data.synthetic import FAMILIES, SyntheticSpec, make_synthetic
+
+    spec = SyntheticSpec(
+        videos_per_class=args.videos_per_class,
+        val_videos_per_class=(
+            args.val_videos_per_class
+            if args.val_videos_per_class is not None
+            else max(1, args.videos_per_class // 4)
+        ),
+        size=args.size,
+        frames=args.frames,
+        seed=args.seed,
+        families=tuple(args.families or FAMILIES),
+    )
+    paths = make_synthetic(args.out_dir, spec)
+    print(f"train list  {paths['train']}")
+    print(f"val list    {paths['val']}")
+    print(f"classes     {paths['classes']}")
+    return 0
+
+
+def cmd_data_extract(args: argparse.Namespace) -> int:
+    from timeshift.data.extract import extract_frames
+
+    result = extract_frames(
+        args.video_list,
+        args.out_dir,
+        root=args.root,
+        short_side=args.short_side or None,
+        workers=args.workers,
+    )
+    print(
+        f"extracted {result.extracted}, already done {result.skipped}, failed "
+        f"{len(result.failed)}; list: {result.list_file}"
+    )
+    return 1 if result.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="timeshift", description="Efficient video recognition with temporal shift."
@@ -124,6 +182,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--output", help="directory for shift_speed.json and shift_speed.png")
     b.set_defaults(func=cmd_bench_shift)
+    b = bench.add_parser("data", help="dataset clips/s vs raw decode of the same frames")
+    b.add_argument("--samples", type=int, default=48)
+    b.add_argument("--backend", choices=("pyav", "opencv"), default="pyav")
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench_data)
+
+    p = sub.add_parser("data", help="datasets: synthetic data, frame extraction")
+    data = p.add_subparsers(dest="data_command", required=True)
+    d = data.add_parser("synth", help="write the synthetic temporal dataset")
+    d.add_argument("out_dir")
+    d.add_argument("--videos-per-class", type=int, default=40, help="training videos per class")
+    d.add_argument("--val-videos-per-class", type=int, help="default: a quarter of the above")
+    d.add_argument("--size", type=int, default=64, help="frame height and width (even)")
+    d.add_argument("--frames", type=int, default=16)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--families", nargs="+", help="motion families (default: all)")
+    d.set_defaults(func=cmd_data_synth)
+    d = data.add_parser("extract-frames", help="decode videos into JPEG frame folders")
+    d.add_argument("video_list", help="video list ('path label') or class-per-folder tree")
+    d.add_argument("out_dir")
+    d.add_argument("--root", help="folder the list's paths are relative to")
+    d.add_argument("--short-side", type=int, default=256, help="resize; 0 keeps the size")
+    d.add_argument("--workers", type=int, default=1)
+    d.set_defaults(func=cmd_data_extract)
     return parser
 
 

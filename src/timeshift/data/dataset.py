@@ -1,0 +1,183 @@
+"""``VideoDataset``: records -> sampled, decoded, transformed clips."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from timeshift.data.decode import DEFAULT_TEMPLATE, VideoDecodeError, open_video
+from timeshift.data.formats import Annotations, SampleRecord
+from timeshift.data.sampling import segment_indices
+
+__all__ = ["ON_ERROR", "VideoDataset", "sample_seed", "seed_worker"]
+
+_logger = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "skip")
+_MAX_WORKER_SLOTS = 256
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's random choices: a pure function of (seed, epoch, index), so
+    draws differ per sample and per epoch and do not depend on which worker loads them."""
+    return ((seed * 0x9E3779B1 + epoch) * 0x85EBCA77 + index) & 0xFFFFFFFFFFFF
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` that seeds ``random``, NumPy and torch from the worker's base seed
+    (for user code that draws from the global generators; the dataset itself does not)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class VideoDataset(Dataset):
+    """Clips of ``num_segments`` frames from video files or frame folders.
+
+    Args:
+        records: sample records (or :class:`Annotations`).
+        num_segments: frames per clip ``T``.
+        mode: ``"train"`` (random sampling) or ``"val"``/``"test"`` (fixed sampling).
+        transform: ``transform(views, label, rng) -> (views, label)`` on uint8
+            ``(V, T, C, H, W)``, e.g. :func:`~timeshift.data.transforms.train_transforms`;
+            ``None`` returns uint8 frames.
+        backend: decoding backend (``None``: frames for folders, PyAV for files).
+        on_error: ``"raise"``, or ``"skip"``: a sample that cannot be decoded is replaced by
+            another one, counted (:attr:`skipped`) and logged once with its path.
+        clips, dense, twice: sampling options (see :func:`~timeshift.data.segment_indices`).
+        seed: base seed of the random choices; call :meth:`set_epoch` every epoch.
+        frame_template, start_index: file names inside frame folders.
+        max_retries: replacement attempts before giving up on a sample.
+
+    Returns (per item):
+        ``(clip, label)``: ``clip`` is ``(T, C, H, W)``, or ``(V, T, C, H, W)`` when several
+        clips or crops make several views.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[SampleRecord] | Annotations,
+        *,
+        num_segments: int,
+        mode: str = "train",
+        transform: Callable | None = None,
+        backend: str | None = None,
+        on_error: str = "raise",
+        clips: int = 1,
+        dense: bool = False,
+        twice: bool = False,
+        seed: int = 0,
+        frame_template: str = DEFAULT_TEMPLATE,
+        start_index: int = 1,
+        max_retries: int = 20,
+    ) -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if isinstance(records, Annotations):
+            self.classes = list(records.classes)
+            records = records.records
+        else:
+            self.classes = []
+        self.records = list(records)
+        if not self.records:
+            raise ValueError("VideoDataset needs at least one record")
+        self.num_segments = num_segments
+        self.mode = mode
+        self.transform = transform
+        self.backend = backend
+        self.on_error = on_error
+        self.clips, self.dense, self.twice = clips, dense, twice
+        self.seed = seed
+        self.epoch = 0
+        self.frame_template = frame_template
+        self.start_index = start_index
+        self.max_retries = max_retries
+        # one counter slot per worker process (slot 0: the main process), in shared memory
+        self._skips = torch.zeros(_MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
+        self._reported: set[str] = set()
+        segment_indices(1, num_segments, mode=mode, clips=clips, dense=dense, twice=twice)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random draws of ``epoch`` (reproducible, different for every epoch)."""
+        self.epoch = epoch
+
+    @property
+    def skipped(self) -> int:
+        """Samples replaced because they could not be read, over all worker processes."""
+        return int(self._skips.sum())
+
+    def _open(self, record: SampleRecord):
+        kwargs = {}
+        backend = self.backend or ("frames" if Path(record.path).is_dir() else "pyav")
+        if backend == "frames":
+            kwargs = dict(template=self.frame_template, start_index=self.start_index)
+            if record.num_frames is not None:
+                kwargs["num_frames"] = record.offset + record.num_frames
+        return open_video(record.path, backend=backend, **kwargs)
+
+    def load(self, index: int, rng: random.Random):
+        """Decode and transform one record (no error handling): ``(views, label)``."""
+        record = self.records[index]
+        with self._open(record) as reader:
+            available = reader.num_frames - record.offset
+            count = min(record.num_frames or available, available)
+            if count < 1:
+                raise VideoDecodeError(record.path, f"no frames after offset {record.offset}")
+            clips = segment_indices(
+                count,
+                self.num_segments,
+                mode=self.mode,
+                clips=self.clips,
+                dense=self.dense,
+                twice=self.twice,
+                rng=rng,
+            )
+            wanted = sorted({i for clip in clips for i in clip})
+            frames = reader.get_frames([record.offset + i for i in wanted])
+        position = {i: k for k, i in enumerate(wanted)}
+        frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (F, C, H, W) uint8
+        label = record.label
+        views = []
+        for clip in clips:
+            clip_views = frames[[position[i] for i in clip]].unsqueeze(0)
+            if self.transform is not None:
+                clip_views, label = self.transform(clip_views, record.label, rng)
+            views.append(clip_views)
+        out = torch.cat(views) if len(views) > 1 else views[0]
+        return (out[0] if out.shape[0] == 1 else out), label
+
+    def __getitem__(self, index: int):
+        rng = random.Random(sample_seed(self.seed, self.epoch, index))
+        attempts = 0
+        while True:
+            try:
+                return self.load(index, rng)
+            except (VideoDecodeError, OSError) as exc:
+                if self.on_error == "raise":
+                    raise
+                self._count_skip(exc, index)
+                attempts += 1
+                if attempts > self.max_retries:
+                    raise RuntimeError(
+                        f"{attempts} samples in a row could not be read (last: {exc}); "
+                        "check the dataset paths"
+                    ) from exc
+                index = rng.randrange(len(self.records))
+
+    def _count_skip(self, exc: Exception, index: int) -> None:
+        info = get_worker_info()
+        slot = 0 if info is None else 1 + info.id % (_MAX_WORKER_SLOTS - 1)
+        self._skips[slot] += 1
+        path = self.records[index].path
+        if path not in self._reported:
+            self._reported.add(path)
+            _logger.warning("skipping unreadable sample %s: %s", path, exc)

@@ -1,0 +1,123 @@
+"""Which frames of a video make a clip: the TSN segment-sampling rules of the reference code.
+
+All indices are 0-based. With ``n`` frames and ``T`` segments:
+
+* ``train``: the video is cut into ``T`` equal segments of ``avg = n // T`` frames and one frame
+  is drawn at random in each (``i * avg + randint(avg)``).
+* ``val`` / ``test``: segment centres ``int(tick / 2 + tick * i)`` with ``tick = n / T``;
+  ``clips=K`` gives ``K`` clips at evenly spaced phases inside the segments (``K=1``: centres);
+  ``twice`` adds the clip at segment starts ``int(tick * i)`` (the reference's twice sampling).
+* ``dense``: ``T`` frames with stride ``64 // T`` in a 64-frame window (I3D-style), the window
+  drawn at random for ``train``, centred for ``val`` and at 10 evenly spaced starts for ``test``
+  (``clips`` overrides); windows past the end wrap around.
+
+Short videos (``n < T``) repeat frames in order: ``int(tick / 2 + tick * i)`` with ``tick < 1``
+spreads the ``n`` frames evenly over the ``T`` slots (6 frames, 8 segments -> ``[0, 1, 1, 2, 3,
+4, 4, 5]``), and training draws sorted random frames, so no clip is ever all one frame unless the
+video is.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+
+__all__ = ["DENSE_TEST_CLIPS", "DENSE_WINDOW", "MODES", "segment_indices"]
+
+MODES = ("train", "val", "test")
+DENSE_WINDOW = 64
+DENSE_TEST_CLIPS = 10
+
+
+class _Rng:
+    """``randint(k)`` in ``[0, k)`` over ``random.Random``, ``numpy.random.Generator`` or None."""
+
+    def __init__(self, rng: Any) -> None:
+        if rng is None:
+            rng = random.Random()
+        if isinstance(rng, random.Random):
+            self.randint = lambda k: rng.randrange(k)
+        elif isinstance(rng, np.random.Generator):
+            self.randint = lambda k: int(rng.integers(k))
+        else:
+            raise TypeError(
+                f"rng must be random.Random or numpy.random.Generator, got {type(rng).__name__}"
+            )
+
+
+def _centres(n: int, t: int, phase: float) -> list[int]:
+    tick = n / t
+    return [min(int(tick * (i + phase)), n - 1) for i in range(t)]
+
+
+def _dense(n: int, t: int, start: int) -> list[int]:
+    stride = DENSE_WINDOW // t
+    return [(start + i * stride) % n for i in range(t)]
+
+
+def segment_indices(
+    num_frames: int,
+    num_segments: int,
+    *,
+    mode: str = "train",
+    clips: int = 1,
+    dense: bool = False,
+    twice: bool = False,
+    rng: random.Random | np.random.Generator | None = None,
+) -> list[list[int]]:
+    """Frame indices of the clips to take from a video.
+
+    Args:
+        num_frames: frames in the video (``>= 1``).
+        num_segments: frames per clip ``T``.
+        mode: ``"train"`` (random), ``"val"`` or ``"test"`` (deterministic).
+        clips: clips per video in val/test (``dense`` test default: 10).
+        dense: I3D-style dense sampling in a 64-frame window.
+        twice: val/test only: add the clip at segment starts (reference ``twice_sample``).
+        rng: source of randomness for ``train``; deterministic given its state.
+
+    Returns:
+        One list of ``T`` indices per clip.
+    """
+    n, t = int(num_frames), int(num_segments)
+    if n < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if t < 1:
+        raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if clips < 1:
+        raise ValueError(f"clips must be >= 1, got {clips}")
+    if mode == "train":
+        if twice or clips != 1:
+            raise ValueError("train mode samples one clip (clips=1, twice=False)")
+        return [_train(n, t, dense, _Rng(rng))]
+    if dense:
+        return _dense_eval(n, t, mode, clips)
+    out = [_centres(n, t, (k + 0.5) / clips) for k in range(clips)]
+    if twice:
+        out.append(_centres(n, t, 0.0))
+    return out
+
+
+def _train(n: int, t: int, dense: bool, rng: _Rng) -> list[int]:
+    if dense:
+        positions = max(1, n - DENSE_WINDOW + 1)
+        start = 0 if positions == 1 else rng.randint(positions)
+        return _dense(n, t, start)
+    average = n // t
+    if average > 0:
+        return [i * average + rng.randint(average) for i in range(t)]
+    # fewer frames than segments: sorted random frames, repeats unavoidable
+    return sorted(rng.randint(n) for _ in range(t))
+
+
+def _dense_eval(n: int, t: int, mode: str, clips: int) -> list[list[int]]:
+    positions = max(1, n - DENSE_WINDOW + 1)
+    if mode == "val" and clips == 1:
+        return [_dense(n, t, (positions - 1) // 2)]
+    count = clips if clips != 1 else DENSE_TEST_CLIPS
+    starts = np.linspace(0, positions - 1, num=count, dtype=int)
+    return [_dense(n, t, int(s)) for s in starts]

@@ -1,0 +1,284 @@
+"""The synthetic temporal dataset: the library's embedded default data.
+
+Classes come in pairs that are time reversals of one motion family (moving left / moving right,
+growing / shrinking, rotating clockwise / anticlockwise, ...). A video of the second class of a
+pair is rendered exactly like one of the first class and then played backwards, so the two
+classes have the same distribution of individual frames: a model that ignores frame order (a 2D
+CNN averaging per-frame scores, TSN) cannot beat 50% within a pair, while a model that sees
+order (TSM) can reach ~100%. Everything else is random per video -- shape, colours, size, speed,
+start position, a textured background and per-frame noise -- so that appearance carries no
+label information.
+
+Videos are real encoded files (H.264 through PyAV, MPEG-4 Part 2 where x264 is missing) with
+list files in the MMAction2 video-list format (``path label``) and a class-name file, so the
+whole decoding pipeline is exercised. Generation is deterministic given the seed: each video's
+draws depend only on (seed, split, class, index).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FAMILIES",
+    "SyntheticSpec",
+    "class_names",
+    "make_synthetic",
+    "render_clip",
+    "write_video",
+]
+
+_logger = logging.getLogger(__name__)
+
+# family -> (class rendered forward, class rendered backward)
+FAMILIES: dict[str, tuple[str, str]] = {
+    "horizontal": ("moving left", "moving right"),
+    "vertical": ("moving up", "moving down"),
+    "scale": ("growing", "shrinking"),
+    "rotation": ("rotating clockwise", "rotating anticlockwise"),
+    "fade": ("fading in", "fading out"),
+    "orbit": ("orbiting clockwise", "orbiting anticlockwise"),
+    "stretch": ("stretching", "squashing"),
+}
+
+SHAPES = ("circle", "square", "triangle", "bar", "diamond")
+FORMAT_VERSION = 1
+
+
+def class_names(families: Sequence[str] | None = None) -> list[str]:
+    """Class names in label order: the two classes of each family, families in given order."""
+    return [name for f in (families or list(FAMILIES)) for name in FAMILIES[f]]
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    videos_per_class: int = 40
+    val_videos_per_class: int = 10
+    size: int = 64
+    frames: int = 16
+    fps: int = 8
+    seed: int = 0
+    families: tuple[str, ...] = tuple(FAMILIES)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A static textured background: smooth colour noise plus faint stripes, float in [0, 1]."""
+    coarse = rng.uniform(0, 1, size=(4, 4, 3))
+    ys = np.linspace(0, 3, size)
+    y0 = np.clip(ys.astype(int), 0, 2)
+    fy = (ys - y0)[:, None, None]
+    rows = coarse[y0] * (1 - fy) + coarse[y0 + 1] * fy  # (size, 4, 3)
+    x0 = y0
+    fx = (ys - x0)[None, :, None]
+    smooth = rows[:, x0] * (1 - fx) + rows[:, x0 + 1] * fx  # (size, size, 3)
+    base = rng.uniform(0.2, 0.8, size=3)
+    angle = rng.uniform(0, math.pi)
+    period = rng.uniform(6, 16) * size / 64
+    yy, xx = np.mgrid[0:size, 0:size]
+    stripes = 0.5 + 0.5 * np.sin(
+        (xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period
+    )
+    texture = 0.55 * base + 0.3 * smooth + 0.15 * stripes[..., None] * rng.uniform(0.3, 1)
+    return np.clip(texture, 0, 1)
+
+
+def _shape_mask(
+    shape: str, size: int, cx: float, cy: float, radius: float, angle: float, aspect: float
+) -> np.ndarray:
+    """Soft (anti-aliased) mask of a shape centred at (cx, cy), rotated by ``angle``."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    dx, dy = xx + 0.5 - cx, yy + 0.5 - cy
+    # rotate into the shape's frame (image y points down: positive angle turns clockwise)
+    u = dx * math.cos(angle) + dy * math.sin(angle)
+    v = -dx * math.sin(angle) + dy * math.cos(angle)
+    rx, ry = radius * aspect, radius / aspect
+    if shape == "circle":
+        dist = np.hypot(u / rx, v / ry) - 1.0
+        edge = dist * min(rx, ry)
+    elif shape == "square":
+        edge = np.maximum(np.abs(u) - rx * 0.8, np.abs(v) - ry * 0.8)
+    elif shape == "bar":
+        edge = np.maximum(np.abs(u) - rx, np.abs(v) - ry * 0.3)
+    elif shape == "diamond":
+        edge = (np.abs(u) / rx + np.abs(v) / ry - 1.0) * min(rx, ry) * 0.7
+    else:  # triangle pointing along +u
+        edges = []
+        for k in range(3):
+            theta = 2 * math.pi * k / 3
+            nx, ny = math.cos(theta), math.sin(theta)
+            edges.append((u / rx) * nx + (v / ry) * ny - 0.5)
+        edge = np.max(edges, axis=0) * min(rx, ry)
+    return np.clip(0.5 - edge, 0.0, 1.0)
+
+
+def render_clip(
+    family: str, *, reverse: bool, rng: np.random.Generator, size: int = 64, frames: int = 16
+) -> np.ndarray:
+    """Render one video of ``family`` as ``(frames, size, size, 3)`` uint8; ``reverse`` plays
+    the very same rendering backwards (the pair's other class)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
+    background = _background(rng, size)
+    shape = str(rng.choice(SHAPES if family != "rotation" else ("triangle", "bar", "square")))
+    colour = rng.uniform(0, 1, size=3)
+    colour[rng.integers(3)] = rng.choice([0.0, 1.0])  # keep it saturated against the texture
+    radius = rng.uniform(0.09, 0.16) * size
+    cx, cy = rng.uniform(0.35, 0.65, size=2) * size
+    angle0 = rng.uniform(0, 2 * math.pi)
+    noise = rng.uniform(0.01, 0.04)
+    s = np.linspace(0.0, 1.0, frames)
+    jitter = rng.normal(0, 0.01 * size, size=(frames, 2))  # small hand-held wobble
+    params = {
+        "x": np.full(frames, cx),
+        "y": np.full(frames, cy),
+        "r": np.full(frames, radius),
+        "angle": np.full(frames, angle0),
+        "alpha": np.ones(frames),
+        "aspect": np.ones(frames),
+    }
+    travel = rng.uniform(0.3, 0.55) * size
+    if family == "horizontal":  # forward: moving left
+        params["x"] = cx + travel * (0.5 - s)
+    elif family == "vertical":  # forward: moving up (image y decreases)
+        params["y"] = cy + travel * (0.5 - s)
+    elif family == "scale":  # forward: growing
+        params["r"] = radius * (0.45 + 1.1 * s)
+    elif family == "rotation":  # forward: clockwise on screen
+        params["angle"] = angle0 + rng.uniform(0.6, 1.6) * math.pi * s
+    elif family == "fade":  # forward: fading in
+        params["alpha"] = 0.05 + 0.95 * s
+    elif family == "orbit":  # forward: clockwise around a centre
+        orbit = rng.uniform(0.15, 0.25) * size
+        phase = angle0 + rng.uniform(1.0, 1.6) * math.pi * s
+        centre = size / 2
+        params["x"], params["y"] = centre + orbit * np.cos(phase), centre + orbit * np.sin(phase)
+    elif family == "stretch":  # forward: stretching wide
+        params["aspect"] = np.exp(np.log(2.2) * (s - 0.5))
+    out = np.empty((frames, size, size, 3), dtype=np.uint8)
+    for t in range(frames):
+        mask = _shape_mask(
+            shape,
+            size,
+            params["x"][t] + jitter[t, 0],
+            params["y"][t] + jitter[t, 1],
+            params["r"][t],
+            params["angle"][t],
+            params["aspect"][t],
+        )
+        alpha = (mask * params["alpha"][t])[..., None]
+        image = background * (1 - alpha) + colour * alpha
+        image = image + rng.normal(0, noise, size=image.shape)
+        out[t] = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    return out[::-1].copy() if reverse else out
+
+
+def write_video(
+    path: str | os.PathLike, frames: np.ndarray, *, fps: int = 8, codec: str | None = None
+) -> str:
+    """Encode ``(T, H, W, 3)`` uint8 RGB frames (even H, W) to a video file with PyAV.
+
+    ``codec=None`` picks H.264 (libx264) when available, else MPEG-4 Part 2. Returns the codec.
+    """
+    import av
+
+    if codec is None:
+        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial{path.suffix}")
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
+        else:
+            stream.bit_rate = 2_000_000
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)  # a crash never leaves a half-written video under the final name
+    return codec
+
+
+def _video_seed(seed: int, split: str, label: int, index: int) -> np.random.SeedSequence:
+    return np.random.SeedSequence([seed, 0 if split == "train" else 1, label, index])
+
+
+def make_synthetic(
+    out_dir: str | os.PathLike,
+    spec: SyntheticSpec = SyntheticSpec(),
+    *,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Write the synthetic dataset under ``out_dir`` (skipping videos already there).
+
+    Layout: ``videos/<split>/<class>/<class>_<k>.mp4``, ``train.txt`` / ``val.txt`` (``path
+    label``, relative to ``out_dir``), ``classes.txt`` and ``meta.json`` (the spec).
+
+    Returns the paths of ``train``, ``val``, ``classes`` and ``root``.
+    """
+    from tqdm.auto import tqdm
+
+    for family in spec.families:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; expected some of {sorted(FAMILIES)}")
+    if spec.size % 2:
+        raise ValueError(f"size must be even for yuv420p video, got {spec.size}")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    names = class_names(spec.families)
+    jobs = []
+    for split, per_class in (("train", spec.videos_per_class), ("val", spec.val_videos_per_class)):
+        for label, name in enumerate(names):
+            slug = name.replace(" ", "_")
+            for k in range(per_class):
+                rel = Path("videos") / split / slug / f"{slug}_{k:05d}.mp4"
+                jobs.append((split, label, k, rel))
+    lines: dict[str, list[str]] = {"train": [], "val": []}
+    codec = None
+    for split, label, k, rel in tqdm(
+        jobs, desc="synthetic videos", disable=not progress, unit="video"
+    ):
+        family = spec.families[label // 2]
+        if not (root / rel).is_file():
+            rng = np.random.default_rng(_video_seed(spec.seed, split, label, k))
+            clip = render_clip(
+                family, reverse=bool(label % 2), rng=rng, size=spec.size, frames=spec.frames
+            )
+            codec = write_video(root / rel, clip, fps=spec.fps)
+        lines[split].append(f"{rel.as_posix()} {label}")
+    for split, rows in lines.items():
+        (root / f"{split}.txt").write_text("\n".join(rows) + "\n")
+    (root / "classes.txt").write_text("\n".join(names) + "\n")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "codec": codec,
+        **spec.__dict__,
+        "families": list(spec.families),
+        "classes": names,
+    }
+    (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _logger.info(
+        "synthetic dataset: %d train + %d val videos, %d classes in %s",
+        len(lines["train"]),
+        len(lines["val"]),
+        len(names),
+        root,
+    )
+    return {
+        "root": root,
+        "train": root / "train.txt",
+        "val": root / "val.txt",
+        "classes": root / "classes.txt",
+    }
