@@ -21,3 +21,64 @@ def reference_shift(x: torch.Tensor, num_segments: int, fold_div: int, direction
         else:
             out[:, t, :fold] = x5[:, t - 1, :fold] if t > 0 else 0
     return out.reshape(nt, c, h, w)
+
+
+# -- test videos ---------------------------------------------------------------------------------
+import itertools  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+# well separated solid colours (levels 0/64/128/192/255 per channel), shuffled so that
+# consecutive frames differ a lot; a decoded frame is identified by its nearest palette colour
+_LEVELS = (0, 64, 128, 192, 255)
+PALETTE = np.array(list(itertools.product(_LEVELS, repeat=3)), dtype=np.uint8)[
+    np.random.default_rng(0).permutation(125)
+]
+
+
+def palette_frames(count: int, height: int = 48, width: int = 64) -> np.ndarray:
+    frames = np.empty((count, height, width, 3), dtype=np.uint8)
+    frames[:] = PALETTE[:count, None, None, :]
+    return frames
+
+
+def identify(frames: np.ndarray) -> list[int]:
+    """Palette index of each decoded frame (robust to lossy compression)."""
+    means = frames.reshape(len(frames), -1, 3).mean(axis=1)
+    dist = ((means[:, None, :] - PALETTE[None, :, :].astype(float)) ** 2).sum(-1)
+    return dist.argmin(axis=1).tolist()
+
+
+# container suffix -> (codec, pixel format, options)
+CODECS = {
+    ".mkv": ("libx264rgb", "rgb24", {"crf": "0", "preset": "ultrafast", "g": "7"}),  # lossless
+    ".mp4": ("libx264", "yuv420p", {"crf": "20", "preset": "ultrafast", "g": "6", "bf": "2"}),
+    ".avi": ("mpeg4", "yuv420p", {"g": "5"}),
+    ".webm": ("libvpx-vp9", "yuv420p", {"g": "8", "deadline": "realtime", "cpu-used": "8"}),
+}
+
+
+def write_test_video(path, frames: np.ndarray, fps: int = 10) -> str:
+    import av
+
+    codec, pix_fmt, options = CODECS[path.suffix]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        stream.options = dict(options)
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def write_frame_folder(folder, frames: np.ndarray, template="img_{:05d}.jpg", start=1) -> str:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, image in enumerate(frames):
+        Image.fromarray(image).save(folder / template.format(start + k), quality=95)
+    return str(folder)

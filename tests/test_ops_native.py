@@ -5,9 +5,10 @@ import os
 import pytest
 import torch
 
-from conftest import reference_shift
 from timeshift.ops import native_kernel_available, temporal_shift
 from timeshift.ops.shift import native_kernel
+
+from conftest import reference_shift
 
 needs_native = pytest.mark.skipif(
     os.environ.get("TIMESHIFT_NATIVE") == "0", reason="TIMESHIFT_NATIVE=0 switches the kernel off"

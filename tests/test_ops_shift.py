@@ -2,9 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import reference_shift
 from timeshift.ops import TemporalShift, temporal_shift
 from timeshift.ops.shift import _shift_functional
+
+from conftest import reference_shift
 
 
 def _frames(t: int, c: int) -> torch.Tensor:

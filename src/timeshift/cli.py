@@ -100,6 +100,24 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     from timeshift.bench.data_speed import benchmark_data
 
     result = benchmark_data(samples=args.samples, backend=args.backend)
+    if args.output:
+        from pathlib import Path
+
+        from timeshift.bench.plots import grouped_bars
+
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"data_speed_{args.backend}.json").write_text(json.dumps(result, indent=2))
+        grouped_bars(
+            [result["video"]],
+            {
+                "dataset": [result["dataset_clips_per_s"]],
+                "raw decode": [result["raw_decode_clips_per_s"]],
+            },
+            out / f"data_speed_{args.backend}.png",
+            ylabel="clips / s (1 process)",
+            title=f"data pipeline vs raw decode ({args.backend}, ratio {result['ratio']})",
+        )
     if args.json:
         print(json.dumps(result))
         return 0
@@ -186,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--samples", type=int, default=48)
     b.add_argument("--backend", choices=("pyav", "opencv"), default="pyav")
     b.add_argument("--json", action="store_true")
+    b.add_argument("--output", help="directory for data_speed_<backend>.json and .png")
     b.set_defaults(func=cmd_bench_data)
 
     p = sub.add_parser("data", help="datasets: synthetic data, frame extraction")

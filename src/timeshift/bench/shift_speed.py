@@ -131,24 +131,15 @@ TARGETS = {"contiguous": 1.10, "channels_last": 1.25}
 
 
 def plot_shift_benchmark(rows: list[dict], path) -> None:
-    """Bar chart of clone / shift / reference milliseconds per (allocator, format)."""
-    import matplotlib
+    """Bar chart of the median milliseconds per (allocator, memory format)."""
+    from timeshift.bench.plots import grouped_bars
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['allocator']}\n{r['memory_format']}" for r in rows]
     variants = [v for v in ("clone", "shift", "shift_pytorch", "reference") if f"{v}_ms" in rows[0]]
-    width = 0.8 / len(variants)
-    fig, ax = plt.subplots(figsize=(1.8 * len(rows) + 2, 4))
-    for i, name in enumerate(variants):
-        xs = [j + (i - (len(variants) - 1) / 2) * width for j in range(len(rows))]
-        ax.bar(xs, [r[f"{name}_ms"] for r in rows], width, label=name)
-    ax.set_xticks(range(len(rows)), labels)
-    ax.set_ylabel("median ms")
-    shape = "x".join(map(str, rows[0]["shape"])) if rows else ""
-    ax.set_title(f"temporal shift on {shape} ({rows[0]['threads'] if rows else 0} threads)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    shape = "x".join(map(str, rows[0]["shape"]))
+    grouped_bars(
+        [f"{r['allocator']}\n{r['memory_format']}" for r in rows],
+        {v: [r[f"{v}_ms"] for r in rows] for v in variants},
+        path,
+        ylabel="median ms",
+        title=f"temporal shift on {shape} ({rows[0]['threads']} threads)",
+    )

@@ -180,4 +180,5 @@ class VideoDataset(Dataset):
         path = self.records[index].path
         if path not in self._reported:
             self._reported.add(path)
-            _logger.warning("skipping unreadable sample %s: %s", path, exc)
+            message = str(exc) if path in str(exc) else f"{path}: {exc}"
+            _logger.warning("skipping unreadable sample (reported once): %s", message)

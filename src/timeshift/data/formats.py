@@ -93,22 +93,29 @@ def _int(text: str, path, number: int, expected: str, line: str) -> int:
         ) from None
 
 
-def _classes_for(labels: Iterable[int], classes: Sequence[str] | str | os.PathLike | None):
+def _given_classes(classes: Sequence[str] | str | os.PathLike | None) -> list[str] | None:
     if classes is None:
-        top = max((label for label in labels if label >= 0), default=-1)
-        return [str(i) for i in range(top + 1)]
+        return None
     if isinstance(classes, str | os.PathLike):
         return read_class_names(classes)
     return list(classes)
 
 
-def _check_labels(records: list[SampleRecord], classes: list[str], origin) -> None:
-    bad = [r for r in records if r.label >= len(classes)]
-    if bad:
+def _default_classes(records: list[SampleRecord]) -> list[str]:
+    top = max((r.label for r in records), default=-1)
+    return [str(i) for i in range(top + 1)]
+
+
+def _label(text: str, classes: list[str] | None, path, number: int, expected: str, line: str):
+    """A label column: an integer, -1 (unknown) or within the class list."""
+    label = _int(text, path, number, expected, line)
+    if label < -1 or (classes is not None and label >= len(classes)):
+        limit = f"[0, {len(classes)})" if classes is not None else ">= 0"
         raise AnnotationError(
-            f"{origin}: label {bad[0].label} of {bad[0].path} is out of range for "
-            f"{len(classes)} classes"
+            f"{path}:{number}: expected '{expected}' with a label in {limit} (or -1 for "
+            f"unknown), got {line!r}"
         )
+    return label
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
@@ -137,19 +144,22 @@ def read_rawframe_list(
     With ``with_offset`` the MMAction2 variant ``frame_dir offset num_frames label``.
     """
     expected = "frame_dir offset num_frames label" if with_offset else "frame_dir num_frames label"
+    names = _given_classes(classes)
     records = []
     for number, line in _lines(path):
         parts = line.split()
         if len(parts) != len(expected.split()):
             raise AnnotationError(f"{path}:{number}: expected '{expected}', got {line!r}")
-        values = [_int(p, path, number, expected, line) for p in parts[1:]]
-        offset, count, label = values if with_offset else (0, *values)
-        if count < 1:
-            raise AnnotationError(f"{path}:{number}: num_frames must be >= 1, got {line!r}")
+        values = [_int(p, path, number, expected, line) for p in parts[1:-1]]
+        offset, count = values if with_offset else (0, *values)
+        if count < 1 or offset < 0:
+            raise AnnotationError(
+                f"{path}:{number}: expected '{expected}' with num_frames >= 1 and offset >= 0, "
+                f"got {line!r}"
+            )
+        label = _label(parts[-1], names, path, number, expected, line)
         records.append(SampleRecord(_join(root, parts[0]), label, count, offset))
-    names = _classes_for((r.label for r in records), classes)
-    _check_labels(records, names, path)
-    return Annotations(records, names)
+    return Annotations(records, names if names is not None else _default_classes(records))
 
 
 def read_video_list(
@@ -160,33 +170,44 @@ def read_video_list(
 ) -> Annotations:
     """MMAction2 video list: ``path label`` per line (the path may not contain spaces)."""
     expected = "path label"
+    names = _given_classes(classes)
     records = []
     for number, line in _lines(path):
         parts = line.split()
         if len(parts) != 2:
             raise AnnotationError(f"{path}:{number}: expected '{expected}', got {line!r}")
-        records.append(
-            SampleRecord(_join(root, parts[0]), _int(parts[1], path, number, expected, line))
-        )
-    names = _classes_for((r.label for r in records), classes)
-    _check_labels(records, names, path)
-    return Annotations(records, names)
+        label = _label(parts[1], names, path, number, expected, line)
+        records.append(SampleRecord(_join(root, parts[0]), label))
+    return Annotations(records, names if names is not None else _default_classes(records))
+
+
+def _list_name(record: SampleRecord, root) -> str:
+    name = os.path.relpath(record.path, root) if root is not None else record.path
+    if any(c.isspace() for c in name):
+        raise ValueError(f"list files separate fields by spaces; cannot write path {name!r}")
+    return name
 
 
 def write_video_list(path: str | os.PathLike, records: Iterable[SampleRecord], *, root=None):
     """Write ``path label`` lines (paths relative to ``root`` when given)."""
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            name = os.path.relpath(r.path, root) if root is not None else r.path
-            f.write(f"{name} {r.label}\n")
+    lines = [f"{_list_name(r, root)} {r.label}\n" for r in records]
+    Path(path).write_text("".join(lines), encoding="utf-8")
 
 
-def write_rawframe_list(path: str | os.PathLike, records: Iterable[SampleRecord], *, root=None):
-    """Write reference-format ``frame_dir num_frames label`` lines."""
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            name = os.path.relpath(r.path, root) if root is not None else r.path
-            f.write(f"{name} {r.num_frames} {r.label}\n")
+def write_rawframe_list(
+    path: str | os.PathLike, records: Iterable[SampleRecord], *, root=None, with_offset=False
+):
+    """Write reference-format ``frame_dir num_frames label`` lines (``frame_dir offset
+    num_frames label`` with ``with_offset``)."""
+    lines = []
+    for r in records:
+        if r.num_frames is None:
+            raise ValueError(f"{r.path}: a rawframe list needs num_frames")
+        if r.offset and not with_offset:
+            raise ValueError(f"{r.path}: offset {r.offset} needs with_offset=True")
+        offset = f" {r.offset}" if with_offset else ""
+        lines.append(f"{_list_name(r, root)}{offset} {r.num_frames} {r.label}\n")
+    Path(path).write_text("".join(lines), encoding="utf-8")
 
 
 def _load_json(path: str | os.PathLike):
@@ -299,10 +320,9 @@ def read_kinetics_csv(
             ) from None
         label = row[col["label"]].strip() if labelled else None
         parsed.append((number, label, row[col["youtube_id"]].strip(), start, end))
-    if classes is None:
+    names = _given_classes(classes)
+    if names is None:
         names = sorted({label for _, label, *_ in parsed if label is not None})
-    else:
-        names = _classes_for([], classes)
     index = {name: i for i, name in enumerate(names)}
     records, absent = [], 0
     for number, label, youtube_id, start, end in parsed:
@@ -435,19 +455,22 @@ def read_annotations(
 ) -> Annotations:
     """Read a list file or folder whose format is one of :data:`FORMATS` (or guessed).
 
-    ``auto``: a folder is a class-per-folder tree; a text file with 3 fields per line a rawframe /
-    reference list, with 2 fields a video list. The JSON/CSV/split formats have their own readers
+    ``auto``: a folder is a class-per-folder tree (its sub-folder names are the classes); a text
+    file with 3 fields per line a rawframe / reference list, 4 fields the MMAction2 variant with
+    an offset, 2 fields a video list. The JSON/CSV/split formats have their own readers
     because they need several files.
     """
     path = Path(path)
+    with_offset = False
     if format == "auto":
         if path.is_dir():
             format = "folder"
         else:
-            first = next(iter(_lines(path)), (0, ""))[1].split()
-            format = "rawframes" if len(first) == 3 else "videos"
+            fields = len(next(iter(_lines(path)), (0, ""))[1].split())
+            format = "rawframes" if fields in (3, 4) else "videos"
+            with_offset = fields == 4
     if format in ("rawframes", "reference"):
-        return read_rawframe_list(path, root=root, classes=classes)
+        return read_rawframe_list(path, root=root, classes=classes, with_offset=with_offset)
     if format == "videos":
         return read_video_list(path, root=root, classes=classes)
     if format == "folder":

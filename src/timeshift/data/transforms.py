@@ -100,7 +100,11 @@ def fixed_crop_offsets(
     image_w: int, image_h: int, crop_w: int, crop_h: int, *, more: bool = True
 ) -> list[tuple[int, int]]:
     """The TSN fixed crop positions ``(x, y)``: 4 corners and centre, plus (``more``) 4 edge
-    centres and 4 quarter points -- 13 in all, on a grid of quarter steps."""
+    centres and 4 quarter points -- 13 in all, on a grid of quarter steps.
+
+    As in the reference, positions are multiples of ``(image - crop) // 4``, so the "right" and
+    "bottom" crops stop up to 3 px short of the edge when ``image - crop`` is not divisible by 4.
+    """
     ws, hs = (image_w - crop_w) // 4, (image_h - crop_h) // 4
     grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)]
     if more:
@@ -250,7 +254,8 @@ class ThreeCrop:
 
 
 class TenCrop:
-    """Four corners and the centre, each also mirrored: 10 views per input view."""
+    """Four corners and the centre, each also mirrored: 10 views per input view (positions from
+    :func:`fixed_crop_offsets`, as the reference's over-sampling)."""
 
     def __init__(self, size: int | Sequence[int]) -> None:
         self.height, self.width = _size(size)

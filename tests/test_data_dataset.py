@@ -1,0 +1,122 @@
+"""VideoDataset: clips, views, skip policy, determinism across workers and epochs."""
+
+import logging
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from timeshift.data import (
+    SampleRecord,
+    VideoDataset,
+    VideoDecodeError,
+    eval_transforms,
+    read_rawframe_list,
+    train_transforms,
+)
+
+from conftest import identify, palette_frames, write_frame_folder, write_test_video
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    return [
+        SampleRecord(write_test_video(root / f"v{k}.mp4", palette_frames(24 + 8 * k)), k % 3)
+        for k in range(6)
+    ]
+
+
+@pytest.fixture
+def broken(tmp_path):
+    path = tmp_path / "broken.mp4"
+    path.write_bytes(b"\x00garbage" * 100)
+    return SampleRecord(str(path), 1)
+
+
+def test_raw_clip_frames_follow_the_sampling(records):
+    ds = VideoDataset(records, num_segments=8, mode="val")
+    clip, label = ds[0]
+    assert clip.shape == (8, 3, 48, 64) and clip.dtype == torch.uint8 and label == 0
+    frames = clip.permute(0, 2, 3, 1).numpy()
+    assert identify(frames) == [1, 4, 7, 10, 13, 16, 19, 22]  # centres of 24 frames / 8
+
+
+def test_views_shapes(records):
+    ds = VideoDataset(records, num_segments=4, mode="test", clips=2,
+                      transform=eval_transforms(32, crops=3))  # fmt: skip
+    views, _ = ds[1]
+    assert views.shape == (6, 4, 3, 32, 32) and views.dtype == torch.float32
+    train = VideoDataset(records, num_segments=4, transform=train_transforms(32))
+    clip, _ = train[1]
+    assert clip.shape == (4, 3, 32, 32)
+
+
+def test_reproducible_per_sample_and_different_per_epoch(records):
+    ds = VideoDataset(records, num_segments=8, mode="train", seed=7)
+    a, _ = ds[3]
+    b, _ = ds[3]
+    assert torch.equal(a, b)
+    draws = set()
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        draws.add(tuple(identify(ds[3][0].permute(0, 2, 3, 1).numpy())))
+    assert len(draws) > 1
+
+
+def test_workers_give_the_same_samples_as_the_main_process(records):
+    ds = VideoDataset(records, num_segments=4, mode="train", seed=1,
+                      transform=train_transforms(32))  # fmt: skip
+    serial = [ds[i][0] for i in range(len(ds))]
+    loader = DataLoader(ds, batch_size=2, num_workers=2)
+    parallel = torch.cat([clips for clips, _ in loader])
+    assert torch.equal(torch.stack(serial), parallel)
+
+
+def test_skip_policy_counts_and_logs_once(records, broken, caplog):
+    ds = VideoDataset([broken, *records], num_segments=4, on_error="skip", mode="val")
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            clip, _ = ds[0]
+            assert clip.shape[0] == 4
+    assert ds.skipped == 3
+    assert len([r for r in caplog.records if "broken.mp4" in r.getMessage()]) == 1
+    strict = VideoDataset([broken, *records], num_segments=4, mode="val")
+    with pytest.raises(VideoDecodeError, match=r"broken\.mp4"):
+        strict[0]
+
+
+def test_skip_count_is_shared_by_worker_processes(records, broken):
+    ds = VideoDataset([broken, *records, broken], num_segments=4, on_error="skip", mode="val")
+    loader = DataLoader(ds, batch_size=1, num_workers=2)
+    assert sum(1 for _ in loader) == len(ds)
+    assert ds.skipped == 2
+
+
+def test_everything_broken_gives_up(broken):
+    ds = VideoDataset([broken], num_segments=4, on_error="skip", max_retries=3)
+    with pytest.raises(RuntimeError, match="could not be read"):
+        ds[0]
+
+
+def test_frame_folders_from_a_rawframe_list(tmp_path):
+    write_frame_folder(tmp_path / "a", palette_frames(20))
+    write_frame_folder(tmp_path / "b", palette_frames(30))
+    (tmp_path / "list.txt").write_text("a 20 0\nb 30 1\n")
+    (tmp_path / "offset.txt").write_text("b 10 16 1\n")
+    ds = VideoDataset(read_rawframe_list(tmp_path / "list.txt", root=tmp_path),
+                      num_segments=4, mode="val")  # fmt: skip
+    clip, label = ds[1]
+    assert label == 1 and identify(clip.permute(0, 2, 3, 1).numpy()) == [3, 11, 18, 26]
+    offset = read_rawframe_list(tmp_path / "offset.txt", root=tmp_path, with_offset=True)
+    clip, _ = VideoDataset(offset, num_segments=4, mode="val")[0]
+    assert identify(clip.permute(0, 2, 3, 1).numpy()) == [12, 16, 20, 24]  # 10 + centres of 16
+
+
+def test_bad_arguments(records):
+    with pytest.raises(ValueError, match="on_error"):
+        VideoDataset(records, num_segments=4, on_error="ignore")
+    with pytest.raises(ValueError, match="at least one record"):
+        VideoDataset([], num_segments=4)
+    with pytest.raises(ValueError, match="one clip"):
+        VideoDataset(records, num_segments=4, mode="train", clips=3)
