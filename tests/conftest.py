@@ -82,3 +82,34 @@ def write_frame_folder(folder, frames: np.ndarray, template="img_{:05d}.jpg", st
     for k, image in enumerate(frames):
         Image.fromarray(image).save(folder / template.format(start + k), quality=95)
     return str(folder)
+
+
+def encode_video(path, frames, *, codec, options=None, pix_fmt="yuv420p", fps=10, fmt=None,
+                 time_base=None, pts=None) -> str:  # fmt: skip
+    """Encode with full control: container format, codec options, explicit timestamps."""
+    import av
+
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = pix_fmt
+        stream.options = dict(options or {})
+        if time_base is not None:
+            stream.codec_context.time_base = time_base
+        for k, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if pts is not None:
+                frame.pts, frame.time_base = pts(k), time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return str(path)
+
+
+def decode_all(path) -> list[int]:
+    """Palette indices of every frame, decoded in order: the ground truth for a file."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [identify(f.to_ndarray(format="rgb24")[None])[0] for f in container.decode(video=0)]

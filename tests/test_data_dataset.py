@@ -120,3 +120,30 @@ def test_bad_arguments(records):
         VideoDataset([], num_segments=4)
     with pytest.raises(ValueError, match="one clip"):
         VideoDataset(records, num_segments=4, mode="train", clips=3)
+
+
+def test_persistent_workers_follow_set_epoch(records):
+    ds = VideoDataset(records, num_segments=8, mode="train", seed=3)
+    loader = DataLoader(ds, batch_size=len(ds), num_workers=2, persistent_workers=True)
+    seen = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        (clips, _) = next(iter(loader))
+        serial = torch.stack([ds[i][0] for i in range(len(ds))])
+        assert torch.equal(clips, serial)
+        seen.append(clips)
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+
+
+def test_bad_sample_reported_once_across_workers_and_epochs(records, broken, caplog):
+    ds = VideoDataset([broken, broken, *records], num_segments=4, on_error="skip", mode="val")
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        list(DataLoader(ds, batch_size=1, num_workers=2))
+    assert ds.skipped == 6
+    # the "already reported" marks live in shared memory: workers' logs do not reach caplog,
+    # so check the marks, then that the main process does not report them again
+    assert ds._reported.nonzero().flatten().tolist() == [0, 1]
+    with caplog.at_level(logging.WARNING):
+        ds[0]
+    assert not [r for r in caplog.records if "broken.mp4" in r.getMessage()]

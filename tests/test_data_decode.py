@@ -1,5 +1,6 @@
 """Decoding: exact frames for every backend and container, true frame counts, bad files."""
 
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +8,14 @@ import pytest
 
 from timeshift.data import VideoDecodeError, open_video
 
-from conftest import identify, palette_frames, write_frame_folder, write_test_video
+from conftest import (
+    decode_all,
+    encode_video,
+    identify,
+    palette_frames,
+    write_frame_folder,
+    write_test_video,
+)
 
 N = 40
 REQUESTS = [[0], [N - 1], [5, 3, 5, 39, 0], list(range(N)), list(range(N - 1, -1, -1)),
@@ -120,3 +128,70 @@ def test_out_of_range_and_empty_requests(videos):
         assert reader.get_frames([]).shape == (0, 48, 64, 3)
     with pytest.raises(ValueError, match="unknown video backend"):
         open_video(videos[".mp4"], backend="decord")
+
+
+_MS = Fraction(1, 1000)
+TRICKY = {
+    # container seeks by decode timestamps and B-frames make them differ from presentation
+    "mpeg4_bframes.avi": dict(codec="mpeg4", options={"bf": "2", "g": "12"}),
+    "h264_bframes.ts": dict(codec="libx264", options={"bf": "3", "g": "12"}),
+    # the AVI demuxer makes up timestamps for H.264 with B-frames
+    "h264_bframes.avi": dict(codec="libx264", options={"bf": "3", "g": "12"}),
+    # an MP4 edit list hides the first 3 packets (as a stream copy cut does)
+    "edit_list.mp4": dict(codec="libx264", options={"bf": "3", "g": "12"}, time_base=_MS,
+                          pts=lambda k: (k - 3) * 100),
+    "start_offset.mkv": dict(codec="libx264", options={"g": "12"}, time_base=_MS,
+                             pts=lambda k: 5000 + k * 100),
+    "program_stream.mpg": dict(codec="mpeg2video", options={"bf": "2", "g": "12"}),
+    # no container timestamps at all
+    "raw.h264": dict(codec="libx264", options={"bf": "3", "g": "12"}, fmt="h264"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TRICKY))
+def test_tricky_timestamps_match_a_sequential_decode(tmp_path, name):
+    path = encode_video(tmp_path / name, palette_frames(48), **TRICKY[name])
+    truth = decode_all(path)
+    rng = np.random.default_rng(0)
+    with open_video(path) as reader:
+        assert reader.num_frames == len(truth)
+        requests = [[k] for k in range(len(truth))] + [
+            sorted(rng.choice(len(truth), 8).tolist()) for _ in range(5)
+        ]
+        for request in [*requests, list(range(len(truth) - 1, -1, -3))]:
+            assert identify(reader.get_frames(request)) == [truth[k] for k in request]
+
+
+def test_resolution_change_and_odd_metadata(tmp_path):
+    import av
+
+    path = tmp_path / "resize.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.height, stream.width, stream.pix_fmt = 48, 64, "bgr0"
+        container.metadata["title"] = "XQXQXQ"
+        for image in palette_frames(6):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = path.read_bytes().replace(b"XQXQXQ", "Caf\xe9!!".encode("latin-1"))
+    path.write_bytes(data)  # a title tag that is not UTF-8
+    with open_video(path) as reader:
+        assert identify(reader.get_frames([5, 0])) == [5, 0]
+
+
+def test_decode_error_survives_worker_processes(tmp_path):
+    import pickle
+
+    from torch.utils.data import DataLoader
+
+    from timeshift.data import SampleRecord, VideoDataset
+
+    error = pickle.loads(pickle.dumps(VideoDecodeError("/x.mp4", "boom")))
+    assert (error.path, error.cause, str(error)) == ("/x.mp4", "boom", "/x.mp4: boom")
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"junk" * 100)
+    ds = VideoDataset([SampleRecord(str(bad), 0)], num_segments=4, mode="val")
+    with pytest.raises(VideoDecodeError, match=r"bad\.mp4"):
+        list(DataLoader(ds, num_workers=1))

@@ -75,3 +75,20 @@ def test_errors(kwargs, match):
     n, t = args.pop("num_frames"), args.pop("num_segments")
     with pytest.raises((ValueError, TypeError), match=match):
         segment_indices(n, t, **args)
+
+
+def test_centres_agree_with_the_reference_expression_everywhere():
+    for n in range(1, 400):
+        for t in (3, 5, 7, 8, 12, 16, 24):
+            tick = n / float(t)
+            reference = [min(int(tick / 2.0 + tick * x), n - 1) for x in range(t)]
+            assert segment_indices(n, t, mode="test") == [reference], (n, t)
+            twice = [int(tick * x) for x in range(t)]
+            assert segment_indices(n, t, mode="test", twice=True)[1] == twice, (n, t)
+
+
+def test_dense_train_never_picks_the_last_window():
+    # the reference draws randint(0, n - 64): with 65 frames only the window at 0
+    starts = {segment_indices(65, 8, mode="train", dense=True, rng=random.Random(s))[0][0]
+              for s in range(50)}  # fmt: skip
+    assert starts == {0}

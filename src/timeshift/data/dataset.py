@@ -94,21 +94,27 @@ class VideoDataset(Dataset):
         self.on_error = on_error
         self.clips, self.dense, self.twice = clips, dense, twice
         self.seed = seed
-        self.epoch = 0
+        # shared memory, so that set_epoch reaches persistent DataLoader workers too
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.frame_template = frame_template
         self.start_index = start_index
         self.max_retries = max_retries
         # one counter slot per worker process (slot 0: the main process), in shared memory
         self._skips = torch.zeros(_MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
-        self._reported: set[str] = set()
+        # which records were already reported as unreadable, shared by all workers
+        self._reported = torch.zeros(len(self.records), dtype=torch.bool).share_memory_()
         segment_indices(1, num_segments, mode=mode, clips=clips, dense=dense, twice=twice)
 
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
         """Select the random draws of ``epoch`` (reproducible, different for every epoch)."""
-        self.epoch = epoch
+        self._epoch[0] = epoch
 
     @property
     def skipped(self) -> int:
@@ -118,6 +124,8 @@ class VideoDataset(Dataset):
     def _open(self, record: SampleRecord):
         kwargs = {}
         backend = self.backend or ("frames" if Path(record.path).is_dir() else "pyav")
+        if backend == "pyav" and get_worker_info() is not None:
+            kwargs = {"threads": 1}  # workers already use every core
         if backend == "frames":
             kwargs = dict(template=self.frame_template, start_index=self.start_index)
             if record.num_frames is not None:
@@ -145,15 +153,13 @@ class VideoDataset(Dataset):
             frames = reader.get_frames([record.offset + i for i in wanted])
         position = {i: k for k, i in enumerate(wanted)}
         frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (F, C, H, W) uint8
+        order = torch.tensor([[position[i] for i in clip] for clip in clips])
+        views = frames[order]  # (clips, T, C, H, W)
         label = record.label
-        views = []
-        for clip in clips:
-            clip_views = frames[[position[i] for i in clip]].unsqueeze(0)
-            if self.transform is not None:
-                clip_views, label = self.transform(clip_views, record.label, rng)
-            views.append(clip_views)
-        out = torch.cat(views) if len(views) > 1 else views[0]
-        return (out[0] if out.shape[0] == 1 else out), label
+        if self.transform is not None:
+            # all clips in one call: the same crop (and flip, and label) for every view
+            views, label = self.transform(views, label, rng)
+        return (views[0] if views.shape[0] == 1 else views), label
 
     def __getitem__(self, index: int):
         rng = random.Random(sample_seed(self.seed, self.epoch, index))
@@ -178,7 +184,7 @@ class VideoDataset(Dataset):
         slot = 0 if info is None else 1 + info.id % (_MAX_WORKER_SLOTS - 1)
         self._skips[slot] += 1
         path = self.records[index].path
-        if path not in self._reported:
-            self._reported.add(path)
+        if not self._reported[index]:
+            self._reported[index] = True
             message = str(exc) if path in str(exc) else f"{path}: {exc}"
             _logger.warning("skipping unreadable sample (reported once): %s", message)

@@ -45,10 +45,15 @@ BACKENDS = ("pyav", "opencv", "frames")
 class VideoDecodeError(RuntimeError):
     """A video (or frame folder) cannot be read. The message names the file and the cause."""
 
-    def __init__(self, path: str | os.PathLike, cause: str) -> None:
+    def __init__(self, path: str | os.PathLike, cause: str | None = None) -> None:
+        # one-argument form: a full message (how DataLoader re-raises a worker's exception)
         self.path = str(path)
         self.cause = cause
-        super().__init__(f"{self.path}: {cause}")
+        super().__init__(self.path if cause is None else f"{self.path}: {cause}")
+
+    def __reduce__(self):
+        # rebuilt with both arguments in the main process when raised in a DataLoader worker
+        return (type(self), (self.path, self.cause))
 
 
 def _require(module: str, extra: str = "video"):
@@ -120,12 +125,27 @@ class VideoReader(ABC):
         return f"{type(self).__name__}({self.path!r})"
 
 
+class _Unreliable(Exception):
+    """Decoded timestamps do not match the demuxed index: switch to counting frames."""
+
+
 class PyAVReader(VideoReader):
-    """PyAV (FFmpeg) reader with an exact timestamp index built by demuxing on open.
+    """PyAV (FFmpeg) reader with an exact frame index built by demuxing on open.
+
+    Two ways to find frame ``k``, chosen per file:
+
+    * timestamp mode (normal files): packets are demuxed once on open (no decoding) and sorted
+      by presentation timestamp; frame ``k`` is the ``k``-th timestamp. A request seeks to the
+      keyframe before the target (by its decode timestamp, which is what AVI and MPEG-TS seek
+      by) and decodes forward, identifying frames by timestamp. Every decoded frame is checked
+      against the index; any mismatch switches the reader to
+    * counting mode (missing, duplicated or made-up timestamps, raw streams): frames are
+      counted in decode order from the start of the file.
 
     Args:
         path: video file.
-        threads: decoder threads; 0 lets FFmpeg choose.
+        threads: decoder threads; 0 lets FFmpeg choose (slice threading, which keeps no frames
+            in flight across seeks).
         max_decode_factor: a ``get_frames`` call that decodes more than this many times the
             video's frame count (plus a margin) without reaching its targets is stuck and fails.
     """
@@ -136,53 +156,72 @@ class PyAVReader(VideoReader):
         super().__init__(path)
         self._av = _require("av")
         self._max_decode_factor = max_decode_factor
+        self._threads = threads
+        self._container = None
+        self._open()
         try:
-            self._container = self._av.open(self.path)
-        except (OSError, self._av.FFmpegError) as exc:
-            raise VideoDecodeError(self.path, f"cannot open: {exc}") from exc
-        try:
-            if not self._container.streams.video:
-                raise VideoDecodeError(self.path, "no video stream")
-            self._stream = self._container.streams.video[0]
-            self._stream.thread_type = "AUTO"
-            if threads:
-                self._stream.thread_count = threads
             self._build_index()
         except BaseException:
-            self._container.close()
+            self.close()
             raise
 
+    def _open(self) -> None:
+        if self._container is not None:
+            self._container.close()
+        try:
+            # metadata_errors: a badly encoded title tag must not make the video unreadable
+            self._container = self._av.open(self.path, metadata_errors="replace")
+        except Exception as exc:  # FFmpeg, OS and codec errors come in many types
+            raise VideoDecodeError(self.path, f"cannot open: {exc}") from exc
+        if not self._container.streams.video:
+            self._container.close()
+            raise VideoDecodeError(self.path, "no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "SLICE"
+        if self._threads:
+            self._stream.thread_count = self._threads
+        self._frames_iter = None
+        self._pending = None  # a frame decoded (after a seek) but not consumed yet
+        self._position = -1  # index of the last decoded frame; -1: before the first
+
     def _build_index(self) -> None:
-        stamps, keys = [], []
+        packets = []  # (pts, dts, keyframe)
         try:
             for packet in self._container.demux(self._stream):
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                if stamp is None or packet.size == 0:
-                    continue  # flush packets
-                stamps.append(stamp)
-                if packet.is_keyframe:
-                    keys.append(stamp)
+                if packet.size == 0 or packet.is_discard:
+                    continue  # flush packets; packets an MP4 edit list drops
+                packets.append((packet.pts, packet.dts, packet.is_keyframe))
         except self._av.FFmpegError as exc:
-            if not stamps:
+            if not packets:
                 raise VideoDecodeError(self.path, f"cannot read packets: {exc}") from exc
             _logger.warning(
-                "%s: stream ends early (%s); using %d frames", self.path, exc, len(stamps)
+                "%s: stream ends early (%s); using %d frames", self.path, exc, len(packets)
             )
-        if not stamps:
+        if not packets:
             raise VideoDecodeError(self.path, "no video frames")
-        self._pts = sorted(stamps)
-        self._index_of = {pts: i for i, pts in enumerate(self._pts)}
-        keyframes = sorted({self._index_of[k] for k in keys}) or [0]
-        if keyframes[0] != 0:
-            keyframes.insert(0, 0)  # decoding from the very start is always possible
-        self._keyframes = keyframes
-        self._container.seek(self._pts[0], stream=self._stream, backward=True)
-        self._position = -1  # index of the last decoded frame; -1: before the first
+        self._count = len(packets)
+        pts = [p for p, _, _ in packets]
+        self._counting = any(p is None for p in pts) or len(set(pts)) != len(pts)
+        if not self._counting:
+            self._pts = sorted(pts)
+            self._index_of = {stamp: i for i, stamp in enumerate(self._pts)}
+            seek_at = {}
+            for p, d, key in packets:
+                if key:
+                    seek_at[self._index_of[p]] = (p, min(p, d) if d is not None else p)
+            self._keyframes = sorted(seek_at)
+            # containers seek by presentation (MP4, Matroska) or decode timestamps (AVI, MPEG-TS)
+            self._seek_stamps = {
+                "pts": [seek_at[k][0] for k in self._keyframes],
+                "dts": [seek_at[k][1] for k in self._keyframes],
+            }
+            self._seek_by = "pts"
+        # the demux pass left the container at its end: the first request repositions it
         self._frames_iter = None
 
     @property
     def num_frames(self) -> int:
-        return len(self._pts)
+        return self._count
 
     @property
     def fps(self) -> float | None:
@@ -193,15 +232,22 @@ class PyAVReader(VideoReader):
     def size(self) -> tuple[int, int]:
         return (self._stream.codec_context.height, self._stream.codec_context.width)
 
-    def _keyframe_before(self, index: int) -> int:
-        return self._keyframes[bisect.bisect_right(self._keyframes, index) - 1]
-
-    def _seek(self, index: int) -> None:
-        """Position the decoder so that the next frame decoded is ``index`` or earlier."""
-        keyframe = self._keyframe_before(index)
-        self._container.seek(self._pts[keyframe], stream=self._stream, backward=True)
+    def _rewind(self) -> None:
+        """Decode from the very beginning next (reopening: the most robust way back)."""
+        self._open()
         self._frames_iter = self._container.decode(self._stream)
-        self._position = keyframe - 1
+
+    def _seek(self, target: int) -> None:
+        """Position the decoder at or before ``target`` (timestamp mode)."""
+        k = bisect.bisect_right(self._keyframes, target) - 1
+        if k < 0:
+            self._rewind()
+            return
+        stamp = self._seek_stamps[self._seek_by][k]
+        self._container.seek(stamp, stream=self._stream, backward=True)
+        self._frames_iter = self._container.decode(self._stream)
+        self._pending = None
+        self._position = None  # unknown until the first frame says where we landed
 
     def _next_frame(self):
         try:
@@ -212,50 +258,97 @@ class PyAVReader(VideoReader):
             raise VideoDecodeError(
                 self.path, f"decoding failed after frame {self._position}: {exc}"
             ) from exc
+        if self._counting:
+            self._position += 1
+            return frame
         index = self._index_of.get(frame.pts)
-        self._position = index if index is not None else self._position + 1
+        if index is None or (self._position is not None and index != self._position + 1):
+            raise _Unreliable
+        self._position = index
         return frame
 
+    def _needs_seek(self, target: int) -> bool:
+        if self._frames_iter is None or self._position is None:
+            return True
+        if self._pending is not None and target == self._position:
+            return False  # the frame just decoded after a seek is the target
+        if target <= self._position:
+            return True
+        if self._counting:
+            return False
+        k = bisect.bisect_right(self._keyframes, target) - 1
+        return k >= 0 and self._keyframes[k] > self._position + 1
+
     def _read(self, targets: list[int]) -> dict[int, np.ndarray]:
+        if not self._counting:
+            try:
+                return self._read_from(targets)
+            except _Unreliable:
+                _logger.debug("%s: timestamps unreliable, counting frames instead", self.path)
+                self._counting = True
+                self._frames_iter = None  # the frame that revealed it is consumed: start over
+        return self._read_from(targets)
+
+    def _peek_landing(self, target: int) -> None:
+        """Decode the first frame after a seek; if the seek went past ``target`` (the container
+        seeks by the other kind of timestamp), seek again by decode timestamps."""
+        frame = self._next_frame()
+        if frame is not None and self._position > target and self._seek_by == "pts":
+            self._seek_by = "dts"
+            self._seek(target)
+            frame = self._next_frame()
+        if frame is None:
+            raise VideoDecodeError(self.path, f"no frame decodes after seeking to frame {target}")
+        self._pending = frame
+
+    def _read_from(self, targets: list[int]) -> dict[int, np.ndarray]:
+        self._budget = int(self._max_decode_factor * self.num_frames) + 64
+        height, width = self.size
         out: dict[int, np.ndarray] = {}
-        budget = int(self._max_decode_factor * self.num_frames) + 64
-        restarted = False
         for target in targets:
-            if (
-                self._frames_iter is None
-                or target <= self._position
-                or self._keyframe_before(target) > self._position + 1
-            ):
-                self._seek(target)
-            while self._position < target:
+            if self._needs_seek(target):
+                if self._counting:
+                    self._rewind()
+                else:
+                    self._seek(target)
+                    self._peek_landing(target)
+            frame = self._advance_to(target)
+            # the same size for every frame, even if the stream changes resolution
+            out[target] = frame.to_ndarray(format="rgb24", width=width, height=height)
+        return out
+
+    def _advance_to(self, target: int):
+        """Decode forward to frame ``target`` and return it."""
+        while True:
+            if self._pending is not None:
+                frame, self._pending = self._pending, None
+            else:
                 frame = self._next_frame()
-                budget -= 1
-                if frame is None or budget < 0:
+                self._budget -= 1
+                if frame is None or self._budget < 0:
                     why = "decoder stopped" if frame is None else "decoding makes no progress"
                     raise VideoDecodeError(
                         self.path,
                         f"{why} at frame {self._position} before reaching frame {target} of "
                         f"{self.num_frames} (truncated or corrupt file?)",
                     )
-                if self._position == target:
-                    out[target] = frame.to_ndarray(format="rgb24")
-                elif self._position > target:
-                    if restarted:
-                        raise VideoDecodeError(self.path, f"cannot position on frame {target}")
-                    # the container's seek landed after the keyframe: decode from the start
-                    restarted = True
-                    self._container.seek(self._pts[0], stream=self._stream, backward=True)
-                    self._frames_iter = self._container.decode(self._stream)
-                    self._position = -1
-        return out
+            if self._position == target:
+                return frame
+            if self._position > target:
+                raise _Unreliable  # even decode timestamps could not land before the target
 
     def close(self) -> None:
         self._frames_iter = None
-        self._container.close()
+        if self._container is not None:
+            self._container.close()
 
 
 class OpenCVReader(VideoReader):
-    """OpenCV reader: forward reads only, so frames are exact even where seeking is not."""
+    """OpenCV reader: forward reads only, so frames are exact even where seeking is not.
+
+    OpenCV's frame count comes from container metadata, which can be wrong, so the true count
+    is found by grabbing through the file the first time ``num_frames`` is asked for.
+    """
 
     backend = "opencv"
 
@@ -268,12 +361,15 @@ class OpenCVReader(VideoReader):
         self._open()
         self._count: int | None = None
         self._fps = float(self._cap.get(self._cv2.CAP_PROP_FPS)) or None
-        ok, first = self._cap.read()
-        if not ok:
+        if not self._cap.grab():
             self.close()
             raise VideoDecodeError(self.path, "no decodable video frames")
+        self._position = 0
+        ok, first = self._cap.retrieve()
+        if not ok:
+            self.close()
+            raise VideoDecodeError(self.path, "cannot decode the first frame")
         self._size = (first.shape[0], first.shape[1])
-        self._open()
 
     def _open(self) -> None:
         if self._cap is not None:
@@ -286,9 +382,7 @@ class OpenCVReader(VideoReader):
     @property
     def num_frames(self) -> int:
         if self._count is None:
-            # container metadata is often wrong: count by reading through the file once
-            self._open()
-            count = 0
+            count = self._position + 1  # frames already passed
             while self._cap.grab():
                 count += 1
             self._count = count
@@ -317,6 +411,8 @@ class OpenCVReader(VideoReader):
             ok, bgr = self._cap.retrieve()
             if not ok:
                 raise VideoDecodeError(self.path, f"cannot decode frame {target}")
+            if bgr.shape[:2] != self._size:
+                bgr = self._cv2.resize(bgr, self._size[::-1], interpolation=self._cv2.INTER_AREA)
             out[target] = self._cv2.cvtColor(bgr, self._cv2.COLOR_BGR2RGB)
         return out
 

@@ -48,8 +48,10 @@ class _Rng:
 
 
 def _centres(n: int, t: int, phase: float) -> list[int]:
+    # written as the reference does (tick / 2 + tick * i for phase 0.5): the float rounding of
+    # int(...) then agrees with it for every n and T
     tick = n / t
-    return [min(int(tick * (i + phase)), n - 1) for i in range(t)]
+    return [min(int(tick * phase + tick * i), n - 1) for i in range(t)]
 
 
 def _dense(n: int, t: int, start: int) -> list[int]:
@@ -105,7 +107,8 @@ def segment_indices(
 def _train(n: int, t: int, dense: bool, rng: _Rng) -> list[int]:
     if dense:
         positions = max(1, n - DENSE_WINDOW + 1)
-        start = 0 if positions == 1 else rng.randint(positions)
+        # the reference draws randint(0, positions - 1): the last window is never chosen
+        start = 0 if positions == 1 else rng.randint(positions - 1)
         return _dense(n, t, start)
     average = n // t
     if average > 0:
