@@ -84,8 +84,18 @@ def write_frame_folder(folder, frames: np.ndarray, template="img_{:05d}.jpg", st
     return str(folder)
 
 
-def encode_video(path, frames, *, codec, options=None, pix_fmt="yuv420p", fps=10, fmt=None,
-                 time_base=None, pts=None) -> str:  # fmt: skip
+def encode_video(
+    path,
+    frames,
+    *,
+    codec,
+    options=None,
+    pix_fmt="yuv420p",
+    fps=10,
+    fmt=None,
+    time_base=None,
+    pts=None,
+) -> str:
     """Encode with full control: container format, codec options, explicit timestamps."""
     import av
 

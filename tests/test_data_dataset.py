@@ -43,8 +43,9 @@ def test_raw_clip_frames_follow_the_sampling(records):
 
 
 def test_views_shapes(records):
-    ds = VideoDataset(records, num_segments=4, mode="test", clips=2,
-                      transform=eval_transforms(32, crops=3))  # fmt: skip
+    ds = VideoDataset(
+        records, num_segments=4, mode="test", clips=2, transform=eval_transforms(32, crops=3)
+    )
     views, _ = ds[1]
     assert views.shape == (6, 4, 3, 32, 32) and views.dtype == torch.float32
     train = VideoDataset(records, num_segments=4, transform=train_transforms(32))
@@ -65,8 +66,7 @@ def test_reproducible_per_sample_and_different_per_epoch(records):
 
 
 def test_workers_give_the_same_samples_as_the_main_process(records):
-    ds = VideoDataset(records, num_segments=4, mode="train", seed=1,
-                      transform=train_transforms(32))  # fmt: skip
+    ds = VideoDataset(records, num_segments=4, mode="train", seed=1, transform=train_transforms(32))
     serial = [ds[i][0] for i in range(len(ds))]
     loader = DataLoader(ds, batch_size=2, num_workers=2)
     parallel = torch.cat([clips for clips, _ in loader])
@@ -104,8 +104,9 @@ def test_frame_folders_from_a_rawframe_list(tmp_path):
     write_frame_folder(tmp_path / "b", palette_frames(30))
     (tmp_path / "list.txt").write_text("a 20 0\nb 30 1\n")
     (tmp_path / "offset.txt").write_text("b 10 16 1\n")
-    ds = VideoDataset(read_rawframe_list(tmp_path / "list.txt", root=tmp_path),
-                      num_segments=4, mode="val")  # fmt: skip
+    ds = VideoDataset(
+        read_rawframe_list(tmp_path / "list.txt", root=tmp_path), num_segments=4, mode="val"
+    )
     clip, label = ds[1]
     assert label == 1 and identify(clip.permute(0, 2, 3, 1).numpy()) == [3, 11, 18, 26]
     offset = read_rawframe_list(tmp_path / "offset.txt", root=tmp_path, with_offset=True)

@@ -18,16 +18,24 @@ from conftest import (
 )
 
 N = 40
-REQUESTS = [[0], [N - 1], [5, 3, 5, 39, 0], list(range(N)), list(range(N - 1, -1, -1)),
-            [7, 8, 9, 30, 31, 2]]  # fmt: skip
+REQUESTS = [
+    [0],
+    [N - 1],
+    [5, 3, 5, 39, 0],
+    list(range(N)),
+    list(range(N - 1, -1, -1)),
+    [7, 8, 9, 30, 31, 2],
+]
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
     frames = palette_frames(N)
-    return {suffix: write_test_video(root / f"v{suffix}", frames) for suffix in
-            (".mkv", ".mp4", ".avi", ".webm")}  # fmt: skip
+    return {
+        suffix: write_test_video(root / f"v{suffix}", frames)
+        for suffix in (".mkv", ".mp4", ".avi", ".webm")
+    }
 
 
 @pytest.mark.parametrize("backend", ["pyav", "opencv"])
@@ -138,14 +146,16 @@ TRICKY = {
     # the AVI demuxer makes up timestamps for H.264 with B-frames
     "h264_bframes.avi": dict(codec="libx264", options={"bf": "3", "g": "12"}),
     # an MP4 edit list hides the first 3 packets (as a stream copy cut does)
-    "edit_list.mp4": dict(codec="libx264", options={"bf": "3", "g": "12"}, time_base=_MS,
-                          pts=lambda k: (k - 3) * 100),
-    "start_offset.mkv": dict(codec="libx264", options={"g": "12"}, time_base=_MS,
-                             pts=lambda k: 5000 + k * 100),
+    "edit_list.mp4": dict(
+        codec="libx264", options={"bf": "3", "g": "12"}, time_base=_MS, pts=lambda k: (k - 3) * 100
+    ),
+    "start_offset.mkv": dict(
+        codec="libx264", options={"g": "12"}, time_base=_MS, pts=lambda k: 5000 + k * 100
+    ),
     "program_stream.mpg": dict(codec="mpeg2video", options={"bf": "2", "g": "12"}),
     # no container timestamps at all
     "raw.h264": dict(codec="libx264", options={"bf": "3", "g": "12"}, fmt="h264"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", list(TRICKY))

@@ -16,8 +16,20 @@ def test_extract_frames_resumable_and_survives_bad_videos(tmp_path, capsys):
     listing = tmp_path / "list.txt"
     listing.write_text("a.mp4 0\nbad.mp4 1\nb.mp4 1\n")
     out = tmp_path / "frames"
-    code = main(["data", "extract-frames", str(listing), str(out), "--root", str(videos),
-                 "--short-side", "32", "--workers", "2"])  # fmt: skip
+    code = main(
+        [
+            "data",
+            "extract-frames",
+            str(listing),
+            str(out),
+            "--root",
+            str(videos),
+            "--short-side",
+            "32",
+            "--workers",
+            "2",
+        ]
+    )
     assert code == 1  # one video failed, the others were extracted
     assert "extracted 2, already done 0, failed 1" in capsys.readouterr().out
     assert "bad.mp4" in (out / "failed.txt").read_text()

@@ -89,6 +89,8 @@ def test_centres_agree_with_the_reference_expression_everywhere():
 
 def test_dense_train_never_picks_the_last_window():
     # the reference draws randint(0, n - 64): with 65 frames only the window at 0
-    starts = {segment_indices(65, 8, mode="train", dense=True, rng=random.Random(s))[0][0]
-              for s in range(50)}  # fmt: skip
+    starts = {
+        segment_indices(65, 8, mode="train", dense=True, rng=random.Random(s))[0][0]
+        for s in range(50)
+    }
     assert starts == {0}

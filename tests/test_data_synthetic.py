@@ -68,17 +68,28 @@ def test_class_names_come_in_pairs():
 
 
 def test_make_synthetic_files_lists_and_determinism(tmp_path):
-    spec = SyntheticSpec(videos_per_class=2, val_videos_per_class=1, size=32, frames=8,
-                         families=("horizontal", "rotation"))  # fmt: skip
+    spec = SyntheticSpec(
+        videos_per_class=2,
+        val_videos_per_class=1,
+        size=32,
+        frames=8,
+        families=("horizontal", "rotation"),
+    )
     a = make_synthetic(tmp_path / "a", spec, progress=False)
     b = make_synthetic(tmp_path / "b", spec, progress=False)
     train = read_video_list(a["train"], root=a["root"], classes=a["classes"])
-    assert train.classes == ["moving left", "moving right", "rotating clockwise",
-                             "rotating anticlockwise"]  # fmt: skip
+    assert train.classes == [
+        "moving left",
+        "moving right",
+        "rotating clockwise",
+        "rotating anticlockwise",
+    ]
     assert [r.label for r in train.records] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert len(read_video_list(a["val"], root=a["root"]).records) == 4
-    for rel in ("videos/train/moving_right/moving_right_00001.mp4",
-                "videos/val/rotating_clockwise/rotating_clockwise_00000.mp4"):  # fmt: skip
+    for rel in (
+        "videos/train/moving_right/moving_right_00001.mp4",
+        "videos/val/rotating_clockwise/rotating_clockwise_00000.mp4",
+    ):
         with open_video(a["root"] / rel) as ra, open_video(b["root"] / rel) as rb:
             assert ra.num_frames == 8 and ra.size == (32, 32)
             assert np.array_equal(ra.get_frames(range(8)), rb.get_frames(range(8)))
@@ -87,16 +98,33 @@ def test_make_synthetic_files_lists_and_determinism(tmp_path):
     stamp = video.stat().st_mtime_ns
     make_synthetic(tmp_path / "a", spec, progress=False)
     assert video.stat().st_mtime_ns == stamp
-    other_seed = make_synthetic(tmp_path / "c", SyntheticSpec(**{**spec.__dict__, "seed": 1}),
-                                progress=False)  # fmt: skip
+    other_seed = make_synthetic(
+        tmp_path / "c", SyntheticSpec(**{**spec.__dict__, "seed": 1}), progress=False
+    )
     with open_video(a["root"] / rel) as ra, open_video(other_seed["root"] / rel) as rc:
         assert not np.array_equal(ra.get_frames([0]), rc.get_frames([0]))
 
 
 def test_cli_synth(tmp_path, capsys):
     out = tmp_path / "synth"
-    assert main(["data", "synth", str(out), "--videos-per-class", "2", "--size", "32",
-                 "--frames", "6", "--families", "fade"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                str(out),
+                "--videos-per-class",
+                "2",
+                "--size",
+                "32",
+                "--frames",
+                "6",
+                "--families",
+                "fade",
+            ]
+        )
+        == 0
+    )
     assert "train list" in capsys.readouterr().out
     assert len((out / "train.txt").read_text().split("\n")) == 5  # 4 lines + trailing newline
     assert (out / "classes.txt").read_text().split("\n")[:2] == ["fading in", "fading out"]

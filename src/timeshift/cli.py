@@ -172,6 +172,109 @@ def cmd_data_extract(args: argparse.Namespace) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from timeshift.engine.config import load_config
+    from timeshift.engine.trainer import fit
+
+    overrides = list(args.set or [])
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    if args.seed is not None:
+        overrides.append(f"train.seed={args.seed}")
+    cfg = load_config(args.config, overrides)
+    output = args.output or str(Path("runs") / Path(args.config).stem)
+    result = fit(cfg, output, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if result:
+        best = result.get("best_val_top1", float("nan"))
+        print(f"done: best top-1 {best:.4f}; checkpoints in {output} (last.pt, best.pt)")
+    return 0
+
+
+def _print_test(summary: dict) -> None:
+    print(
+        f"{summary['samples']} videos ({summary['unreadable']} unreadable), protocol "
+        f"{summary['protocol']['clips']} clip(s) x {summary['protocol']['crops']} crop(s)"
+        f"{' full-res' if summary['protocol']['full_res'] else ''}"
+    )
+    print(
+        f"  top-1 {summary['top1']:.4f}   top-5 {summary['top5']:.4f}   mean class accuracy "
+        f"{summary['mean_class_accuracy']:.4f}"
+    )
+    print(f"  {'class':32} {'videos':>7} {'accuracy':>9}")
+    for name, support, acc in zip(
+        summary["classes"], summary["support"], summary["per_class"], strict=True
+    ):
+        shown = "-" if acc != acc else f"{acc:.3f}"  # NaN: no video of that class
+        print(f"  {name[:32]:32} {support:7d} {shown:>9}")
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from timeshift.engine.evaluate import TestOptions, test_checkpoints
+
+    options = TestOptions(
+        clips=args.clips,
+        crops=args.crops,
+        full_res=args.full_res,
+        dense=args.dense,
+        twice=args.twice,
+        batch_size=args.batch_size,
+        workers=args.workers,
+    )
+    checkpoints = [args.checkpoint, *(args.ensemble or [])]
+    summary = test_checkpoints(
+        checkpoints,
+        args.data,
+        root=args.root,
+        options=options,
+        output_dir=args.output,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        _print_test(summary)
+        if args.output:
+            print(
+                f"metrics.json, per_class.csv, confusion.csv/png, predictions.json in {args.output}"
+            )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from timeshift.engine.evaluate import predict_videos
+
+    results = predict_videos(
+        args.checkpoint,
+        args.inputs,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for item in results:
+        print(item["path"])
+        if "error" in item:
+            print(f"  error: {item['error']}")
+            continue
+        for entry in item["top"]:
+            print(f"  {entry['score']:.3f}  {entry['label']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from timeshift.engine.demo import run_demo
+
+    run_demo(args.output, full=args.full, progress=not args.no_progress)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="timeshift", description="Efficient video recognition with temporal shift."
@@ -187,6 +290,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--direction", choices=("bidirectional", "unidirectional"))
     p.add_argument("--json", action="store_true", help="raw numbers as JSON")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config", help="YAML file or shipped recipe name (e.g. synthetic-tsm)")
+    p.add_argument("--output", help="run directory (default runs/<config name>)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", help="DIR/last.pt of an earlier run")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config keys")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("test", help="evaluate checkpoints on a labelled list or folder")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", required=True, help="list file (videos or rawframes) or folder")
+    p.add_argument("--root", help="folder the list's paths are relative to")
+    p.add_argument("--clips", type=int, default=1)
+    p.add_argument("--crops", type=int, choices=(1, 3, 10), default=1)
+    p.add_argument("--full-res", action="store_true", help="crop at the resized size (256)")
+    sampling = p.add_mutually_exclusive_group()
+    sampling.add_argument("--dense", action="store_true")
+    sampling.add_argument("--twice", action="store_true")
+    p.add_argument(
+        "--ensemble",
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="more checkpoints whose softmax scores are averaged with the first",
+    )
+    p.add_argument("--output", help="directory for metrics, confusion matrix, predictions")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("predict", help="top-k classes of videos")
+    p.add_argument("checkpoint")
+    p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="train TSN and TSM on the synthetic dataset and compare")
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--full", action="store_true", help="longer training, tighter numbers")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("models", help="list registered models")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'tsm_*'")
@@ -237,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (KeyError, ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"timeshift: error: {message}", file=sys.stderr)
         return 2

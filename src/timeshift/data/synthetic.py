@@ -5,9 +5,9 @@ growing / shrinking, rotating clockwise / anticlockwise, ...). A video of the se
 pair is rendered exactly like one of the first class and then played backwards, so the two
 classes have the same distribution of individual frames: a model that ignores frame order (a 2D
 CNN averaging per-frame scores, TSN) cannot beat 50% within a pair, while a model that sees
-order (TSM) can reach ~100%. Everything else is random per video -- shape, colours, size, speed,
-start position, a textured background and per-frame noise -- so that appearance carries no
-label information.
+order (TSM) can reach ~100%. Each family draws its own shape, so the family is visible in any
+single frame and an order-blind model sits at exactly 50% overall; everything else is random per
+video -- colours, size, speed, start position, a textured background and per-frame noise.
 
 Videos are real encoded files (H.264 through PyAV, MPEG-4 Part 2 where x264 is missing) with
 list files in the MMAction2 video-list format (``path label``) and a class-name file, so the
@@ -29,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "FAMILIES",
+    "FAMILY_SHAPES",
     "SyntheticSpec",
     "class_names",
     "make_synthetic",
@@ -49,8 +50,19 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "stretch": ("stretching", "squashing"),
 }
 
-SHAPES = ("circle", "square", "triangle", "bar", "diamond")
-FORMAT_VERSION = 1
+# Each family has its own shape, so the family can be told from any single frame while the
+# direction within the pair needs frame order: an order-blind model can reach 100% on the family
+# and exactly chance within the pair (50% overall), an order-aware one 100%.
+FAMILY_SHAPES = {
+    "horizontal": "circle",
+    "vertical": "square",
+    "scale": "diamond",
+    "rotation": "bar",
+    "fade": "triangle",
+    "orbit": "ring",
+    "stretch": "cross",
+}
+FORMAT_VERSION = 2
 
 
 def class_names(families: Sequence[str] | None = None) -> list[str]:
@@ -79,14 +91,15 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     x0 = y0
     fx = (ys - x0)[None, :, None]
     smooth = rows[:, x0] * (1 - fx) + rows[:, x0 + 1] * fx  # (size, size, 3)
-    base = rng.uniform(0.2, 0.8, size=3)
+    base = rng.uniform(0.25, 0.75, size=3)
     angle = rng.uniform(0, math.pi)
     period = rng.uniform(6, 16) * size / 64
     yy, xx = np.mgrid[0:size, 0:size]
     stripes = 0.5 + 0.5 * np.sin(
         (xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period
     )
-    texture = 0.55 * base + 0.3 * smooth + 0.15 * stripes[..., None] * rng.uniform(0.3, 1)
+    # a visible but quiet texture: the moving shape must stay the most salient thing
+    texture = base + 0.18 * (smooth - 0.5) + 0.08 * (stripes[..., None] - 0.5)
     return np.clip(texture, 0, 1)
 
 
@@ -109,6 +122,13 @@ def _shape_mask(
         edge = np.maximum(np.abs(u) - rx, np.abs(v) - ry * 0.3)
     elif shape == "diamond":
         edge = (np.abs(u) / rx + np.abs(v) / ry - 1.0) * min(rx, ry) * 0.7
+    elif shape == "ring":
+        dist = np.hypot(u / rx, v / ry)
+        edge = (np.abs(dist - 0.75) - 0.25) * min(rx, ry)
+    elif shape == "cross":
+        arm_u = np.maximum(np.abs(u) - rx, np.abs(v) - ry * 0.3)
+        arm_v = np.maximum(np.abs(v) - ry, np.abs(u) - rx * 0.3)
+        edge = np.minimum(arm_u, arm_v)
     else:  # triangle pointing along +u
         edges = []
         for k in range(3):
@@ -127,13 +147,15 @@ def render_clip(
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
     background = _background(rng, size)
-    shape = str(rng.choice(SHAPES if family != "rotation" else ("triangle", "bar", "square")))
+    shape = FAMILY_SHAPES[family]
     colour = rng.uniform(0, 1, size=3)
-    colour[rng.integers(3)] = rng.choice([0.0, 1.0])  # keep it saturated against the texture
-    radius = rng.uniform(0.09, 0.16) * size
+    colour[rng.integers(3)] = rng.choice([0.0, 1.0])  # saturated
+    if abs(colour.mean() - background.mean()) < 0.3:  # and far from the background's brightness
+        colour = np.clip(colour + (0.45 if background.mean() < 0.5 else -0.45), 0, 1)
+    radius = rng.uniform(0.13, 0.19) * size
     cx, cy = rng.uniform(0.35, 0.65, size=2) * size
     angle0 = rng.uniform(0, 2 * math.pi)
-    noise = rng.uniform(0.01, 0.04)
+    noise = rng.uniform(0.01, 0.03)
     s = np.linspace(0.0, 1.0, frames)
     jitter = rng.normal(0, 0.01 * size, size=(frames, 2))  # small hand-held wobble
     params = {
@@ -193,7 +215,7 @@ def write_video(
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial{path.suffix}")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1:3]

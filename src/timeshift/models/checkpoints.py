@@ -90,13 +90,21 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, *, meta: Mapping | None = None) -> Path:
+def save_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    meta: Mapping | None = None,
+    extra: Mapping | None = None,
+) -> Path:
     """Write weights plus construction config so that :func:`load_model` can rebuild the model.
 
     Args:
         model: a model built by :func:`timeshift.create_model` (it carries ``config``).
         path: destination file, written atomically.
         meta: extra plain data to store (class names, training epoch, accuracy, ...).
+        extra: further top-level entries (the trainer's ``train_state``); ignored by
+            :func:`load_model`.
     """
     config = getattr(model, "config", None)
     if not config:
@@ -110,6 +118,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, meta: Mapping | Non
         "config": dict(config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": dict(meta or {}),
+        **dict(extra or {}),
     }
     return atomic_save(payload, path)
 
@@ -398,7 +407,8 @@ def load_checkpoint(
     report.missing, report.unexpected = missing, unexpected
     model.load_state_dict(mapped, strict=False)
     report.loaded = sorted(mapped)
-    _logger.info(
+    # our own checkpoints load silently; conversions from other formats are worth a line
+    (_logger.debug if source == "timeshift" else _logger.info)(
         "loaded %d tensors from %s (%s format); %d left initialised, %d dropped",
         len(mapped),
         origin,

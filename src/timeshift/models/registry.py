@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import difflib
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,9 +105,23 @@ def create_model(name: str, *, num_classes: int, num_segments: int, **kwargs: An
         "name": name,
         "num_classes": num_classes,
         "num_segments": num_segments,
-        "kwargs": copy.deepcopy(kwargs),
+        "kwargs": _plain(kwargs),
     }
     return model
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts/lists/scalars (checkpoints are read with weights_only=True, which accepts
+    nothing else), whatever container types the caller used (e.g. OmegaConf's)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple) or (
+        isinstance(value, Sequence) and not isinstance(value, str | bytes)
+    ):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"model option of type {type(value).__name__} cannot be stored: {value!r}")
 
 
 def build_recognizer(

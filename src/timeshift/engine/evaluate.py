@@ -1,0 +1,246 @@
+"""Testing checkpoints (metrics, confusion, predictions, ensembles) and predicting videos."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from timeshift.data.formats import VIDEO_EXTENSIONS, Annotations, SampleRecord, read_annotations
+from timeshift.engine.data import eval_dataset, eval_loader
+from timeshift.engine.metrics import classification_report
+from timeshift.engine.plots import plot_confusion
+from timeshift.engine.trainer import evaluate
+from timeshift.models.checkpoints import load_model
+
+__all__ = ["TestOptions", "measure_latency", "predict_videos", "test_checkpoints"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TestOptions:
+    """The test protocol: 1 clip x centre crop for efficiency tables; several clips x 3 crops at
+    full resolution for accuracy tables."""
+
+    clips: int = 1
+    crops: int = 1
+    full_res: bool = False
+    dense: bool = False
+    twice: bool = False
+    batch_size: int = 4
+    workers: int = 2
+
+
+def _meta(model: nn.Module, path) -> dict:
+    meta = getattr(model, "checkpoint_meta", {}) or {}
+    if not meta.get("classes"):
+        raise ValueError(f"{path} stores no class names (meta.classes); save it with 'train'")
+    return meta
+
+
+def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, progress):
+    dataset = eval_dataset(
+        ann,
+        num_segments=model.num_segments,
+        size=meta.get("input_size", 224),
+        scale_size=meta.get("scale_size"),
+        mean=meta.get("mean", (0.485, 0.456, 0.406)),
+        std=meta.get("std", (0.229, 0.224, 0.225)),
+        clips=options.clips,
+        crops=options.crops,
+        full_res=options.full_res,
+        twice=options.twice,
+        dense=options.dense,
+    )
+    loader = eval_loader(dataset, batch_size=options.batch_size, workers=options.workers)
+    return evaluate(model, loader, device=device, num_classes=model.num_classes, progress=progress)
+
+
+def test_checkpoints(
+    checkpoints: Sequence[str | Path],
+    data: str | Path,
+    *,
+    root: str | Path | None = None,
+    options: TestOptions | None = None,
+    output_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Evaluate one checkpoint, or several averaged by score (an ensemble: softmax
+    probabilities averaged, e.g. TSM 8f + 16f). Writes metrics.json, per_class.csv,
+    confusion.csv/png and predictions.json to ``output_dir`` when given."""
+    if not checkpoints:
+        raise ValueError("no checkpoint given")
+    options = options or TestOptions()
+    torch_device = torch.device(device)
+    models = [(path, load_model(path).to(torch_device).eval()) for path in checkpoints]
+    classes = _meta(models[0][1], checkpoints[0])["classes"]
+    for path, model in models[1:]:
+        if _meta(model, path)["classes"] != classes:
+            raise ValueError(f"{path} was trained on other classes than {checkpoints[0]}")
+    ann = read_annotations(data, root=root, classes=classes)
+    if not ann.records:
+        raise ValueError(f"{data}: no samples to test")
+    bad = [r for r in ann.records if not 0 <= r.label < len(classes)]
+    if bad:
+        raise ValueError(
+            f"{data}: label {bad[0].label} of {bad[0].path} is not one of the "
+            f"{len(classes)} classes of the checkpoint"
+        )
+    probabilities, failed = None, set()
+    single = len(models) == 1
+    for path, model in models:
+        result = _model_scores(model, _meta(model, path), ann, options, torch_device, progress)
+        full = torch.full((len(ann.records), len(classes)), float("nan"))
+        full[result.indices] = result.scores if single else result.scores.softmax(dim=1)
+        failed |= set(range(len(ann.records))) - set(result.indices.tolist())
+        probabilities = full if probabilities is None else probabilities + full
+    keep = torch.tensor([i not in failed for i in range(len(ann.records))])
+    scores = probabilities[keep] / len(models)
+    labels = torch.tensor([r.label for r in ann.records])[keep]
+    report = classification_report(scores, labels, len(classes))
+    summary = {
+        "checkpoints": [str(p) for p in checkpoints],
+        "data": str(data),
+        "protocol": options.__dict__,
+        "samples": int(keep.sum()),
+        "unreadable": len(failed),
+        "top1": report["top1"],
+        "top5": report["top5"],
+        "mean_class_accuracy": report["mean_class_accuracy"],
+    }
+    if output_dir is not None:
+        _write_test_outputs(Path(output_dir), summary, report, classes, ann, scores, keep)
+    summary["per_class"] = report["per_class"]
+    summary["support"] = report["support"]
+    summary["classes"] = classes
+    return summary
+
+
+def _write_test_outputs(out: Path, summary, report, classes, ann, scores, keep) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out / "per_class.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class_index", "class", "samples", "accuracy"])
+        for i, (name, support, acc) in enumerate(
+            zip(classes, report["support"], report["per_class"], strict=True)
+        ):
+            writer.writerow([i, name, support, "" if np.isnan(acc) else f"{acc:.4f}"])
+    confusion = report["confusion"]
+    with open(out / "confusion.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *classes])
+        for name, row in zip(classes, confusion, strict=True):
+            writer.writerow([name, *row.tolist()])
+    plot_confusion(
+        confusion,
+        classes,
+        out / "confusion.png",
+        title=f"top-1 {summary['top1']:.3f}, {summary['samples']} videos",
+    )
+    records = [r for r, k in zip(ann.records, keep.tolist(), strict=True) if k]
+    top = scores.topk(min(5, len(classes)), dim=1)
+    predictions = [
+        {
+            "path": r.path,
+            "label": r.label,
+            "prediction": int(i[0]),
+            "top5": [[int(c), float(s)] for c, s in zip(i, v, strict=True)],
+        }
+        for r, i, v in zip(records, top.indices.tolist(), top.values.tolist(), strict=True)
+    ]
+    (out / "predictions.json").write_text(json.dumps(predictions, indent=1) + "\n")
+
+
+def _expand(inputs: Sequence[str | Path]) -> list[SampleRecord]:
+    records = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+            if videos:
+                records += [SampleRecord(str(v), -1) for v in videos]
+            elif any(p.suffix.lower() in (".jpg", ".jpeg", ".png") for p in path.iterdir()):
+                records.append(SampleRecord(str(path), -1))  # a frame folder
+            else:
+                raise FileNotFoundError(f"no videos or frames in {path}")
+        elif path.exists():
+            records.append(SampleRecord(str(path), -1))
+        else:
+            raise FileNotFoundError(f"not found: {path}")
+    return records
+
+
+def predict_videos(
+    checkpoint: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    top_k: int = 5,
+    batch_size: int = 4,
+    workers: int = 2,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict]:
+    """Top-k classes with softmax scores for every video (folders are searched for videos).
+
+    Decoding runs in ``workers`` processes; a video that cannot be read gets an ``error``
+    entry instead of predictions.
+    """
+    model = load_model(checkpoint).to(torch.device(device)).eval()
+    meta = _meta(model, checkpoint)
+    classes = meta["classes"]
+    records = _expand(inputs)
+    ann = Annotations(records, classes)
+    result = _model_scores(
+        model,
+        meta,
+        ann,
+        TestOptions(batch_size=batch_size, workers=workers),
+        torch.device(device),
+        progress,
+    )
+    found = dict(zip(result.indices.tolist(), result.scores.softmax(dim=1), strict=True))
+    out = []
+    for i, record in enumerate(records):
+        if i not in found:
+            out.append({"path": record.path, "error": "cannot be decoded"})
+            continue
+        values, indices = found[i].topk(min(top_k, len(classes)))
+        out.append(
+            {
+                "path": record.path,
+                "top": [
+                    {"label": classes[c], "index": int(c), "score": float(v)}
+                    for c, v in zip(indices.tolist(), values.tolist(), strict=True)
+                ],
+            }
+        )
+    return out
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module, *, frames: int, size: int, repeats: int = 20, warmup: int = 3
+) -> float:
+    """Median milliseconds for one clip ``(1, T, 3, S, S)`` in eval mode (batch 1)."""
+    model.eval()
+    x = torch.randn(1, frames, 3, size, size, device=next(model.parameters()).device)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3

@@ -1,0 +1,78 @@
+"""Training curves and confusion matrices as PNG (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["plot_confusion", "plot_curves"]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(rows: Sequence[dict], path, *, title: str = "") -> None:
+    """Loss (left) and accuracy (right) per epoch from metrics rows."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train loss")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [r["train_top1"] for r in rows], marker="o", label="train top-1")
+    val = [(r["epoch"], r["val_top1"]) for r in rows if "val_top1" in r]
+    if val:
+        ax_acc.plot(*zip(*val, strict=True), marker="s", label="val top-1")
+    ax_acc.set_ylim(0, 1.02)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path, *, title: str = "") -> None:
+    """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
+    plt = _pyplot()
+    confusion = np.asarray(confusion, dtype=float)
+    rows = confusion.sum(axis=1, keepdims=True)
+    normalised = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
+    k = len(classes)
+    size = min(max(4.0, 0.45 * k + 2), 24)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    if k <= 60:
+        ax.set_xticks(range(k), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(k), classes, fontsize=7)
+        if k <= 30:
+            for i in range(k):
+                for j in range(k):
+                    if confusion[i, j]:
+                        colour = "white" if normalised[i, j] > 0.5 else "black"
+                        ax.text(
+                            j,
+                            i,
+                            int(confusion[i, j]),
+                            ha="center",
+                            va="center",
+                            fontsize=6,
+                            color=colour,
+                        )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
