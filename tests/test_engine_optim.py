@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import timeshift
+from timeshift.engine.metrics import classification_report, topk_accuracy
+from timeshift.engine.optim import build_optimizer, build_scheduler, param_groups
+
+
+def _model(**kwargs):
+    return timeshift.create_model("tsm_resnet_tiny", num_classes=5, num_segments=4, **kwargs)
+
+
+def _group(groups, name):
+    return next(g for g in groups if g.name == name)
+
+
+def test_reference_parameter_groups():
+    model = _model()
+    groups = param_groups(model, fc_lr5=True)
+    by_name = {g.name: g for g in groups}
+    assert by_name["first_conv_weight"].params == [model.backbone.conv1.weight]
+    assert (by_name["first_conv_weight"].lr_mult, by_name["first_conv_weight"].decay_mult) == (1, 1)
+    assert by_name["fc_weight"].params == [model.fc.weight]
+    assert (by_name["fc_weight"].lr_mult, by_name["fc_bias"].lr_mult) == (5, 10)
+    assert by_name["fc_bias"].decay_mult == 0
+    norms = [p for m in model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
+    assert {id(p) for p in by_name["norm"].params} == {id(p) for p in norms}
+    assert by_name["norm"].decay_mult == 0
+    # every trainable parameter in exactly one group
+    ids = [id(p) for g in groups for p in g.params]
+    assert len(ids) == len(set(ids)) == sum(1 for p in model.parameters() if p.requires_grad)
+    plain = {g.name: g for g in param_groups(model, fc_lr5=False)}
+    assert (plain["fc_weight"].lr_mult, plain["fc_bias"].lr_mult) == (1, 2)
+
+
+def test_partial_bn_parameters_left_out():
+    model = _model(partial_bn=True)
+    norm = _group(param_groups(model), "norm")
+    assert len(norm.params) == 2  # weight and bias of the first BN only
+
+
+def test_optimizer_applies_multipliers():
+    opt = build_optimizer(_model(), lr=0.1, weight_decay=1e-4, fc_lr5=True)
+    settings = {g["name"]: (g["lr"], g["weight_decay"]) for g in opt.param_groups}
+    assert settings["fc_weight"] == (pytest.approx(0.5), 1e-4)
+    assert settings["fc_bias"] == (pytest.approx(1.0), 0.0)
+    assert settings["norm"] == (0.1, 0.0)
+    with pytest.raises(ValueError, match="optimizer"):
+        build_optimizer(_model(), name="lamb", lr=0.1)
+
+
+def _lrs(scheduler, optimizer, steps):
+    out = []
+    for _ in range(steps):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return out
+
+
+def test_step_schedule_with_warmup():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, kind="step", epochs=6, steps_per_epoch=2, milestones=[2, 4],
+                            gamma=0.1, warmup_epochs=1, warmup_factor=0.1)  # fmt: skip
+    lrs = _lrs(sched, opt, 12)
+    expected = [0.1, 0.55, 1, 1, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.01]
+    assert lrs == pytest.approx(expected)
+
+
+def test_cosine_schedule():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = build_scheduler(opt, kind="cosine", epochs=4, steps_per_epoch=5)
+    lrs = _lrs(sched, opt, 20)
+    assert lrs[0] == pytest.approx(2.0)
+    assert lrs[10] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs == sorted(lrs, reverse=True)
+    with pytest.raises(ValueError, match="schedule"):
+        build_scheduler(opt, kind="linear", epochs=1, steps_per_epoch=1)
+
+
+def test_metrics_on_known_inputs():
+    scores = torch.tensor([[0.9, 0.05, 0.05], [0.2, 0.3, 0.5], [0.1, 0.6, 0.3], [0.5, 0.4, 0.1]])
+    labels = torch.tensor([0, 1, 1, 1])
+    acc = topk_accuracy(scores, labels, (1, 2))
+    assert acc == {1: 0.5, 2: 1.0}
+    report = classification_report(scores, labels, num_classes=3)
+    assert report["top1"] == 0.5
+    # class 0: 1/1, class 1: 1/3, class 2: no samples (left out of the mean)
+    assert report["mean_class_accuracy"] == pytest.approx((1 + 1 / 3) / 2)
+    assert report["confusion"].tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+    assert report["support"] == [1, 3, 0]
+    assert math.isnan(report["per_class"][2])

@@ -1,0 +1,181 @@
+"""End to end on a tiny generated dataset: train -> test -> predict, resume, errors, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import timeshift
+from timeshift.cli import main
+from timeshift.data.synthetic import SyntheticSpec, make_synthetic
+from timeshift.engine import trainer
+from timeshift.engine.config import load_config
+from timeshift.engine.trainer import NonFiniteLossError, fit
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    spec = SyntheticSpec(videos_per_class=4, val_videos_per_class=2, size=32, frames=8,
+                         families=("horizontal", "fade"))  # fmt: skip
+    return make_synthetic(tmp_path_factory.mktemp("synth"), spec, progress=False)
+
+
+def _overrides(dataset, **extra):
+    base = {
+        "model.name": "tsm_resnet_tiny",
+        "model.num_segments": 4,
+        "model.dropout": 0.5,
+        "data.format": "videos",
+        "data.train": str(dataset["train"]),
+        "data.val": str(dataset["val"]),
+        "data.root": str(dataset["root"]),
+        "data.classes": str(dataset["classes"]),
+        "data.size": 32,
+        "data.scale_size": 32,
+        "data.workers": 0,
+        "train.epochs": 2,
+        "train.batch_size": 4,
+        "train.lr": 0.01,
+        "train.schedule": "cosine",
+        "eval.batch_size": 4,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_train_test_predict(tmp_path, dataset, capsys):
+    cfg = load_config(None, _overrides(dataset))
+    result = fit(cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "confusion.png"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").iterdir())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and "val_top1" in rows[-1]
+    assert result["best_val_top1"] == max(r["val_top1"] for r in rows)
+    model = timeshift.load_model(run / "best.pt")
+    assert model.checkpoint_meta["classes"] == ["moving left", "moving right", "fading in",
+                                                "fading out"]  # fmt: skip
+
+    out = tmp_path / "test"
+    assert main(["test", str(run / "last.pt"), "--data", str(dataset["val"]), "--root",
+                 str(dataset["root"]), "--output", str(out), "--crops", "3", "--clips", "2",
+                 "--no-progress", "--workers", "0"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["samples"] == 8 and 0 <= metrics["top1"] <= 1
+    assert metrics["top1"] == pytest.approx(rows[-1]["val_top1"]) or metrics["protocol"]["crops"]
+    for name in ("per_class.csv", "confusion.csv", "confusion.png", "predictions.json"):
+        assert (out / name).is_file()
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert len(predictions) == 8 and len(predictions[0]["top5"]) == 4
+
+    capsys.readouterr()
+    video_dir = dataset["root"] / "videos" / "val" / "fading_in"
+    assert main(["predict", str(run / "best.pt"), str(video_dir), "--json", "--top-k", "2",
+                 "--no-progress", "--workers", "0"]) == 0  # fmt: skip
+    predicted = json.loads(capsys.readouterr().out)
+    assert len(predicted) == 2 and len(predicted[0]["top"]) == 2
+    assert abs(sum(e["score"] for e in predicted[0]["top"])) <= 1.0 + 1e-6
+
+
+def test_ensemble_matches_single_model_when_duplicated(tmp_path, dataset):
+    run = tmp_path / "run"
+    fit(load_config(None, _overrides(dataset, **{"train.epochs": 1})), run, progress=False)
+    args = ["test", str(run / "last.pt"), "--data", str(dataset["val"]), "--root",
+            str(dataset["root"]), "--no-progress", "--workers", "0"]  # fmt: skip
+    single = main([*args, "--output", str(tmp_path / "a")])
+    double = main([*args, "--output", str(tmp_path / "b"), "--ensemble", str(run / "last.pt")])
+    assert single == double == 0
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert a["top1"] == b["top1"] and len(b["checkpoints"]) == 2
+
+
+def test_resume_is_exact(tmp_path, dataset, monkeypatch):
+    cfg = load_config(None, _overrides(dataset, **{"data.workers": 1}))
+    fit(cfg, tmp_path / "straight", progress=False)
+
+    # the same 2-epoch run, interrupted right after epoch 0's checkpoint, then resumed
+    real_end = trainer._end_of_epoch
+
+    def interrupted(*args, **kwargs):
+        real_end(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "_end_of_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "split", progress=False)
+    monkeypatch.setattr(trainer, "_end_of_epoch", real_end)
+    assert timeshift.load_model(tmp_path / "split" / "last.pt").checkpoint_meta["epoch"] == 0
+    fit(cfg, tmp_path / "split", resume=tmp_path / "split" / "last.pt", progress=False)
+
+    a = timeshift.load_model(tmp_path / "straight" / "last.pt").state_dict()
+    b = timeshift.load_model(tmp_path / "split" / "last.pt").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [0, 1]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, dataset, monkeypatch):
+    calls = {"n": 0}
+    real = trainer.F.cross_entropy
+
+    def exploding(logits, labels):
+        calls["n"] += 1
+        loss = real(logits, labels)
+        return loss * float("nan") if calls["n"] > 4 else loss  # epoch 0 has 4 batches
+
+    monkeypatch.setattr(trainer.F, "cross_entropy", exploding)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match="epoch 1, iteration 0"):
+        fit(load_config(None, _overrides(dataset)), run, progress=False)
+    assert timeshift.load_model(run / "last.pt").checkpoint_meta["epoch"] == 0
+
+
+def test_training_survives_bad_samples(tmp_path, dataset):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 30)
+    listing = tmp_path / "train.txt"
+    listing.write_text(dataset["train"].read_text() + f"{broken} 0\n")
+    fit(load_config(None, _overrides(dataset, **{"data.train": str(listing),
+                                                  "train.epochs": 1})),
+        tmp_path / "run", progress=False)  # fmt: skip
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["skipped_samples"] >= 1
+
+
+def test_cli_errors(tmp_path, dataset, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("data:\n  format: videos\n")
+    assert main(["train", str(config), "--output", str(tmp_path / "x")]) == 2
+    assert "missing config key(s) ['model.name']" in capsys.readouterr().err
+    assert main(["train", str(config), "--set", "model.name=tsm_resnet_tiny", "model.colour=red",
+                 "--output", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "colour" in capsys.readouterr().err
+    bad_ckpt = tmp_path / "bad.pt"
+    bad_ckpt.write_bytes(b"\x00" * 64)
+    assert main(["test", str(bad_ckpt), "--data", str(dataset["val"]), "--no-progress"]) == 2
+    assert "bad.pt" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert main(["train", "synthetic-tsm", "--output", str(tmp_path / "y"), "--set",
+                 *_overrides(dataset, **{"data.train": str(empty)})]) == 2  # fmt: skip
+    assert "empty" in capsys.readouterr().err
+
+
+def test_ddp_two_gloo_processes(tmp_path, dataset):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", "-m", "timeshift", "train", "synthetic-tsm", "--output",
+               str(out), "--no-progress", "--device", "cpu", "--set",
+               *_overrides(dataset, **{"train.batch_size": 2})]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2  # written by rank 0 only
+    model = timeshift.load_model(out / "last.pt")
+    assert model.checkpoint_meta["epoch"] == 1
