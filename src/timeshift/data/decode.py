@@ -158,6 +158,9 @@ class PyAVReader(VideoReader):
         self._max_decode_factor = max_decode_factor
         self._threads = threads
         self._container = None
+        from av.video.reformatter import VideoReformatter
+
+        self._reformatter = VideoReformatter()
         self._open()
         try:
             self._build_index()
@@ -313,8 +316,11 @@ class PyAVReader(VideoReader):
                     self._seek(target)
                     self._peek_landing(target)
             frame = self._advance_to(target)
-            # the same size for every frame, even if the stream changes resolution
-            out[target] = frame.to_ndarray(format="rgb24", width=width, height=height)
+            # one reformatter per reader: PyAV's frame.to_ndarray(format=...) builds a new
+            # swscale context per frame, which costs 20x the conversion itself; width/height
+            # keep one size for every frame even if the stream changes resolution
+            rgb = self._reformatter.reformat(frame, format="rgb24", width=width, height=height)
+            out[target] = rgb.to_ndarray()
         return out
 
     def _advance_to(self, target: int):
