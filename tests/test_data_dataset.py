@@ -148,3 +148,14 @@ def test_bad_sample_reported_once_across_workers_and_epochs(records, broken, cap
     with caplog.at_level(logging.WARNING):
         ds[0]
     assert not [r for r in caplog.records if "broken.mp4" in r.getMessage()]
+
+
+def test_memory_cache_gives_the_same_clips(records):
+    plain = VideoDataset(records, num_segments=8, mode="train", seed=5)
+    cached = VideoDataset(records, num_segments=8, mode="train", seed=5, cache=True)
+    for epoch in range(2):  # epoch 0 fills the cache, epoch 1 reads from it
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for i in range(len(records)):
+            assert torch.equal(plain[i][0], cached[i][0])
+    assert len(cached._cache) == len(records)

@@ -179,3 +179,24 @@ def test_ddp_two_gloo_processes(tmp_path, dataset):
     assert len(rows) == 2  # written by rank 0 only
     model = timeshift.load_model(out / "last.pt")
     assert model.checkpoint_meta["epoch"] == 1
+
+
+def test_demo_writes_the_comparison(tmp_path, capsys):
+    from timeshift.engine.demo import run_demo
+
+    overrides = ["train.epochs=1", "data.synthetic.videos_per_class=2",
+                 "data.synthetic.val_videos_per_class=1", "data.synthetic.size=32",
+                 "data.synthetic.frames=8", "data.synthetic.families=[horizontal,fade]",
+                 f"data.synthetic.cache_dir={tmp_path / 'cache'}", "data.workers=0",
+                 "train.batch_size=2", "eval.batch_size=2"]  # fmt: skip
+    results = run_demo(tmp_path / "demo", progress=False, overrides=overrides)
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert [m["name"] for m in saved["models"]] == ["TSN", "TSM"]
+    tsn, tsm = saved["models"]
+    assert tsn["params"] == tsm["params"] and tsn["macs"] == tsm["macs"]  # the shift is free
+    for m in saved["models"]:
+        assert 0 <= m["top1"] <= 1 and m["latency_ms"] > 0
+    for name in ("results.png", "curves_tsn.png", "curves_tsm.png", "confusion_tsm.png"):
+        assert (tmp_path / "demo" / name).is_file()
+    assert "TSN vs TSM" in capsys.readouterr().out
+    assert results["models"][1]["top1"] == tsm["top1"]

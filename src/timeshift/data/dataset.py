@@ -54,6 +54,9 @@ class VideoDataset(Dataset):
         seed: base seed of the random choices; call :meth:`set_epoch` every epoch.
         frame_template, start_index: file names inside frame folders.
         max_retries: replacement attempts before giving up on a sample.
+        cache: keep every decoded video in memory (all its frames) so that later epochs skip
+            decoding; for small datasets of short videos (the synthetic one). Each DataLoader
+            worker holds its own cache: use persistent workers.
 
     Returns (per item):
         ``(clip, label)``: ``clip`` is ``(T, C, H, W)``, or ``(V, T, C, H, W)`` when several
@@ -76,6 +79,7 @@ class VideoDataset(Dataset):
         frame_template: str = DEFAULT_TEMPLATE,
         start_index: int = 1,
         max_retries: int = 20,
+        cache: bool = False,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -99,6 +103,7 @@ class VideoDataset(Dataset):
         self.frame_template = frame_template
         self.start_index = start_index
         self.max_retries = max_retries
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
         # one counter slot per worker process (slot 0: the main process), in shared memory
         self._skips = torch.zeros(_MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
         # which records were already reported as unreadable, shared by all workers
@@ -132,30 +137,46 @@ class VideoDataset(Dataset):
                 kwargs["num_frames"] = record.offset + record.num_frames
         return open_video(record.path, backend=backend, **kwargs)
 
-    def load(self, index: int, rng: random.Random):
-        """Decode and transform one record (no error handling): ``(views, label)``."""
+    def _sample(self, count: int, rng: random.Random) -> list[list[int]]:
+        return segment_indices(
+            count,
+            self.num_segments,
+            mode=self.mode,
+            clips=self.clips,
+            dense=self.dense,
+            twice=self.twice,
+            rng=rng,
+        )
+
+    def _decode(self, index: int, rng: random.Random):
+        """``(frames (F, H, W, 3) uint8, position of each wanted index, clips)``."""
         record = self.records[index]
+        cached = self._cache.get(index) if self._cache is not None else None
+        if cached is not None:
+            clips = self._sample(len(cached), rng)
+            return cached, {i: i for i in range(len(cached))}, clips
         with self._open(record) as reader:
             available = reader.num_frames - record.offset
             count = min(record.num_frames or available, available)
             if count < 1:
                 raise VideoDecodeError(record.path, f"no frames after offset {record.offset}")
-            clips = segment_indices(
-                count,
-                self.num_segments,
-                mode=self.mode,
-                clips=self.clips,
-                dense=self.dense,
-                twice=self.twice,
-                rng=rng,
-            )
+            clips = self._sample(count, rng)
+            if self._cache is not None:
+                # keep the whole (short) video: later epochs sample from memory
+                frames = reader.get_frames(range(record.offset, record.offset + count))
+                self._cache[index] = frames
+                return frames, {i: i for i in range(count)}, clips
             wanted = sorted({i for clip in clips for i in clip})
             frames = reader.get_frames([record.offset + i for i in wanted])
-        position = {i: k for k, i in enumerate(wanted)}
+        return frames, {i: k for k, i in enumerate(wanted)}, clips
+
+    def load(self, index: int, rng: random.Random):
+        """Decode and transform one record (no error handling): ``(views, label)``."""
+        frames, position, clips = self._decode(index, rng)
         frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (F, C, H, W) uint8
         order = torch.tensor([[position[i] for i in clip] for clip in clips])
         views = frames[order]  # (clips, T, C, H, W)
-        label = record.label
+        label = self.records[index].label
         if self.transform is not None:
             # all clips in one call: the same crop (and flip, and label) for every view
             views, label = self.transform(views, label, rng)

@@ -137,7 +137,9 @@ def extract_frames(
             todo.append((record.path, out / folder, short_side, template))
     skipped = len(done)
     failed: list[tuple[str, str]] = []
-    bar = tqdm(total=len(todo), desc="extracting frames", unit="video", disable=not progress)
+    bar = tqdm(
+        total=len(todo), desc="extracting frames", unit="video", disable=None if progress else True
+    )
     if workers > 1 and len(todo) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = pool.map(_job, todo, chunksize=1)

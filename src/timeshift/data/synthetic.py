@@ -47,7 +47,7 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "rotation": ("rotating clockwise", "rotating anticlockwise"),
     "fade": ("fading in", "fading out"),
     "orbit": ("orbiting clockwise", "orbiting anticlockwise"),
-    "stretch": ("stretching", "squashing"),
+    "stretch": ("widening", "narrowing"),
 }
 
 # Each family has its own shape, so the family can be told from any single frame while the
@@ -57,12 +57,12 @@ FAMILY_SHAPES = {
     "horizontal": "circle",
     "vertical": "square",
     "scale": "diamond",
-    "rotation": "bar",
+    "rotation": "pointer",  # no rotational symmetry: the turning direction is unambiguous
     "fade": "triangle",
     "orbit": "ring",
     "stretch": "cross",
 }
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def class_names(families: Sequence[str] | None = None) -> list[str]:
@@ -118,16 +118,18 @@ def _shape_mask(
         edge = dist * min(rx, ry)
     elif shape == "square":
         edge = np.maximum(np.abs(u) - rx * 0.8, np.abs(v) - ry * 0.8)
-    elif shape == "bar":
-        edge = np.maximum(np.abs(u) - rx, np.abs(v) - ry * 0.3)
+    elif shape == "pointer":  # a long isosceles triangle pointing along +u
+        big_u, big_v = u / (1.3 * rx), v / (0.6 * ry)
+        sides = np.maximum(big_v + (big_u - 1) / 1.6, -big_v + (big_u - 1) / 1.6)
+        edge = np.maximum(sides, -big_u - 0.6) * min(rx, ry) * 0.8
     elif shape == "diamond":
         edge = (np.abs(u) / rx + np.abs(v) / ry - 1.0) * min(rx, ry) * 0.7
     elif shape == "ring":
         dist = np.hypot(u / rx, v / ry)
         edge = (np.abs(dist - 0.75) - 0.25) * min(rx, ry)
     elif shape == "cross":
-        arm_u = np.maximum(np.abs(u) - rx, np.abs(v) - ry * 0.3)
-        arm_v = np.maximum(np.abs(v) - ry, np.abs(u) - rx * 0.3)
+        arm_u = np.maximum(np.abs(u) - rx, np.abs(v) - ry * 0.4)
+        arm_v = np.maximum(np.abs(v) - ry, np.abs(u) - rx * 0.4)
         edge = np.minimum(arm_u, arm_v)
     else:  # triangle pointing along +u
         edges = []
@@ -154,6 +156,8 @@ def render_clip(
         colour = np.clip(colour + (0.45 if background.mean() < 0.5 else -0.45), 0, 1)
     radius = rng.uniform(0.13, 0.19) * size
     cx, cy = rng.uniform(0.35, 0.65, size=2) * size
+    if family == "rotation":
+        cx, cy = rng.uniform(0.45, 0.55, size=2) * size  # the pivot: keep the hand in frame
     angle0 = rng.uniform(0, 2 * math.pi)
     noise = rng.uniform(0.01, 0.03)
     s = np.linspace(0.0, 1.0, frames)
@@ -173,8 +177,14 @@ def render_clip(
         params["y"] = cy + travel * (0.5 - s)
     elif family == "scale":  # forward: growing
         params["r"] = radius * (0.45 + 1.1 * s)
-    elif family == "rotation":  # forward: clockwise on screen
-        params["angle"] = angle0 + rng.uniform(0.6, 1.6) * math.pi * s
+    elif family == "rotation":  # forward: clockwise on screen, like a clock hand
+        # the pointer turns about its tail, so its tip sweeps a wide arc that stays visible at
+        # low resolution (unlike "orbit", the shape's own orientation turns with it)
+        params["r"] = np.full(frames, radius * 1.3)
+        params["angle"] = angle0 + rng.uniform(0.6, 1.2) * math.pi * s
+        arm = 1.3 * radius * 0.9
+        params["x"] = cx + arm * np.cos(params["angle"])
+        params["y"] = cy + arm * np.sin(params["angle"])
     elif family == "fade":  # forward: fading in
         params["alpha"] = 0.05 + 0.95 * s
     elif family == "orbit":  # forward: clockwise around a centre
@@ -182,8 +192,12 @@ def render_clip(
         phase = angle0 + rng.uniform(1.0, 1.6) * math.pi * s
         centre = size / 2
         params["x"], params["y"] = centre + orbit * np.cos(phase), centre + orbit * np.sin(phase)
-    elif family == "stretch":  # forward: stretching wide
-        params["aspect"] = np.exp(np.log(2.2) * (s - 0.5))
+    elif family == "stretch":  # forward: widening, from tall to wide
+        # axis-aligned: the cross looks the same turned by 90 degrees, so with a random
+        # orientation "tall to wide" could not be told from "wide to tall"
+        params["angle"] = np.zeros(frames)
+        params["r"] = np.full(frames, radius * 1.4)
+        params["aspect"] = np.exp(np.log(4.0) * (s - 0.5))
     out = np.empty((frames, size, size, 3), dtype=np.uint8)
     for t in range(frames):
         mask = _shape_mask(
@@ -270,7 +284,7 @@ def make_synthetic(
     lines: dict[str, list[str]] = {"train": [], "val": []}
     codec = None
     for split, label, k, rel in tqdm(
-        jobs, desc="synthetic videos", disable=not progress, unit="video"
+        jobs, desc="synthetic videos", disable=None if progress else True, unit="video"
     ):
         family = spec.families[label // 2]
         if not (root / rel).is_file():

@@ -67,6 +67,7 @@ class DataConfig:
     backend: str | None = None
     workers: int = 4
     on_error: str = "skip"
+    cache: bool = False  # keep decoded videos in memory (small datasets of short videos)
     frame_template: str = "img_{:05d}.jpg"
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])

@@ -65,13 +65,17 @@ def synthetic_paths(data: DictConfig, *, progress: bool = True) -> dict[str, Pat
     )
     families = "all" if not s.families else "-".join(spec.families)
     name = (
-        f"synthetic-v2-{families}-n{spec.videos_per_class}-{spec.val_videos_per_class}"
+        f"synthetic-v3-{families}-n{spec.videos_per_class}-{spec.val_videos_per_class}"
         f"-s{spec.size}-f{spec.frames}-seed{spec.seed}"
     )
     root = Path(s.cache_dir).expanduser() / name
     if (root / "meta.json").is_file():  # written last: the dataset is complete
-        return {"root": root, "train": root / "train.txt", "val": root / "val.txt",
-                "classes": root / "classes.txt"}
+        return {
+            "root": root,
+            "train": root / "train.txt",
+            "val": root / "val.txt",
+            "classes": root / "classes.txt",
+        }
     _logger.info("generating the synthetic dataset in %s (once)", root)
     return make_synthetic(root, spec, progress=progress)
 
@@ -157,6 +161,7 @@ def build_train_loader(cfg: DictConfig, ann: Annotations, info: DistInfo):
         dense=data.dense,
         seed=cfg.train.seed,
         frame_template=data.frame_template,
+        cache=data.cache,
     )
     sampler = DistributedSampler(
         dataset,

@@ -111,7 +111,7 @@ def train_one_epoch(
         desc=f"epoch {epoch}",
         unit="batch",
         leave=False,
-        disable=not (progress and info.is_main),
+        disable=None if progress and info.is_main else True,  # None: off when not a terminal
     )
     optimizer.zero_grad(set_to_none=True)
     for i, (clips, labels) in enumerate(bar):
@@ -184,7 +184,7 @@ def evaluate(
         desc="evaluating",
         unit="batch",
         leave=False,
-        disable=not (progress and info.is_main),
+        disable=None if progress and info.is_main else True,  # None: off when not a terminal
     ):
         if batch is None:
             continue
