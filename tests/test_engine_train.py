@@ -181,7 +181,7 @@ def test_ddp_two_gloo_processes(tmp_path, dataset):
     assert model.checkpoint_meta["epoch"] == 1
 
 
-def test_demo_writes_the_comparison(tmp_path, capsys):
+def test_demo_writes_the_comparison(tmp_path):
     from timeshift.engine.demo import run_demo
 
     overrides = ["train.epochs=1", "data.synthetic.videos_per_class=2",
@@ -198,5 +198,8 @@ def test_demo_writes_the_comparison(tmp_path, capsys):
         assert 0 <= m["top1"] <= 1 and m["latency_ms"] > 0
     for name in ("results.png", "curves_tsn.png", "curves_tsm.png", "confusion_tsm.png"):
         assert (tmp_path / "demo" / name).is_file()
-    assert "TSN vs TSM" in capsys.readouterr().out
+    from timeshift.engine.demo import format_results
+
+    table = format_results(results)
+    assert "TSN vs TSM" in table and f"{tsm['top1']:7.3f}" in table
     assert results["models"][1]["top1"] == tsm["top1"]

@@ -269,9 +269,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from timeshift.engine.demo import run_demo
+    from timeshift.engine.demo import format_results, run_demo
 
-    run_demo(args.output, full=args.full, progress=not args.no_progress)
+    print(format_results(run_demo(args.output, full=args.full, progress=not args.no_progress)))
     return 0
 
 

@@ -22,7 +22,7 @@ from timeshift.engine.evaluate import TestOptions, measure_latency, test_checkpo
 from timeshift.engine.trainer import fit
 from timeshift.models.checkpoints import load_model
 
-__all__ = ["run_demo"]
+__all__ = ["format_results", "run_demo"]
 
 _logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def run_demo(
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     _plot(rows, out / "results.png")
-    _print_table(results, out)
+    results["output"] = str(out)
     return results
 
 
@@ -127,27 +127,28 @@ def _plot(rows: list[dict], path: Path) -> None:
     )
 
 
-def _print_table(results: dict, out: Path) -> None:
+def format_results(results: dict) -> str:
+    """The side-by-side table the CLI prints."""
     rows = results["models"]
-    print()
-    print("TSN vs TSM on the synthetic temporal dataset (validation, 1 clip x centre crop)")
-    print(
-        f"  {'model':6} {'top-1':>7} {'family':>7} {'params':>10} {'MACs/clip':>11} {'latency':>10}"
-    )
+    lines = [
+        "",
+        "TSN vs TSM on the synthetic temporal dataset (validation, 1 clip x centre crop)",
+        f"  {'model':6} {'top-1':>7} {'family':>7} {'params':>10} {'MACs/clip':>11} "
+        f"{'latency':>10}",
+    ]
     for r in rows:
-        print(
+        lines.append(
             f"  {r['name']:6} {r['top1']:7.3f} {r['pair_accuracy']:7.3f} {r['params']:10,d} "
             f"{r['macs'] / 1e6:9.1f} M {r['latency_ms']:7.2f} ms"
         )
     tsn, tsm = rows[0], rows[1]
-    print()
-    print(
+    lines += [
+        "",
         f"TSM gains {100 * (tsm['top1'] - tsn['top1']):+.1f} points of top-1 at the same "
-        f"parameters and MACs. TSN tells the motion family ({tsn['pair_accuracy']:.2f}) but "
-        "not its direction: every class has a time-reversed twin, so an order-blind model "
-        "is capped at 50% within a pair."
-    )
-    print(
-        f"results: {out / 'results.json'}, {out / 'results.png'}, curves_*.png, "
-        f"confusion_*.png ({results['seconds']:.0f} s)"
-    )
+        f"parameters and MACs. TSN tells the motion family ({tsn['pair_accuracy']:.2f}) but not "
+        "its direction: every class has a time-reversed twin, so an order-blind model is "
+        "capped at 50% within a pair.",
+        f"results: {results['output']}/results.json, results.png, curves_*.png, confusion_*.png "
+        f"({results['seconds']:.0f} s)",
+    ]
+    return "\n".join(lines)
