@@ -13,11 +13,13 @@ from timeshift.models import (
     save_model,
     temporalize,
 )
+from timeshift.online import OnlineRecognizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "OnlineRecognizer",
     "Recognizer",
     "__version__",
     "create_model",

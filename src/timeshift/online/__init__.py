@@ -1,0 +1,5 @@
+"""Online (streaming) recognition."""
+
+from timeshift.online.recognizer import OnlineModule, OnlineRecognizer, OnlineShift, online_step
+
+__all__ = ["OnlineModule", "OnlineRecognizer", "OnlineShift", "online_step"]

@@ -1,0 +1,207 @@
+"""Online (streaming) recognition with a uni-directional temporal shift.
+
+A uni-directional TSM shifts the first ``C // fold_div`` channels of each shifted block's input
+one frame forward in time. Streaming, frame ``t`` therefore needs exactly one thing from the past
+per shift module: those channels of frame ``t - 1``. :class:`OnlineModule` is a copy of the
+model whose shift modules take that cache as an explicit input and return the new one, so one
+frame costs one 2D forward pass; :class:`OnlineRecognizer` keeps the caches between calls.
+Fed the frames of a clip one by one, it gives per frame exactly the logits that
+``model.forward_segments(clip)`` gives per segment.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from timeshift.ops.pool import TemporalPool
+from timeshift.ops.shift import TemporalShift, shift_offsets
+
+__all__ = ["OnlineModule", "OnlineRecognizer", "OnlineShift", "online_step"]
+
+_logger = logging.getLogger(__name__)
+
+
+class OnlineShift(nn.Module):
+    """Streaming form of a :class:`TemporalShift`: past channels come from the cache.
+
+    ``offsets`` are the shift's source offsets per channel group (-1: previous frame; +1: next
+    frame, unavailable online and zero-filled when ``drop_future``).
+    """
+
+    def __init__(self, shift: TemporalShift, *, drop_future: bool = False) -> None:
+        super().__init__()
+        offsets = shift_offsets(shift.direction)
+        if any(o > 0 for o in offsets) and not drop_future:
+            raise ValueError(
+                "this model shifts channels from future frames (bidirectional); streaming it "
+                "drops that information: build it with direction='unidirectional', or pass "
+                "drop_future=True to stream it anyway"
+            )
+        self.net = shift.net
+        self.fold_div = shift.fold_div
+        self.offsets = offsets
+        self.cache_in: torch.Tensor | None = None
+        self.cache_out: torch.Tensor | None = None
+
+    def fold(self, channels: int) -> int:
+        return channels // self.fold_div
+
+    def cache_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        n, c, h, w = x.shape
+        return (n, self.fold(c) * sum(o < 0 for o in self.offsets), h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fold = self.fold(x.shape[1])
+        if fold == 0:
+            self.cache_out = x[:, :0]
+            return self.net(x)
+        past = self.cache_in
+        if past is None:  # the first frame: nothing in the past
+            past = x.new_zeros(self.cache_shape(x))
+        parts, k = [], 0
+        for i, offset in enumerate(self.offsets):
+            if offset < 0:
+                parts.append(past[:, k * fold : (k + 1) * fold])
+                k += 1
+            else:  # the future is not known yet
+                parts.append(torch.zeros_like(x[:, i * fold : (i + 1) * fold]))
+        groups = len(self.offsets)
+        parts.append(x[:, groups * fold :])
+        # the channels the next frame will need from this one
+        self.cache_out = torch.cat(
+            [x[:, i * fold : (i + 1) * fold] for i, o in enumerate(self.offsets) if o < 0], dim=1
+        )
+        return self.net(torch.cat(parts, dim=1))
+
+
+class OnlineModule(nn.Module):
+    """``forward(frame, *caches) -> (logits, *new_caches)`` on ``(N, C, H, W)`` frames.
+
+    The caches are explicit inputs and outputs (one per shift module, in model order), which is
+    what makes the streaming model exportable.
+    """
+
+    def __init__(self, model: nn.Module, *, drop_future: bool = False) -> None:
+        super().__init__()
+        if any(isinstance(m, TemporalPool) for m in model.modules()):
+            raise ValueError("temporal pooling needs future frames: it cannot run online")
+        if any(type(m).__name__ == "NonLocalWrapper" for m in model.modules()):
+            raise ValueError("non-local blocks attend to future frames: they cannot run online")
+        online = copy.deepcopy(model).eval()
+        self.shifts: list[OnlineShift] = []
+        _swap_shifts(online, self.shifts, drop_future)
+        if not self.shifts:
+            _logger.warning("the model has no temporal shift: streaming it is per-frame 2D")
+        self.model = online
+        self.num_classes = getattr(model, "num_classes", None)
+
+    @property
+    def num_caches(self) -> int:
+        return len(self.shifts)
+
+    def forward(self, frame: torch.Tensor, *caches: torch.Tensor):
+        """Without caches the past is taken as zeros (the first frame of a stream)."""
+        if caches and len(caches) != len(self.shifts):
+            raise ValueError(f"expected {len(self.shifts)} cache tensors, got {len(caches)}")
+        for shift, cache in zip(self.shifts, caches or [None] * len(self.shifts), strict=True):
+            shift.cache_in = cache
+        model = self.model
+        frames = frame.contiguous(memory_format=torch.channels_last) if getattr(
+            model, "channels_last", False) else frame  # fmt: skip
+        feats = model.backbone.forward_features(frames)
+        logits = model.fc(feats.mean(dim=(2, 3)))
+        new = tuple(shift.cache_out for shift in self.shifts)
+        for shift in self.shifts:
+            shift.cache_in = shift.cache_out = None
+        return (logits, *new)
+
+    @torch.no_grad()
+    def init_caches(self, batch: int, height: int, width: int, *, device=None, dtype=None):
+        """Zero caches for ``batch`` streams of ``height x width`` frames (the past before the
+        first frame is zeros, as the offline shift pads). Shapes are found by one forward pass
+        of a blank frame."""
+        device = device or next(self.parameters()).device
+        dtype = dtype or next(self.parameters()).dtype
+        in_chans = getattr(self.model, "in_chans", 3)
+        blank = torch.zeros(batch, in_chans, height, width, device=device, dtype=dtype)
+        _, *caches = self(blank)
+        return [torch.zeros_like(c) for c in caches]
+
+
+def _swap_shifts(module: nn.Module, found: list, drop_future: bool) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, TemporalShift):
+            online = OnlineShift(child, drop_future=drop_future)
+            setattr(module, name, online)
+            found.append(online)
+            _swap_shifts(online.net, found, drop_future)
+        else:
+            _swap_shifts(child, found, drop_future)
+
+
+def online_step(module: OnlineModule, frame: torch.Tensor, cache: Sequence[torch.Tensor]):
+    """The functional core: ``(logits, new_cache) = online_step(module, frame, cache)``."""
+    logits, *new = module(frame, *cache)
+    return logits, new
+
+
+class OnlineRecognizer:
+    """Frame-by-frame recognition with a uni-directional temporal model.
+
+    Args:
+        model: a :class:`~timeshift.models.Recognizer` built with
+            ``direction="unidirectional"`` (bi-directional models only with ``drop_future``).
+        drop_future: stream a bi-directional model, zero-filling the channels it would take
+            from the next frame (it was not trained that way: expect lower accuracy).
+
+    ``step(frame)`` takes ``(C, H, W)`` (one stream) or ``(N, C, H, W)`` (N independent
+    streams) and returns the logits of that frame, ``(K,)`` or ``(N, K)``.
+    """
+
+    def __init__(self, model: nn.Module, *, drop_future: bool = False) -> None:
+        self.module = OnlineModule(model, drop_future=drop_future)
+        self.cache: list[torch.Tensor] | None = None
+        self._key: tuple | None = None
+
+    def reset(self) -> None:
+        """Forget the past: the next frame starts new streams."""
+        self.cache = None
+        self._key = None
+
+    @torch.no_grad()
+    def step(self, frame: torch.Tensor) -> torch.Tensor:
+        single = frame.dim() == 3
+        frames = frame.unsqueeze(0) if single else frame
+        if frames.dim() != 4:
+            raise ValueError(f"expected a frame (C, H, W) or frames (N, C, H, W), got "
+                             f"{tuple(frame.shape)}")  # fmt: skip
+        key = (frames.shape[0], *frames.shape[2:])
+        if self.cache is None:
+            self.cache = self.module.init_caches(*key, device=frames.device, dtype=frames.dtype)
+            self._key = key
+        elif key != self._key:
+            raise ValueError(
+                f"frames of shape {tuple(frames.shape)} do not continue the streams of shape "
+                f"{self._key} (N, H, W); call reset() to start new streams"
+            )
+        logits, self.cache = online_step(self.module, frames, self.cache)
+        return logits[0] if single else logits
+
+    @property
+    def cache_floats(self) -> int:
+        """Floats held per stream (0 before the first frame)."""
+        if not self.cache:
+            return 0
+        return sum(c[0].numel() for c in self.cache)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes held per stream."""
+        if not self.cache:
+            return 0
+        return sum(c[0].numel() * c.element_size() for c in self.cache)

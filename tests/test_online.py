@@ -1,0 +1,96 @@
+"""Streaming recognition: exact against the offline uni-directional model, caches, errors."""
+
+import pytest
+import torch
+
+import timeshift
+from test_checkpoints import _randomise, _to_reference_mobilenet
+from timeshift.online import OnlineModule, online_step
+
+T = 6
+
+
+def _uni(name, **kwargs):
+    return timeshift.create_model(name, num_classes=5, num_segments=T, direction="unidirectional",
+                                  **kwargs).eval()  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["tsm_resnet_tiny", "tsm_mobilenet_v2_tiny", "tsm_resnet18"])
+def test_frame_by_frame_equals_forward_segments(name):
+    model = _randomise(_uni(name))
+    clip = torch.randn(2, T, 3, 32, 32)
+    with torch.no_grad():
+        offline = model.forward_segments(clip)
+    online = timeshift.OnlineRecognizer(model)
+    streamed = torch.stack([online.step(clip[:, t]) for t in range(T)], dim=1)
+    assert (streamed - offline).abs().max().item() <= 1e-5
+
+
+def test_streams_are_independent_and_reset_starts_over():
+    model = _randomise(_uni("tsm_resnet_tiny"))
+    a, b = torch.randn(T, 3, 32, 32), torch.randn(T, 3, 32, 32)
+    together = timeshift.OnlineRecognizer(model)
+    both = [together.step(torch.stack([a[t], b[t]])) for t in range(T)]
+    alone = timeshift.OnlineRecognizer(model)
+    single = [alone.step(a[t]) for t in range(T)]
+    assert all(torch.allclose(x[0], y, atol=1e-5) for x, y in zip(both, single, strict=True))
+    alone.reset()
+    assert torch.allclose(alone.step(a[0]), single[0], atol=1e-6)
+    with pytest.raises(ValueError, match="reset"):
+        alone.step(torch.randn(2, 3, 32, 32))
+
+
+def test_cache_size_of_the_online_mobilenet():
+    model = timeshift.create_model("tsm_mobilenet_v2", num_classes=27, num_segments=1,
+                                   direction="unidirectional").eval()  # fmt: skip
+    online = timeshift.OnlineRecognizer(model)
+    assert online.cache_floats == 0
+    online.step(torch.zeros(3, 224, 224))
+    assert (len(online.cache), online.cache_floats) == (10, 27_048)  # DESIGN.md
+    assert online.cache_bytes == 27_048 * 4
+
+
+def test_functional_core_and_explicit_caches():
+    model = _randomise(_uni("tsm_mobilenet_v2_tiny"))
+    module = OnlineModule(model)
+    cache = module.init_caches(1, 32, 32)
+    assert len(cache) == module.num_caches > 0 and all(not c.any() for c in cache)
+    clip = torch.randn(1, T, 3, 32, 32)
+    outputs = []
+    with torch.no_grad():
+        for t in range(T):
+            logits, cache = online_step(module, clip[:, t], cache)
+            outputs.append(logits)
+        offline = model.forward_segments(clip)
+    assert torch.allclose(torch.stack(outputs, 1), offline, atol=1e-5)
+
+
+def test_reference_online_demo_checkpoint_streams_the_same():
+    source = _randomise(_uni("tsm_mobilenet_v2_tiny"))
+    demo = {}  # the online demo's bare MobileNetV2 state dict: features.N.conv.K.*, classifier.*
+    for k, v in _to_reference_mobilenet(source.state_dict()).items():
+        k = k.replace(".net.", ".")
+        demo["classifier." + k[3:] if k.startswith("fc.") else k.removeprefix("backbone.")] = v
+    model = _uni("tsm_mobilenet_v2_tiny")
+    timeshift.load_checkpoint(model, demo)
+    clip = torch.randn(1, T, 3, 32, 32)
+    with torch.no_grad():
+        expected = source.forward_segments(clip)[0]
+    online = timeshift.OnlineRecognizer(model)
+    got = torch.stack([online.step(clip[0, t]) for t in range(T)])
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_models_that_need_the_future_are_refused():
+    with pytest.raises(ValueError, match="unidirectional"):
+        timeshift.OnlineRecognizer(timeshift.create_model("tsm_resnet_tiny", num_classes=3,
+                                                          num_segments=4).eval())  # fmt: skip
+    bi = timeshift.OnlineRecognizer(
+        timeshift.create_model("tsm_resnet_tiny", num_classes=3, num_segments=4).eval(),
+        drop_future=True,
+    )
+    assert bi.step(torch.randn(3, 32, 32)).shape == (3,)
+    with pytest.raises(ValueError, match="temporal pooling"):
+        timeshift.OnlineRecognizer(_uni("tsm_resnet_tiny", temporal_pool=True))
+    with pytest.raises(ValueError, match="non-local"):
+        timeshift.OnlineRecognizer(_uni("tsm_resnet_nl_tiny"))
