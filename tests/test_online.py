@@ -94,3 +94,18 @@ def test_models_that_need_the_future_are_refused():
         timeshift.OnlineRecognizer(_uni("tsm_resnet_tiny", temporal_pool=True))
     with pytest.raises(ValueError, match="non-local"):
         timeshift.OnlineRecognizer(_uni("tsm_resnet_nl_tiny"))
+
+
+def test_inference_path_equals_the_traceable_path():
+    # at inference the shift writes into the block input and restores it; with autograd on
+    # (and under tracing/export) it concatenates; both give the same logits and caches
+    module = OnlineModule(_randomise(_uni("tsm_resnet_tiny")))
+    frame = torch.randn(2, 3, 32, 32)
+    cache = [torch.randn_like(c) for c in module.init_caches(2, 32, 32)]
+    before = frame.clone()
+    with torch.no_grad():
+        fast = module(frame, *cache)
+    with torch.enable_grad():
+        plain = module(frame, *cache)
+    assert all(torch.equal(a, b.detach()) for a, b in zip(fast, plain, strict=True))
+    assert torch.equal(frame, before)

@@ -268,6 +268,76 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_checkpoint_arg(args: argparse.Namespace):
+    """CHECKPOINT of ours, or any supported format with --model/--num-classes/--frames."""
+    from timeshift.models.checkpoints import load_model
+
+    kwargs = {"direction": args.direction} if args.direction else {}
+    return load_model(
+        args.checkpoint,
+        name=args.model,
+        num_classes=args.num_classes,
+        num_segments=args.frames,
+        **kwargs,
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from timeshift.export import export_model
+
+    model = _load_checkpoint_arg(args)
+    result = export_model(
+        model,
+        args.output,
+        format=args.format,
+        online=args.online,
+        batch=args.batch,
+        dynamic_batch=args.dynamic_batch,
+        size=args.size,
+        exporter=args.exporter,
+        opset=args.opset,
+        drop_future=args.drop_future,
+        verify=not args.no_verify,
+    )
+    meta = result.meta
+    print(
+        f"wrote {result.path} ({result.format}, {meta['mode']}, {meta['input_size']} px, "
+        f"batch {meta['batch'] or 'dynamic'})"
+    )
+    print(f"  inputs   {', '.join(result.inputs)}")
+    print(f"  outputs  {', '.join(result.outputs)}")
+    if result.online:
+        floats = sum(_prod(s) for s in meta["cache_shapes"])
+        print(f"  cache    {len(meta['cache_shapes'])} tensors, {floats:,} floats per stream")
+    if args.no_verify:
+        print("  not verified (--no-verify)")
+    else:
+        runtime = "onnxruntime" if result.format == "onnx" else "torch.jit.load"
+        print(
+            f"  verified with {runtime} against eager PyTorch on fresh inputs: max |difference| "
+            f"{result.max_abs_diff:.2e}"
+        )
+    return 0
+
+
+def _prod(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        help="build this registered model and load CHECKPOINT in any supported format "
+        "(reference TSM, MMAction2, torchvision); default: CHECKPOINT is a timeshift checkpoint",
+    )
+    p.add_argument("--num-classes", type=int, help="with --model")
+    p.add_argument("--frames", type=int, default=8, help="with --model: num_segments (8)")
+    p.add_argument("--direction", choices=("bidirectional", "unidirectional"), help="with --model")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from timeshift.engine.demo import format_results, run_demo
 
@@ -342,6 +412,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="longer training, tighter numbers")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="export to ONNX or TorchScript, verified against PyTorch")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--online", action="store_true", help="the streaming model: frame + caches")
+    p.add_argument("--output", required=True, help="file to write (.onnx / .pt)")
+    p.add_argument("--batch", type=int, default=1, help="clips (offline) or streams (online)")
+    p.add_argument("--dynamic-batch", action="store_true", help="let the batch size vary")
+    p.add_argument("--size", type=int, help="frame size (default: the checkpoint's)")
+    p.add_argument("--exporter", choices=("dynamo", "legacy"), default="dynamo", help="ONNX")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18 dynamo, 17 legacy)")
+    p.add_argument(
+        "--drop-future",
+        action="store_true",
+        help="--online for a bidirectional model: zero the channels from future frames",
+    )
+    p.add_argument("--no-verify", action="store_true", help="skip the check against eager")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list registered models")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'tsm_*'")

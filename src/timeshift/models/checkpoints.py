@@ -138,18 +138,37 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         ) from exc
 
 
-def load_model(path: str | os.PathLike) -> nn.Module:
+def load_model(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    num_classes: int | None = None,
+    num_segments: int = 8,
+    **kwargs: Any,
+) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` and load its weights (strictly).
 
-    The stored ``meta`` is attached to the model as ``model.checkpoint_meta``.
+    The stored ``meta`` is attached to the model as ``model.checkpoint_meta``. With ``name``
+    (and ``num_classes``), the model is built with ``create_model(name, ...)`` instead and the
+    weights are loaded from any supported format (reference TSM, MMAction2, ...); its
+    ``checkpoint_meta`` is then empty (no class names).
     """
     from timeshift.models.registry import create_model
 
+    if name is not None:
+        if num_classes is None:
+            raise ValueError(f"loading {path} into {name} needs num_classes")
+        model = create_model(name, num_classes=num_classes, num_segments=num_segments, **kwargs)
+        load_checkpoint(model, path)
+        model.checkpoint_meta = {}
+        return model
     payload = read_checkpoint(path)
     if not (isinstance(payload, Mapping) and payload.get("format") == "timeshift"):
         raise CheckpointError(
             f"{path} is not a timeshift checkpoint (no 'format': 'timeshift'); to load weights "
-            "from another format, build the model with create_model and use load_checkpoint"
+            "from another format (reference TSM, MMAction2, ...), pass the model: "
+            "load_model(path, name=..., num_classes=...), on the command line --model NAME "
+            "--num-classes K --frames T"
         )
     version = payload.get("format_version", 0)
     if version > FORMAT_VERSION:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from timeshift.ops.pool import TemporalPool
-from timeshift.ops.shift import TemporalShift, shift_offsets
+from timeshift.ops.shift import TemporalShift, _tracing, shift_offsets
 
 __all__ = ["OnlineModule", "OnlineRecognizer", "OnlineShift", "online_step"]
 
@@ -31,6 +31,11 @@ class OnlineShift(nn.Module):
 
     ``offsets`` are the shift's source offsets per channel group (-1: previous frame; +1: next
     frame, unavailable online and zero-filled when ``drop_future``).
+
+    At inference the shifted channels are written into the input in place, the wrapped module
+    runs, and the input is restored: three copies of ``C // fold_div`` channels instead of a
+    copy of the whole input, which is what keeps a frame as fast as the plain 2D model.
+    Tracing and export use the equivalent out-of-place form (a concatenation).
     """
 
     def __init__(self, shift: TemporalShift, *, drop_future: bool = False) -> None:
@@ -45,24 +50,33 @@ class OnlineShift(nn.Module):
         self.net = shift.net
         self.fold_div = shift.fold_div
         self.offsets = offsets
+        # the channel count is fixed by the wrapped conv; knowing it statically keeps traced
+        # graphs free of shape arithmetic
+        conv = next((m for m in self.net.modules() if isinstance(m, nn.Conv2d)), None)
+        self.channels = conv.in_channels if conv is not None else None
         self.cache_in: torch.Tensor | None = None
         self.cache_out: torch.Tensor | None = None
 
-    def fold(self, channels: int) -> int:
-        return channels // self.fold_div
+    def fold(self, x: torch.Tensor) -> int:
+        return (self.channels or int(x.shape[1])) // self.fold_div
 
     def cache_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        n, c, h, w = x.shape
-        return (n, self.fold(c) * sum(o < 0 for o in self.offsets), h, w)
+        n, _, h, w = x.shape
+        return (n, self.fold(x) * sum(o < 0 for o in self.offsets), h, w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fold = self.fold(x.shape[1])
+        fold = self.fold(x)
         if fold == 0:
             self.cache_out = x[:, :0]
             return self.net(x)
         past = self.cache_in
         if past is None:  # the first frame: nothing in the past
             past = x.new_zeros(self.cache_shape(x))
+        if torch.is_grad_enabled() or _tracing():
+            return self._forward_functional(x, past, fold)
+        return self._forward_inplace(x, past, fold)
+
+    def _forward_functional(self, x, past, fold):
         parts, k = [], 0
         for i, offset in enumerate(self.offsets):
             if offset < 0:
@@ -70,13 +84,35 @@ class OnlineShift(nn.Module):
                 k += 1
             else:  # the future is not known yet
                 parts.append(torch.zeros_like(x[:, i * fold : (i + 1) * fold]))
-        groups = len(self.offsets)
-        parts.append(x[:, groups * fold :])
+        parts.append(x[:, len(self.offsets) * fold :])
         # the channels the next frame will need from this one
         self.cache_out = torch.cat(
             [x[:, i * fold : (i + 1) * fold] for i, o in enumerate(self.offsets) if o < 0], dim=1
         )
         return self.net(torch.cat(parts, dim=1))
+
+    def _forward_inplace(self, x, past, fold):
+        shifted = x[:, : len(self.offsets) * fold]
+        saved = shifted.clone()
+        past_groups = [i for i, o in enumerate(self.offsets) if o < 0]
+        if len(past_groups) == len(self.offsets):
+            self.cache_out = saved
+        else:
+            self.cache_out = torch.cat(
+                [saved[:, i * fold : (i + 1) * fold] for i in past_groups], 1
+            )
+        k = 0
+        for i, offset in enumerate(self.offsets):
+            group = x[:, i * fold : (i + 1) * fold]
+            if offset < 0:
+                group.copy_(past[:, k * fold : (k + 1) * fold])
+                k += 1
+            else:
+                group.zero_()
+        try:
+            return self.net(x)
+        finally:  # the block's shortcut still needs the unshifted input
+            shifted.copy_(saved)
 
 
 class OnlineModule(nn.Module):
@@ -99,6 +135,7 @@ class OnlineModule(nn.Module):
             _logger.warning("the model has no temporal shift: streaming it is per-frame 2D")
         self.model = online
         self.num_classes = getattr(model, "num_classes", None)
+        self.eval()  # streaming is inference: batch norms use their running statistics
 
     @property
     def num_caches(self) -> int:

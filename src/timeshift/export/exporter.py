@@ -1,0 +1,359 @@
+"""Export to ONNX and TorchScript, verified against eager PyTorch at export time.
+
+Offline models take a clip batch ``video (N, T, 3, H, W)`` and return ``logits (N, K)``. Online
+(streaming) models take one frame per stream plus the cache of every shift module and return
+the logits of that frame plus the new caches::
+
+    inputs:  frame (N, 3, H, W), cache_0 ... cache_{k-1}
+    outputs: logits (N, K), new_cache_0 ... new_cache_{k-1}
+
+``cache_i`` is the ``C_i // fold_div`` channels of the i-th shift module's input from the
+previous frame, ``(N, C_i // fold_div, H_i, W_i)``, in model order; zeros start a stream.
+What a deployment needs to drive the model (mode, names, cache shapes, classes, input size,
+mean and std) is stored in the file: ONNX metadata ``timeshift`` and TorchScript extra file
+``timeshift.json``, both JSON (:func:`read_export_meta`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from timeshift.online.recognizer import OnlineModule
+
+__all__ = [
+    "EXPORT_FORMAT_VERSION",
+    "ExportError",
+    "ExportResult",
+    "export_model",
+    "read_export_meta",
+]
+
+_logger = logging.getLogger(__name__)
+
+EXPORT_FORMAT_VERSION = 1
+META_KEY = "timeshift"
+TORCHSCRIPT_META = "timeshift.json"
+
+
+class ExportError(RuntimeError):
+    """An export failed, or the exported model does not match eager PyTorch."""
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote and how closely it matches eager PyTorch."""
+
+    path: Path
+    format: str
+    online: bool
+    max_abs_diff: float
+    inputs: list[str]
+    outputs: list[str]
+    meta: dict = field(default_factory=dict)
+
+
+def _onnx_names(num_caches: int, online: bool) -> tuple[list[str], list[str]]:
+    if not online:
+        return ["video"], ["logits"]
+    caches = [f"cache_{i}" for i in range(num_caches)]
+    return ["frame", *caches], ["logits", *(f"new_{c}" for c in caches)]
+
+
+def _example_inputs(module, online: bool, batch: int, size: int, frames: int, generator=None):
+    """Random inputs: a clip batch, or a frame plus random (not zero) caches so that the
+    verification exercises the cache path."""
+    if not online:
+        return (torch.randn(batch, frames, 3, size, size, generator=generator),)
+    caches = module.init_caches(batch, size, size)
+    frame = torch.randn(batch, 3, size, size, generator=generator)
+    return (frame, *(torch.randn(c.shape, generator=generator) for c in caches))
+
+
+def _model_meta(model: nn.Module, online: bool, size: int, dynamic_batch: bool, batch: int):
+    checkpoint = dict(getattr(model, "checkpoint_meta", {}) or {})
+    config = dict(getattr(model, "config", {}) or {})
+    return {
+        "format_version": EXPORT_FORMAT_VERSION,
+        "mode": "online" if online else "offline",
+        "model": config.get("name"),
+        "config": config,
+        "num_classes": model.num_classes,
+        "num_segments": model.num_segments,
+        "input_size": size,
+        "scale_size": checkpoint.get("scale_size"),
+        "mean": list(checkpoint.get("mean", (0.485, 0.456, 0.406))),
+        "std": list(checkpoint.get("std", (0.229, 0.224, 0.225))),
+        "classes": checkpoint.get("classes"),
+        "batch": None if dynamic_batch else batch,
+    }
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    format: str = "onnx",
+    online: bool = False,
+    batch: int = 1,
+    dynamic_batch: bool = False,
+    size: int | None = None,
+    exporter: str = "dynamo",
+    opset: int | None = None,
+    drop_future: bool = False,
+    verify: bool = True,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+) -> ExportResult:
+    """Export ``model`` (a :class:`~timeshift.models.Recognizer`) and check it against eager.
+
+    Args:
+        format: ``"onnx"`` or ``"torchscript"``.
+        online: export the streaming model (one frame + caches in, logits + caches out); it
+            must be uni-directional unless ``drop_future``.
+        batch: batch size of the example input (and of the graph unless ``dynamic_batch``).
+        dynamic_batch: let the batch dimension vary (offline clips, or online streams).
+        size: frame height and width (default: the checkpoint's input size, else 224); online
+            cache shapes depend on it, so online graphs are fixed to it.
+        exporter: ONNX only: ``"dynamo"`` (``torch.export``, the default of PyTorch) or
+            ``"legacy"`` (the TorchScript-based exporter, faster to run, deprecated upstream).
+        verify: run the exported file (onnxruntime / ``torch.jit.load``) and eager PyTorch on
+            fresh random inputs -- a different batch size when it is dynamic, several chained
+            steps when online -- and raise :class:`ExportError` if they differ by more than
+            ``atol + rtol * max|eager|``. The file is only moved into place once it passes.
+    """
+    if format not in ("onnx", "torchscript"):
+        raise ValueError(f"unknown export format {format!r}; expected 'onnx' or 'torchscript'")
+    if exporter not in ("dynamo", "legacy"):
+        raise ValueError(f"unknown ONNX exporter {exporter!r}; expected 'dynamo' or 'legacy'")
+    path = Path(path)
+    size = size or (getattr(model, "checkpoint_meta", {}) or {}).get("input_size") or 224
+    model = model.eval()
+    module = OnlineModule(model, drop_future=drop_future) if online else model
+    if dynamic_batch and batch < 2:
+        batch = 2  # torch.export specialises a dimension of size 1
+    example = _example_inputs(module, online, batch, size, model.num_segments)
+    num_caches = len(example) - 1
+    inputs, outputs = _onnx_names(num_caches, online)
+    meta = _model_meta(model, online, size, dynamic_batch, batch)
+    meta.update(
+        inputs=inputs,
+        outputs=outputs,
+        cache_shapes=[list(c.shape[1:]) for c in example[1:]],
+        fold_div=[s.fold_div for s in module.shifts] if online else None,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        with torch.no_grad():
+            if format == "onnx":
+                _export_onnx(module, example, tmp, inputs, outputs, dynamic_batch, exporter, opset)
+                _write_onnx_meta(tmp, meta)
+                runner = _onnx_runner(tmp)
+            else:
+                _export_torchscript(module, example, tmp, meta)
+                runner = _torchscript_runner(tmp)
+            diff = 0.0
+            if verify:
+                diff = _verify(module, runner, online, batch + dynamic_batch, size, atol, rtol)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _logger.info(
+        "exported %s (%s, %s): max |difference| to eager %.2e", path, format, meta["mode"], diff
+    )
+    return ExportResult(path, format, online, diff, inputs, outputs, meta)
+
+
+# -- ONNX ---------------------------------------------------------------------------------------
+def _export_onnx(module, example, path, inputs, outputs, dynamic_batch, exporter, opset):
+    dynamic_axes = {name: {0: "batch"} for name in [*inputs, *outputs]} if dynamic_batch else None
+    dynamic_shapes = None
+    if dynamic_batch:  # torch.export's form: one spec per positional argument (*caches: a tuple)
+        dim = torch.export.Dim("batch")
+        first, *rest = [{0: dim} for _ in inputs]
+        dynamic_shapes = (first, tuple(rest)) if len(inputs) > 1 else (first,)
+    with warnings.catch_warnings():
+        # the legacy exporter's deprecation notice; the choice is the caller's
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        try:
+            if exporter == "legacy":
+                torch.onnx.export(
+                    module,
+                    example,
+                    str(path),
+                    input_names=inputs,
+                    output_names=outputs,
+                    dynamic_axes=dynamic_axes,
+                    opset_version=opset or 17,
+                    dynamo=False,
+                )
+            else:
+                _quiet_dynamo_export(
+                    lambda: torch.onnx.export(
+                        module,
+                        example,
+                        str(path),
+                        input_names=inputs,
+                        output_names=outputs,
+                        dynamic_shapes=dynamic_shapes,
+                        opset_version=opset or 18,
+                        dynamo=True,
+                        external_data=False,
+                        verbose=False,
+                    )
+                )
+        except ImportError as exc:
+            raise ImportError(
+                f"ONNX export needs the export extra: pip install 'timeshift[export]' ({exc})"
+            ) from exc
+
+
+def _quiet_dynamo_export(run: Callable[[], object]) -> None:
+    # torch.onnx's dynamo path reports each stage on stdout and warns about torchvision ops
+    # it cannot register; route both to our log instead of the user's terminal
+    import io
+
+    noise = io.StringIO()
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(noise):
+            run()
+    finally:
+        onnx_log.setLevel(level)
+        if noise.getvalue().strip():
+            _logger.debug("torch.onnx: %s", noise.getvalue().strip())
+
+
+def _write_onnx_meta(path: Path, meta: dict) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = META_KEY, json.dumps(meta)
+    onnx.save(proto, str(path))
+
+
+def _onnx_session(path: Path, threads: int | None = None, providers: Sequence[str] | None = None):
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ImportError(
+            "running ONNX models needs onnxruntime: pip install 'timeshift[export]'"
+        ) from exc
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(
+        str(path), options, providers=list(providers or ["CPUExecutionProvider"])
+    )
+
+
+def _onnx_runner(path: Path):
+    session = _onnx_session(path)
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*tensors):
+        feeds = {n: t.numpy() for n, t in zip(names, tensors, strict=True)}
+        return [torch.from_numpy(o) for o in session.run(None, feeds)]
+
+    return run
+
+
+# -- TorchScript --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _jit_quiet() -> Iterator[None]:
+    # torch.jit is deprecated upstream and says so on every call; the user chose TorchScript
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+def _export_torchscript(module, example, path, meta) -> None:
+    with _jit_quiet():
+        traced = torch.jit.trace(module, example, check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
+
+
+def _torchscript_runner(path: Path):
+    with _jit_quiet():
+        loaded = torch.jit.load(str(path), map_location="cpu")
+
+    def run(*tensors):
+        out = loaded(*tensors)
+        return list(out) if isinstance(out, tuple | list) else [out]
+
+    return run
+
+
+# -- verification -------------------------------------------------------------------------------
+def _verify(module, runner, online, batch, size, atol, rtol) -> float:
+    generator = torch.Generator().manual_seed(20260)
+    model = module.model if online else module
+    inputs = _example_inputs(module, online, batch, size, model.num_segments, generator)
+    steps = 3 if online else 1
+    worst = 0.0
+    for _ in range(steps):
+        expected = module(*inputs)
+        expected = list(expected) if isinstance(expected, tuple) else [expected]
+        got = runner(*inputs)
+        for name, e, g in zip(range(len(expected)), expected, got, strict=True):
+            if tuple(e.shape) != tuple(g.shape):
+                raise ExportError(
+                    f"exported output {name} has shape {tuple(g.shape)}, eager {tuple(e.shape)}"
+                )
+            diff = (e - g).abs().max().item() if e.numel() else 0.0
+            worst = max(worst, diff)
+            if not diff <= atol + rtol * e.abs().max().item():
+                raise ExportError(
+                    f"the exported model differs from eager PyTorch by {diff:.3g} on output "
+                    f"{name} (tolerance {atol} + {rtol} x max|eager|)"
+                )
+        if online:  # chain the eager caches into the next step, with a new frame
+            inputs = (torch.randn(inputs[0].shape, generator=generator), *expected[1:])
+    return worst
+
+
+def read_export_meta(path: str | os.PathLike) -> dict:
+    """The ``timeshift`` metadata of an exported ONNX or TorchScript file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"exported model not found: {path}")
+    if path.suffix == ".onnx":
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in proto.metadata_props}
+        if META_KEY not in props:
+            raise ValueError(f"{path} has no '{META_KEY}' metadata: export it with timeshift")
+        return json.loads(props[META_KEY])
+    files = {TORCHSCRIPT_META: ""}
+    with _jit_quiet():
+        try:
+            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{path} is neither an ONNX file (.onnx) nor TorchScript: {exc}"
+            ) from exc
+    if not files[TORCHSCRIPT_META]:
+        raise ValueError(f"{path} has no {TORCHSCRIPT_META}: export it with timeshift")
+    return json.loads(files[TORCHSCRIPT_META])

@@ -1,0 +1,125 @@
+"""Running exported ONNX models with onnxruntime, with the API of the PyTorch classes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from timeshift.export.exporter import _onnx_session, read_export_meta
+
+__all__ = ["OnnxOnlineRecognizer", "OnnxRecognizer"]
+
+
+def _as_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class _OnnxModel:
+    mode = ""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.meta = read_export_meta(self.path)
+        if self.meta.get("mode") != self.mode:
+            raise ValueError(
+                f"{self.path} is an {self.meta.get('mode')} export; this class runs "
+                f"{self.mode} exports (export with{'' if self.mode == 'online' else 'out'} "
+                "--online)"
+            )
+        self.session = _onnx_session(self.path, threads, providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.meta.get("classes")
+
+    @property
+    def num_classes(self) -> int:
+        return self.meta["num_classes"]
+
+
+class OnnxRecognizer(_OnnxModel):
+    """An offline export: ``recognizer(video)`` with ``video (N, T, 3, H, W)`` -> logits."""
+
+    mode = "offline"
+
+    def __call__(self, video) -> torch.Tensor:
+        (logits,) = self.session.run(None, {self.input_names[0]: _as_numpy(video)})
+        return torch.from_numpy(logits)
+
+
+class OnnxOnlineRecognizer(_OnnxModel):
+    """An online export run frame by frame: the same ``step``/``reset`` API and cache sizes as
+    :class:`timeshift.OnlineRecognizer`.
+
+    ``step(frame)`` takes ``(3, H, W)`` or ``(N, 3, H, W)`` (torch or numpy, float) and returns
+    torch logits ``(K,)`` or ``(N, K)``; H and W are the exported size.
+    """
+
+    mode = "online"
+
+    def __init__(self, path, *, threads=None, providers=None) -> None:
+        super().__init__(path, threads=threads, providers=providers)
+        self.cache_shapes = [tuple(s) for s in self.meta["cache_shapes"]]
+        self.cache: list[np.ndarray] | None = None
+        self._batch: int | None = None
+
+    def reset(self) -> None:
+        """Forget the past: the next frame starts new streams."""
+        self.cache = None
+        self._batch = None
+
+    def step(self, frame) -> torch.Tensor:
+        frames = _as_numpy(frame)
+        single = frames.ndim == 3
+        if single:
+            frames = frames[None]
+        size = self.meta["input_size"]
+        if frames.ndim != 4 or frames.shape[2:] != (size, size):
+            raise ValueError(
+                f"expected a frame (3, {size}, {size}) or frames (N, 3, {size}, {size}) "
+                f"(the exported size), got {tuple(np.shape(frame))}"
+            )
+        n = frames.shape[0]
+        fixed = self.meta.get("batch")
+        if fixed is not None and n != fixed:
+            raise ValueError(
+                f"{self.path} was exported for {fixed} stream(s), got {n}; export with "
+                "--dynamic-batch to vary it"
+            )
+        if self.cache is None:
+            self.cache = [np.zeros((n, *s), dtype=np.float32) for s in self.cache_shapes]
+            self._batch = n
+        elif n != self._batch:
+            raise ValueError(
+                f"{n} frames do not continue the {self._batch} streams; call reset() to start "
+                "new streams"
+            )
+        feeds = dict(zip(self.input_names, [frames, *self.cache], strict=True))
+        logits, *self.cache = self.session.run(None, feeds)
+        out = torch.from_numpy(logits)
+        return out[0] if single else out
+
+    @property
+    def cache_floats(self) -> int:
+        """Floats held per stream (0 before the first frame)."""
+        if not self.cache:
+            return 0
+        return sum(int(np.prod(s)) for s in self.cache_shapes)
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.cache_floats * 4
