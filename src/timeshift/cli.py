@@ -133,6 +133,38 @@ def cmd_bench_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_online(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from timeshift.bench.online_speed import TARGET_RATIO, benchmark_online, plot_online_benchmark
+
+    rows = benchmark_online(
+        args.models,
+        backends=args.backends,
+        memory_formats=args.formats,
+        size=args.size,
+        rounds=args.rounds,
+    )
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "online_speed.json").write_text(json.dumps(rows, indent=2))
+        plot_online_benchmark(rows, out / "online_speed.png")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"per-frame latency, batch 1, {args.size}x{args.size}, {rows[0]['threads']} threads")
+    print("| model | backend | format | online TSM ms | 2D ms | ratio | online frames/s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['model']} | {r['backend']} | {r['memory_format']} | {r['online_ms']:.2f} | "
+            f"{r['plain_2d_ms']:.2f} | {r['ratio']:.3f} | {r['online_fps']:.1f} |"
+        )
+    print(f"target ratio <= {TARGET_RATIO}")
+    return 0
+
+
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from timeshift.data.synthetic import FAMILIES, SyntheticSpec, make_synthetic
 
@@ -320,6 +352,93 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream_recognizer(args: argparse.Namespace, workdir: str):
+    """(recognizer, meta) for `stream`: an online ONNX file, or a checkpoint run in PyTorch or
+    (``--onnx``) exported on the fly and run on onnxruntime."""
+    from pathlib import Path
+
+    from timeshift.export import OnnxOnlineRecognizer, export_model
+    from timeshift.online import OnlineRecognizer
+
+    if Path(args.checkpoint).suffix == ".onnx":
+        recognizer = OnnxOnlineRecognizer(args.checkpoint)
+        return recognizer, recognizer.meta
+    model = _load_checkpoint_arg(args).eval()
+    meta = dict(model.checkpoint_meta)
+    meta.setdefault("input_size", args.size or 224)
+    if args.size:
+        meta["input_size"] = args.size
+    if not args.onnx:
+        model.set_channels_last(True)
+        return OnlineRecognizer(model, drop_future=args.drop_future), meta
+    path = Path(workdir) / "online.onnx"
+    export_model(
+        model,
+        path,
+        online=True,
+        size=meta["input_size"],
+        drop_future=args.drop_future,
+        exporter="legacy",
+    )
+    return OnnxOnlineRecognizer(path), meta
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from timeshift.online.stream import run_stream
+
+    jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None  # noqa: SIM115
+    last = [None]
+
+    def on_frame(record: dict) -> None:
+        if jsonl is not None:
+            jsonl.write(json.dumps(record) + "\n")
+        if not args.quiet or record["label"] != last[0]:
+            when = f"{record['time']:7.2f}s" if record["time"] is not None else ""
+            print(
+                f"frame {record['frame']:6d} {when}  {record['label']:24} {record['score']:.2f}"
+                f"   (this frame: {record['raw_label']} {record['raw_score']:.2f}, "
+                f"{record['latency_ms']:.1f} ms)",
+                flush=True,
+            )
+        last[0] = record["label"]
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="timeshift-stream-") as tmp:
+            recognizer, meta = _stream_recognizer(args, tmp)
+            summary = run_stream(
+                args.source,
+                recognizer,
+                input_size=meta["input_size"],
+                classes=meta.get("classes"),
+                scale_size=meta.get("scale_size"),
+                mean=meta.get("mean") or (0.485, 0.456, 0.406),
+                std=meta.get("std") or (0.229, 0.224, 0.225),
+                every=args.every,
+                smooth=args.smooth,
+                margin=args.margin,
+                output=args.output,
+                show=args.show,
+                max_frames=args.max_frames,
+                on_frame=on_frame,
+            )
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+    s = summary.as_dict()
+    backend = "onnxruntime" if args.onnx or str(args.checkpoint).endswith(".onnx") else "pytorch"
+    print(
+        f"{s['frames_read']} frames read, {s['frames_processed']} recognised ({backend}): "
+        f"{s['fps']:.1f} frames/s end to end, model {s['latency_ms_median']:.2f} ms/frame "
+        f"median ({s['latency_ms_p90']:.2f} p90); {s['label_changes']} label changes, final "
+        f"label: {s['final_label']}"
+    )
+    if args.output:
+        print(f"annotated video: {args.output}")
+    return 0
+
+
 def _prod(shape) -> int:
     n = 1
     for s in shape:
@@ -432,6 +551,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("stream", help="online recognition of a video file, camera or URL")
+    p.add_argument("source", help="video file, camera index (0) or stream URL (rtsp://...)")
+    p.add_argument("checkpoint", help="checkpoint (.pt) or online ONNX export (.onnx)")
+    p.add_argument("--every", type=int, default=1, help="recognise every K-th frame (1)")
+    p.add_argument("--smooth", type=int, default=8, help="history window in frames (8)")
+    p.add_argument(
+        "--margin", type=float, default=0.1, help="hysteresis: probability lead to switch (0.1)"
+    )
+    p.add_argument("--show", action="store_true", help="show the annotated video in a window")
+    p.add_argument("--output", help="write the annotated video here (.mp4)")
+    p.add_argument("--onnx", action="store_true", help="run a checkpoint on onnxruntime")
+    p.add_argument("--size", type=int, help="frame size (default: the checkpoint's)")
+    p.add_argument("--drop-future", action="store_true", help="stream a bidirectional model")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--jsonl", help="write one JSON record per recognised frame")
+    p.add_argument("--quiet", action="store_true", help="print label changes only")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_stream)
+
     p = sub.add_parser("models", help="list registered models")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'tsm_*'")
     p.add_argument("--json", action="store_true")
@@ -450,6 +588,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--output", help="directory for data_speed_<backend>.json and .png")
     b.set_defaults(func=cmd_bench_data)
+
+    b = bench.add_parser("online", help="online TSM per-frame latency vs the 2D backbone")
+    b.add_argument("--models", nargs="+", default=["tsm_mobilenet_v2", "tsm_resnet50"])
+    b.add_argument(
+        "--backends", nargs="+", choices=("eager", "onnxruntime"), default=["eager", "onnxruntime"]
+    )
+    b.add_argument(
+        "--formats",
+        nargs="+",
+        choices=("contiguous", "channels_last"),
+        default=["contiguous", "channels_last"],
+        help="memory formats (eager)",
+    )
+    b.add_argument("--size", type=int, default=224)
+    b.add_argument("--rounds", type=int, default=15)
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--output", help="directory for online_speed.json and online_speed.png")
+    b.set_defaults(func=cmd_bench_online)
 
     p = sub.add_parser("data", help="datasets: synthetic data, frame extraction")
     data = p.add_subparsers(dest="data_command", required=True)

@@ -1,0 +1,135 @@
+"""Per-frame latency of online TSM against the plain 2D backbone on one frame.
+
+The papers' claim (TSM Table 6 text: 4.8 ms vs 4.7 ms per frame) is that streaming with a
+uni-directional shift costs what the 2D network costs: the shift adds no MACs, only the copy
+of ``C // 8`` channels per shifted block into and out of the cache. Both sides are driven the
+same way (``OnlineRecognizer.step`` in PyTorch, ``OnnxOnlineRecognizer.step`` on onnxruntime;
+the 2D model is the TSN with the same backbone, streamed with no cache), interleaved round by
+round in one process, and the ratio of the medians is reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from timeshift.models.checkpoints import load_checkpoint
+from timeshift.models.registry import create_model
+from timeshift.online.recognizer import OnlineRecognizer
+
+__all__ = ["TARGET_RATIO", "benchmark_online", "plot_online_benchmark"]
+
+_logger = logging.getLogger(__name__)
+
+TARGET_RATIO = 1.05
+
+
+def _median_ms(step: Callable[[], object], iters: int) -> float:
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    return (time.perf_counter() - start) / iters * 1e3
+
+
+def _steppers(tsm, tsn, backend: str, size: int, workdir: Path):
+    frame = torch.randn(3, size, size)
+    if backend == "eager":
+        online, plain = OnlineRecognizer(tsm), OnlineRecognizer(tsn)
+    elif backend == "onnxruntime":
+        from timeshift.export import OnnxOnlineRecognizer, export_model
+
+        paths = []
+        for name, model in (("tsm", tsm), ("tsn", tsn)):
+            path = workdir / f"{name}.onnx"
+            export_model(model, path, online=True, size=size, exporter="legacy")
+            paths.append(path)
+        threads = torch.get_num_threads()
+        online, plain = (OnnxOnlineRecognizer(p, threads=threads) for p in paths)
+    else:
+        raise ValueError(f"unknown backend {backend!r}; expected 'eager' or 'onnxruntime'")
+    return (lambda: online.step(frame)), (lambda: plain.step(frame)), online
+
+
+@torch.no_grad()
+def benchmark_online(
+    models: Sequence[str] = ("tsm_mobilenet_v2", "tsm_resnet50"),
+    *,
+    backends: Sequence[str] = ("eager", "onnxruntime"),
+    memory_formats: Sequence[str] = ("contiguous", "channels_last"),
+    size: int = 224,
+    num_classes: int = 27,
+    rounds: int = 15,
+    iters: int = 5,
+) -> list[dict]:
+    """One row per (model, backend, memory format): per-frame ms of the online TSM and of the
+    2D model, their ratio, frames/s and the cache size. ``memory_formats`` apply to eager."""
+    rows = []
+    for name in models:
+        if not name.startswith("tsm_"):
+            raise ValueError(f"{name}: expected a TSM model (tsm_*) with a TSN twin (tsn_*)")
+        kwargs = {"num_classes": num_classes, "num_segments": 8}
+        tsm = create_model(name, direction="unidirectional", **kwargs).eval()
+        tsn = create_model("tsn_" + name[4:], **kwargs).eval()
+        load_checkpoint(tsn, tsm.state_dict())  # same weights: the shift has none
+        for backend in backends:
+            formats = memory_formats if backend == "eager" else ("contiguous",)
+            for fmt in formats:
+                for model in (tsm, tsn):
+                    model.set_channels_last(fmt == "channels_last")
+                with tempfile.TemporaryDirectory() as tmp:
+                    online, plain, recognizer = _steppers(tsm, tsn, backend, size, Path(tmp))
+                    for _ in range(3):  # warm-up: allocator, caches, lazy init
+                        online(), plain()
+                    times = {"online": [], "plain": []}
+                    for _ in range(rounds):
+                        times["online"].append(_median_ms(online, iters))
+                        times["plain"].append(_median_ms(plain, iters))
+                online_ms = statistics.median(times["online"])
+                plain_ms = statistics.median(times["plain"])
+                rows.append(
+                    {
+                        "model": name,
+                        "backend": backend,
+                        "memory_format": fmt,
+                        "size": size,
+                        "threads": torch.get_num_threads(),
+                        "online_ms": round(online_ms, 3),
+                        "plain_2d_ms": round(plain_ms, 3),
+                        "ratio": round(online_ms / plain_ms, 4),
+                        "online_fps": round(1e3 / online_ms, 1),
+                        "cache_floats": recognizer.cache_floats,
+                        "spread_ms": [
+                            round(min(times["online"]), 3),
+                            round(max(times["online"]), 3),
+                        ],
+                    }
+                )
+                _logger.info(
+                    "%s %s %s: online %.2f ms, 2D %.2f ms, ratio %.3f",
+                    name,
+                    backend,
+                    fmt,
+                    online_ms,
+                    plain_ms,
+                    online_ms / plain_ms,
+                )
+    return rows
+
+
+def plot_online_benchmark(rows: Sequence[dict], path) -> None:
+    from timeshift.bench.plots import grouped_bars
+
+    groups = [f"{r['model'][4:]}\n{r['backend']}\n{r['memory_format']}" for r in rows]
+    grouped_bars(
+        groups,
+        {"online TSM": [r["online_ms"] for r in rows], "2D": [r["plain_2d_ms"] for r in rows]},
+        path,
+        ylabel="ms per frame (batch 1)",
+        title=f"online TSM vs the 2D backbone per frame (target ratio <= {TARGET_RATIO})",
+    )

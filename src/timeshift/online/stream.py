@@ -1,0 +1,361 @@
+"""Streaming recognition on a video file, a camera or a stream URL.
+
+Frames are read in order, preprocessed like the test protocol (shorter side resized, centre
+crop, normalised), fed one at a time to an online recognizer (:class:`OnlineRecognizer` in
+PyTorch or :class:`~timeshift.export.OnnxOnlineRecognizer`), and the per-frame class
+probabilities are smoothed over a history window with hysteresis so the shown label does not
+flicker. Optionally every frame is annotated and written to a video, or shown in a window.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from timeshift.data.decode import VideoDecodeError, _require
+from timeshift.data.transforms import eval_transforms
+
+__all__ = [
+    "FrameSource",
+    "LabelSmoother",
+    "StreamSummary",
+    "annotate",
+    "open_source",
+    "run_stream",
+]
+
+_logger = logging.getLogger(__name__)
+
+URL_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+
+
+# -- sources ------------------------------------------------------------------------------------
+@dataclass
+class FrameSource:
+    """Frames in order as ``(H, W, 3)`` uint8 RGB arrays; ``fps`` when the source knows it."""
+
+    name: str
+    frames: Iterator[np.ndarray]
+    fps: float | None
+    close: Callable[[], None] = lambda: None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.frames
+
+
+def open_source(source: str | int) -> FrameSource:
+    """A video file, a camera index (``0``, ``"1"``) or a stream URL (``rtsp://...``).
+
+    Files and URLs are decoded with PyAV (FFmpeg) when installed, else OpenCV; cameras with
+    OpenCV.
+    """
+    text = str(source)
+    if text.isdigit():
+        return _opencv_source(int(text), f"camera {text}")
+    is_url = text.lower().startswith(URL_SCHEMES)
+    if not is_url and not Path(text).is_file():
+        raise FileNotFoundError(f"video not found: {text}")
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return _opencv_source(text, text)
+    return _pyav_source(text)
+
+
+def _pyav_source(path: str) -> FrameSource:
+    import av
+
+    try:
+        container = av.open(path, metadata_errors="ignore", timeout=10.0)
+        stream = container.streams.video[0]
+    except (av.FFmpegError, IndexError, OSError) as exc:
+        raise VideoDecodeError(path, f"cannot open as a video ({exc})") from exc
+    stream.thread_type = "AUTO"
+    rate = stream.average_rate or stream.guessed_rate
+    fps = float(rate) if rate else None
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+        except av.FFmpegError as exc:
+            raise VideoDecodeError(path, f"decoding failed ({exc})") from exc
+
+    return FrameSource(path, frames(), fps, container.close)
+
+
+def _opencv_source(source: str | int, name: str) -> FrameSource:
+    cv2 = _require("cv2")
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise VideoDecodeError(name, "cannot be opened (OpenCV)")
+    fps = capture.get(cv2.CAP_PROP_FPS) or None
+
+    def frames() -> Iterator[np.ndarray]:
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                return
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    return FrameSource(name, frames(), fps, capture.release)
+
+
+# -- smoothing ----------------------------------------------------------------------------------
+class LabelSmoother:
+    """Average the class probabilities of the last ``window`` frames, and change the shown
+    label only when another class's averaged probability beats it by ``margin`` (hysteresis).
+
+    ``update(probs) -> (label, score)`` with ``score`` the averaged probability of ``label``.
+    """
+
+    def __init__(self, window: int = 8, margin: float = 0.1) -> None:
+        if window < 1:
+            raise ValueError(f"the smoothing window must be >= 1 frame, got {window}")
+        if not 0 <= margin < 1:
+            raise ValueError(f"the hysteresis margin must be in [0, 1), got {margin}")
+        self.history: deque[np.ndarray] = deque(maxlen=window)
+        self.margin = margin
+        self.label: int | None = None
+
+    def reset(self) -> None:
+        self.history.clear()
+        self.label = None
+
+    def update(self, probs) -> tuple[int, float]:
+        self.history.append(np.asarray(probs, dtype=np.float64))
+        mean = np.mean(self.history, axis=0)
+        top = int(mean.argmax())
+        if self.label is None or mean[top] - mean[self.label] >= self.margin:
+            self.label = top
+        return self.label, float(mean[self.label])
+
+
+# -- annotation ---------------------------------------------------------------------------------
+MIN_ANNOTATED_WIDTH = 320
+
+
+def annotate(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
+    """Text lines on a dark band at the top-left of an ``(H, W, 3)`` uint8 RGB image; images
+    narrower than 320 px are first enlarged (nearest neighbour, integer factor) so the text
+    fits."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    factor = -(-MIN_ANNOTATED_WIDTH // image.shape[1])
+    if factor > 1:
+        image = image.repeat(factor, axis=0).repeat(factor, axis=1)
+    canvas = Image.fromarray(image)
+    draw = ImageDraw.Draw(canvas)
+    size = max(10, image.shape[0] // 24)
+    try:
+        font = ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        font = ImageFont.load_default()
+    boxes = [draw.textbbox((0, 0), line, font=font) for line in lines]
+    width = max(b[2] for b in boxes) + 2 * (pad := size // 3)
+    height = sum(b[3] for b in boxes) + pad * (len(lines) + 1)
+    draw.rectangle((0, 0, width, height), fill=(0, 0, 0))
+    y = pad
+    for line, box in zip(lines, boxes, strict=True):
+        draw.text((pad, y), line, fill=(255, 255, 255), font=font)
+        y += box[3] + pad
+    return np.asarray(canvas)
+
+
+class _VideoWriter:
+    """H.264 (or MPEG-4 when libx264 is missing) through PyAV; even frame sizes."""
+
+    def __init__(self, path: Path, fps: float | None, width: int, height: int) -> None:
+        av = _require("av")
+        from fractions import Fraction
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), "w")
+        rate = Fraction(fps or 25.0).limit_denominator(1001)
+        try:
+            self.stream = self.container.add_stream("libx264", rate=rate)
+        except (av.FFmpegError, ValueError):  # an FFmpeg build without libx264
+            self.stream = self.container.add_stream("mpeg4", rate=rate)
+        self.stream.width, self.stream.height = width - width % 2, height - height % 2
+        self.stream.pix_fmt = "yuv420p"
+        self._av = av
+
+    def write(self, image: np.ndarray) -> None:
+        image = np.ascontiguousarray(image[: self.stream.height, : self.stream.width])
+        frame = self._av.VideoFrame.from_ndarray(image, format="rgb24")
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+
+
+class _Window:
+    def __init__(self, title: str) -> None:
+        self.cv2 = _require("cv2")
+        self.title = title
+        try:
+            self.cv2.namedWindow(title, self.cv2.WINDOW_NORMAL)
+        except self.cv2.error as exc:
+            raise RuntimeError(
+                "--show needs OpenCV with GUI support (pip install opencv-python, not the "
+                f"headless build) and a display: {exc}"
+            ) from exc
+
+    def show(self, image: np.ndarray) -> bool:
+        """False once the user pressed q or Esc."""
+        self.cv2.imshow(self.title, self.cv2.cvtColor(image, self.cv2.COLOR_RGB2BGR))
+        return self.cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+
+    def close(self) -> None:
+        self.cv2.destroyWindow(self.title)
+
+
+# -- the loop -----------------------------------------------------------------------------------
+@dataclass
+class StreamSummary:
+    """What :func:`run_stream` did. Latency is the model's step on one preprocessed frame;
+    ``fps`` counts processed frames per second of wall time, decoding and drawing included."""
+
+    source: str
+    frames_read: int = 0
+    frames_processed: int = 0
+    seconds: float = 0.0
+    latency_ms: list[float] = field(default_factory=list, repr=False)
+    label_changes: int = 0
+    final_label: str | None = None
+    output: str | None = None
+
+    @property
+    def fps(self) -> float:
+        return self.frames_processed / self.seconds if self.seconds else 0.0
+
+    def as_dict(self) -> dict:
+        lat = sorted(self.latency_ms) or [float("nan")]
+        return {
+            "source": self.source,
+            "frames_read": self.frames_read,
+            "frames_processed": self.frames_processed,
+            "seconds": round(self.seconds, 3),
+            "fps": round(self.fps, 2),
+            "latency_ms_median": round(statistics.median(lat), 3),
+            "latency_ms_p90": round(lat[int(0.9 * (len(lat) - 1))], 3),
+            "label_changes": self.label_changes,
+            "final_label": self.final_label,
+            "output": self.output,
+        }
+
+
+def run_stream(
+    source: str | int | FrameSource,
+    recognizer,
+    *,
+    input_size: int,
+    classes: Sequence[str] | None = None,
+    scale_size: int | None = None,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+    every: int = 1,
+    smooth: int = 8,
+    margin: float = 0.1,
+    output: str | Path | None = None,
+    show: bool = False,
+    max_frames: int | None = None,
+    on_frame: Callable[[dict], None] | None = None,
+) -> StreamSummary:
+    """Recognise a stream frame by frame.
+
+    Args:
+        recognizer: ``step(frame (3, S, S)) -> logits`` and ``reset()``: an
+            :class:`OnlineRecognizer` or :class:`~timeshift.export.OnnxOnlineRecognizer`.
+        every: feed every ``every``-th frame to the model. The model was trained on frames a
+            segment apart, so at 30 fps a stride of a few frames often matches training
+            better; skipped frames are annotated with the last label.
+        smooth, margin: :class:`LabelSmoother` window (processed frames) and hysteresis.
+        output: write every frame, annotated, to this video file.
+        show: show the annotated frames in a window (q or Esc stops).
+        max_frames: stop after reading this many frames.
+        on_frame: called with a record for every processed frame: ``frame``, ``time``,
+            ``label``/``index``/``score`` (smoothed), ``raw_label``/``raw_score`` (this
+            frame), ``latency_ms``.
+    """
+    if every < 1:
+        raise ValueError(f"--every must be >= 1, got {every}")
+    src = source if isinstance(source, FrameSource) else open_source(source)
+    transform = eval_transforms(input_size, scale_size=scale_size, mean=mean, std=std)
+    smoother = LabelSmoother(smooth, margin)
+    summary = StreamSummary(src.name, output=str(output) if output else None)
+    recognizer.reset()
+    writer = window = None
+    text = ["(waiting for the first frame)"]
+    rng = random.Random(0)  # the eval transform draws nothing, but takes one
+    start = time.perf_counter()
+    try:
+        if show:
+            window = _Window(f"timeshift: {src.name}")
+        for index, image in enumerate(src):
+            if max_frames is not None and index >= max_frames:
+                break
+            summary.frames_read += 1
+            if index % every == 0:
+                views = torch.from_numpy(image).permute(2, 0, 1)[None, None]  # (1, 1, 3, H, W)
+                frame, _ = transform(views, -1, rng)
+                tick = time.perf_counter()
+                logits = recognizer.step(frame[0, 0])
+                latency = (time.perf_counter() - tick) * 1e3
+                probs = torch.softmax(logits.float(), dim=-1).numpy()
+                label, score = smoother.update(probs)
+                name = _name(classes, label)
+                if summary.final_label is not None and name != summary.final_label:
+                    summary.label_changes += 1
+                summary.final_label = name
+                summary.frames_processed += 1
+                summary.latency_ms.append(latency)
+                fps = summary.frames_processed / (time.perf_counter() - start)
+                raw = int(probs.argmax())
+                record = {
+                    "frame": index,
+                    "time": round(index / src.fps, 3) if src.fps else None,
+                    "label": name,
+                    "index": label,
+                    "score": round(score, 4),
+                    "raw_label": _name(classes, raw),
+                    "raw_score": round(float(probs[raw]), 4),
+                    "latency_ms": round(latency, 3),
+                }
+                if on_frame is not None:
+                    on_frame(record)
+                text = [f"{name}  {score:.2f}", f"{fps:.1f} fps  {latency:.1f} ms/frame"]
+            if output is not None or window is not None:
+                drawn = annotate(image, text)
+                if output is not None:
+                    if writer is None:
+                        writer = _VideoWriter(Path(output), src.fps, drawn.shape[1], drawn.shape[0])
+                    writer.write(drawn)
+                if window is not None and not window.show(drawn):
+                    break
+    finally:
+        summary.seconds = time.perf_counter() - start
+        src.close()
+        if writer is not None:
+            writer.close()
+        if window is not None:
+            window.close()
+    if summary.frames_read == 0:
+        raise VideoDecodeError(src.name, "no frames could be read")
+    return summary
+
+
+def _name(classes: Sequence[str] | None, index: int) -> str:
+    return classes[index] if classes and index < len(classes) else str(index)

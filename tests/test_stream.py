@@ -1,0 +1,194 @@
+"""`timeshift stream`: smoothing with hysteresis, the loop against manual stepping, annotated
+output, ONNX backends, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import timeshift
+from test_checkpoints import _randomise
+from timeshift.cli import main
+from timeshift.data.decode import VideoDecodeError
+from timeshift.data.transforms import eval_transforms
+from timeshift.online.stream import LabelSmoother, annotate, open_source, run_stream
+
+from conftest import decode_all, palette_frames, write_test_video
+
+S, FRAMES = 32, 10
+
+
+def test_smoother_does_not_flicker_but_follows_a_real_change():
+    smoother = LabelSmoother(window=4, margin=0.1)
+    a, b = [0.55, 0.45], [0.45, 0.55]
+    shown = [smoother.update(p)[0] for p in [a, b, a, b, a, b]]
+    assert shown == [0] * 6  # the raw argmax alternates every frame
+    shown = [smoother.update([0.38, 0.62])[0] for _ in range(4)]
+    assert shown == [0, 1, 1, 1]  # a lead of 0.085 is not enough, 0.12 is
+    label, score = smoother.update([0.38, 0.62])
+    assert label == 1 and score == pytest.approx(0.62)
+
+
+def test_smoother_without_hysteresis_is_the_window_average():
+    smoother = LabelSmoother(window=2, margin=0.0)
+    smoother.update([0.8, 0.2])
+    assert smoother.update([0.1, 0.9]) == (1, pytest.approx(0.55))
+    with pytest.raises(ValueError, match="window"):
+        LabelSmoother(window=0)
+    with pytest.raises(ValueError, match="margin"):
+        LabelSmoother(margin=1.5)
+
+
+@pytest.fixture
+def video(tmp_path):
+    frames = palette_frames(FRAMES, 48, 64)
+    return write_test_video(tmp_path / "clip.mp4", frames, fps=10)
+
+
+def _model():
+    model = timeshift.create_model(
+        "tsm_resnet_tiny", num_classes=4, num_segments=4, direction="unidirectional"
+    )
+    return _randomise(model).eval()
+
+
+def test_stream_gives_the_logits_of_manual_stepping(video):
+    model = _model()
+    records = []
+    summary = run_stream(
+        video,
+        timeshift.OnlineRecognizer(model),
+        input_size=S,
+        every=2,
+        smooth=1,
+        margin=0.0,
+        classes=list("abcd"),
+        on_frame=records.append,
+    )
+    assert summary.frames_read == FRAMES and summary.frames_processed == FRAMES // 2
+    assert [r["frame"] for r in records] == list(range(0, FRAMES, 2))
+    assert records[1]["time"] == pytest.approx(0.2)
+    # the same frames decoded and preprocessed by hand, stepped through a fresh recognizer
+    import av
+
+    with av.open(video) as container:
+        images = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    transform = eval_transforms(S)
+    online = timeshift.OnlineRecognizer(model)
+    for record, image in zip(records, images[::2], strict=True):
+        clip, _ = transform(torch.from_numpy(image).permute(2, 0, 1)[None, None], -1, None)
+        probs = online.step(clip[0, 0]).softmax(-1)
+        assert record["raw_label"] == "abcd"[int(probs.argmax())]
+        assert record["raw_score"] == pytest.approx(float(probs.max()), abs=1e-4)
+        assert record["label"] == record["raw_label"]  # window 1, no hysteresis
+    assert summary.final_label == records[-1]["label"]
+    assert len(summary.latency_ms) == FRAMES // 2 and summary.fps > 0
+
+
+def test_annotated_output_has_every_frame(video, tmp_path):
+    out = tmp_path / "out" / "annotated.mp4"
+    run_stream(video, timeshift.OnlineRecognizer(_model()), input_size=S, every=3, output=out)
+    import av
+
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert (stream.width, stream.height) == (320, 240)  # enlarged 5x to fit the text
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    assert len(frames) == FRAMES
+    assert frames[0][:10, :40].mean() < 60  # the dark label band
+    assert decode_all(str(out))[-1] == FRAMES - 1  # the picture itself is kept
+
+
+def test_annotate_draws_text():
+    image = np.full((240, 320, 3), 200, dtype=np.uint8)
+    drawn = annotate(image, ["label 0.93", "30 fps"])
+    assert drawn.shape == image.shape and (drawn != image).any()
+    assert drawn[-10:].tolist() == image[-10:].tolist()
+
+
+def test_cli_stream_pytorch_and_onnx(video, tmp_path, capsys):
+    model = _model()
+    timeshift.save_model(model, tmp_path / "m.pt", meta={"classes": list("abcd"), "input_size": S})
+    assert (
+        main(["stream", video, str(tmp_path / "m.pt"), "--jsonl", str(tmp_path / "r.jsonl")]) == 0
+    )
+    out = capsys.readouterr().out
+    assert f"{FRAMES} frames read, {FRAMES} recognised (pytorch)" in out
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    torch_records = [json.loads(line) for line in lines]
+    assert len(torch_records) == FRAMES
+    assert (
+        main(
+            [
+                "stream",
+                video,
+                str(tmp_path / "m.pt"),
+                "--onnx",
+                "--quiet",
+                "--jsonl",
+                str(tmp_path / "o.jsonl"),
+            ]
+        )
+        == 0
+    )
+    assert "(onnxruntime)" in capsys.readouterr().out
+    onnx_records = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    for t, o in zip(torch_records, onnx_records, strict=True):
+        assert t["label"] == o["label"] and t["score"] == pytest.approx(o["score"], abs=1e-3)
+    # an exported online model streams directly
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "m.pt"),
+                "--online",
+                "--exporter",
+                "legacy",
+                "--output",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
+        == 0
+    )
+    assert main(["stream", video, str(tmp_path / "m.onnx"), "--max-frames", "3"]) == 0
+    assert "3 frames read" in capsys.readouterr().out
+
+
+def test_stream_errors(tmp_path, video, capsys, monkeypatch):
+    model = _model()
+    timeshift.save_model(model, tmp_path / "m.pt", meta={"input_size": S})
+    assert main(["stream", str(tmp_path / "missing.mp4"), str(tmp_path / "m.pt")]) == 2
+    assert "video not found" in capsys.readouterr().err
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 4096)
+    with pytest.raises(VideoDecodeError, match=r"bad\.mp4"):
+        open_source(tmp_path / "bad.mp4")
+    assert main(["stream", video, str(tmp_path / "m.pt"), "--every", "0"]) == 2
+    assert "--every" in capsys.readouterr().err
+    bidirectional = timeshift.create_model("tsm_resnet_tiny", num_classes=4, num_segments=4)
+    timeshift.save_model(bidirectional, tmp_path / "bi.pt")
+    assert main(["stream", video, str(tmp_path / "bi.pt"), "--size", str(S)]) == 2
+    assert "drop_future" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "stream",
+                video,
+                str(tmp_path / "bi.pt"),
+                "--size",
+                str(S),
+                "--drop-future",
+                "--max-frames",
+                "2",
+            ]
+        )
+        == 0
+    )
+    import cv2
+
+    def no_gui(*args, **kwargs):
+        raise cv2.error("The function is not implemented")
+
+    monkeypatch.setattr(cv2, "namedWindow", no_gui)
+    assert main(["stream", video, str(tmp_path / "m.pt"), "--show"]) == 2
+    assert "GUI support" in capsys.readouterr().err
