@@ -42,6 +42,19 @@ def test_raw_clip_frames_follow_the_sampling(records):
     assert identify(frames) == [1, 4, 7, 10, 13, 16, 19, 22]  # centres of 24 frames / 8
 
 
+@pytest.mark.parametrize("cache", [False, True])
+def test_observed_fraction_samples_the_first_part_only(records, cache):
+    # 24 frames: half of them is frames 0..11, sampled at the centres of 4 segments
+    ds = VideoDataset(records, num_segments=4, mode="val", observed=0.5, cache=cache)
+    clip, _ = ds[0]
+    assert identify(clip.permute(0, 2, 3, 1).numpy()) == [1, 4, 7, 10]
+    tenth = VideoDataset(records, num_segments=4, mode="val", observed=0.1)
+    clip, _ = tenth[0]  # 3 frames for 4 segments: the reference repeats
+    assert max(identify(clip.permute(0, 2, 3, 1).numpy())) <= 2
+    with pytest.raises(ValueError, match="observed"):
+        VideoDataset(records, num_segments=4, observed=0)
+
+
 def test_views_shapes(records):
     ds = VideoDataset(
         records, num_segments=4, mode="test", clips=2, transform=eval_transforms(32, crops=3)

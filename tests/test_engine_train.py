@@ -18,8 +18,13 @@ from timeshift.engine.trainer import NonFiniteLossError, fit
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    spec = SyntheticSpec(videos_per_class=4, val_videos_per_class=2, size=32, frames=8,
-                         families=("horizontal", "fade"))  # fmt: skip
+    spec = SyntheticSpec(
+        videos_per_class=4,
+        val_videos_per_class=2,
+        size=32,
+        frames=8,
+        families=("horizontal", "fade"),
+    )
     return make_synthetic(tmp_path_factory.mktemp("synth"), spec, progress=False)
 
 
@@ -57,13 +62,36 @@ def test_train_test_predict(tmp_path, dataset, capsys):
     assert [r["epoch"] for r in rows] == [0, 1] and "val_top1" in rows[-1]
     assert result["best_val_top1"] == max(r["val_top1"] for r in rows)
     model = timeshift.load_model(run / "best.pt")
-    assert model.checkpoint_meta["classes"] == ["moving left", "moving right", "fading in",
-                                                "fading out"]  # fmt: skip
+    assert model.checkpoint_meta["classes"] == [
+        "moving left",
+        "moving right",
+        "fading in",
+        "fading out",
+    ]
 
     out = tmp_path / "test"
-    assert main(["test", str(run / "last.pt"), "--data", str(dataset["val"]), "--root",
-                 str(dataset["root"]), "--output", str(out), "--crops", "3", "--clips", "2",
-                 "--no-progress", "--workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "test",
+                str(run / "last.pt"),
+                "--data",
+                str(dataset["val"]),
+                "--root",
+                str(dataset["root"]),
+                "--output",
+                str(out),
+                "--crops",
+                "3",
+                "--clips",
+                "2",
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["samples"] == 8 and 0 <= metrics["top1"] <= 1
     assert metrics["top1"] == pytest.approx(rows[-1]["val_top1"]) or metrics["protocol"]["crops"]
@@ -74,8 +102,22 @@ def test_train_test_predict(tmp_path, dataset, capsys):
 
     capsys.readouterr()
     video_dir = dataset["root"] / "videos" / "val" / "fading_in"
-    assert main(["predict", str(run / "best.pt"), str(video_dir), "--json", "--top-k", "2",
-                 "--no-progress", "--workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(run / "best.pt"),
+                str(video_dir),
+                "--json",
+                "--top-k",
+                "2",
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     predicted = json.loads(capsys.readouterr().out)
     assert len(predicted) == 2 and len(predicted[0]["top"]) == 2
     assert abs(sum(e["score"] for e in predicted[0]["top"])) <= 1.0 + 1e-6
@@ -84,14 +126,49 @@ def test_train_test_predict(tmp_path, dataset, capsys):
 def test_ensemble_matches_single_model_when_duplicated(tmp_path, dataset):
     run = tmp_path / "run"
     fit(load_config(None, _overrides(dataset, **{"train.epochs": 1})), run, progress=False)
-    args = ["test", str(run / "last.pt"), "--data", str(dataset["val"]), "--root",
-            str(dataset["root"]), "--no-progress", "--workers", "0"]  # fmt: skip
+    args = [
+        "test",
+        str(run / "last.pt"),
+        "--data",
+        str(dataset["val"]),
+        "--root",
+        str(dataset["root"]),
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
     single = main([*args, "--output", str(tmp_path / "a")])
     double = main([*args, "--output", str(tmp_path / "b"), "--ensemble", str(run / "last.pt")])
     assert single == double == 0
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert a["top1"] == b["top1"] and len(b["checkpoints"]) == 2
+
+
+def test_early_recognition(tmp_path, dataset, capsys):
+    run = tmp_path / "run"
+    fit(load_config(None, _overrides(dataset, **{"train.epochs": 1})), run, progress=False)
+    args = [
+        "test",
+        str(run / "last.pt"),
+        "--data",
+        str(dataset["val"]),
+        "--root",
+        str(dataset["root"]),
+        "--no-progress",
+        "--workers",
+        "0",
+    ]
+    assert main([*args, "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert main([*args, "--early", "--early-steps", "4", "--output", str(tmp_path / "e")]) == 0
+    assert "early.csv" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "e" / "early.json").read_text())
+    assert [r["observed"] for r in rows] == [0.25, 0.5, 0.75, 1.0]
+    assert rows[-1]["top1"] == full["top1"]  # all of the video: the ordinary test
+    csv_lines = (tmp_path / "e" / "early.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("observed,top1") and len(csv_lines) == 5
+    assert (tmp_path / "e" / "early.png").stat().st_size > 1000
 
 
 def test_resume_is_exact(tmp_path, dataset, monkeypatch):
@@ -140,9 +217,11 @@ def test_training_survives_bad_samples(tmp_path, dataset):
     broken.write_bytes(b"not a video" * 30)
     listing = tmp_path / "train.txt"
     listing.write_text(dataset["train"].read_text() + f"{broken} 0\n")
-    fit(load_config(None, _overrides(dataset, **{"data.train": str(listing),
-                                                  "train.epochs": 1})),
-        tmp_path / "run", progress=False)  # fmt: skip
+    fit(
+        load_config(None, _overrides(dataset, **{"data.train": str(listing), "train.epochs": 1})),
+        tmp_path / "run",
+        progress=False,
+    )
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["skipped_samples"] >= 1
 
@@ -152,8 +231,20 @@ def test_cli_errors(tmp_path, dataset, capsys):
     config.write_text("data:\n  format: videos\n")
     assert main(["train", str(config), "--output", str(tmp_path / "x")]) == 2
     assert "missing config key(s) ['model.name']" in capsys.readouterr().err
-    assert main(["train", str(config), "--set", "model.name=tsm_resnet_tiny", "model.colour=red",
-                 "--output", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                str(config),
+                "--set",
+                "model.name=tsm_resnet_tiny",
+                "model.colour=red",
+                "--output",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "colour" in capsys.readouterr().err
     bad_ckpt = tmp_path / "bad.pt"
     bad_ckpt.write_bytes(b"\x00" * 64)
@@ -161,17 +252,42 @@ def test_cli_errors(tmp_path, dataset, capsys):
     assert "bad.pt" in capsys.readouterr().err
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    assert main(["train", "synthetic-tsm", "--output", str(tmp_path / "y"), "--set",
-                 *_overrides(dataset, **{"data.train": str(empty)})]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "synthetic-tsm",
+                "--output",
+                str(tmp_path / "y"),
+                "--set",
+                *_overrides(dataset, **{"data.train": str(empty)}),
+            ]
+        )
+        == 2
+    )
     assert "empty" in capsys.readouterr().err
 
 
 def test_ddp_two_gloo_processes(tmp_path, dataset):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "-m", "timeshift", "train", "synthetic-tsm", "--output",
-               str(out), "--no-progress", "--device", "cpu", "--set",
-               *_overrides(dataset, **{"train.batch_size": 2})]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "timeshift",
+        "train",
+        "synthetic-tsm",
+        "--output",
+        str(out),
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--set",
+        *_overrides(dataset, **{"train.batch_size": 2}),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -184,11 +300,18 @@ def test_ddp_two_gloo_processes(tmp_path, dataset):
 def test_demo_writes_the_comparison(tmp_path):
     from timeshift.engine.demo import run_demo
 
-    overrides = ["train.epochs=1", "data.synthetic.videos_per_class=2",
-                 "data.synthetic.val_videos_per_class=1", "data.synthetic.size=32",
-                 "data.synthetic.frames=8", "data.synthetic.families=[horizontal,fade]",
-                 f"data.synthetic.cache_dir={tmp_path / 'cache'}", "data.workers=0",
-                 "train.batch_size=2", "eval.batch_size=2"]  # fmt: skip
+    overrides = [
+        "train.epochs=1",
+        "data.synthetic.videos_per_class=2",
+        "data.synthetic.val_videos_per_class=1",
+        "data.synthetic.size=32",
+        "data.synthetic.frames=8",
+        "data.synthetic.families=[horizontal,fade]",
+        f"data.synthetic.cache_dir={tmp_path / 'cache'}",
+        "data.workers=0",
+        "train.batch_size=2",
+        "eval.batch_size=2",
+    ]
     results = run_demo(tmp_path / "demo", progress=False, overrides=overrides)
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [m["name"] for m in saved["models"]] == ["TSN", "TSM"]

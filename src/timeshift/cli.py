@@ -243,7 +243,7 @@ def _print_test(summary: dict) -> None:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from timeshift.engine.evaluate import TestOptions, test_checkpoints
+    from timeshift.engine.evaluate import TestOptions, early_recognition, test_checkpoints
 
     options = TestOptions(
         clips=args.clips,
@@ -255,6 +255,27 @@ def cmd_test(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     checkpoints = [args.checkpoint, *(args.ensemble or [])]
+    if args.early:
+        rows = early_recognition(
+            checkpoints,
+            args.data,
+            fractions=[k / args.early_steps for k in range(1, args.early_steps + 1)],
+            root=args.root,
+            options=options,
+            output_dir=args.output,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+        if args.json:
+            print(json.dumps(rows))
+            return 0
+        print("early recognition: accuracy after observing the first part of each video")
+        print(f"  {'observed':>8} {'top-1':>7} {'top-5':>7}")
+        for r in rows:
+            print(f"  {100 * r['observed']:7.0f}% {r['top1']:7.4f} {r['top5']:7.4f}")
+        if args.output:
+            print(f"early.csv, early.json, early.png in {args.output}")
+        return 0
     summary = test_checkpoints(
         checkpoints,
         args.data,
@@ -507,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="CHECKPOINT",
         help="more checkpoints whose softmax scores are averaged with the first",
     )
+    p.add_argument(
+        "--early",
+        action="store_true",
+        help="early recognition: accuracy after 10%%, 20%%, ... 100%% of each video",
+    )
+    p.add_argument("--early-steps", type=int, default=10, help="fractions for --early (10)")
     p.add_argument("--output", help="directory for metrics, confusion matrix, predictions")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +55,8 @@ class VideoDataset(Dataset):
         seed: base seed of the random choices; call :meth:`set_epoch` every epoch.
         frame_template, start_index: file names inside frame folders.
         max_retries: replacement attempts before giving up on a sample.
+        observed: sample the clip from the first ``observed`` fraction of each video only
+            (early recognition: what a model can say after seeing part of the video).
         cache: keep every decoded video in memory (all its frames) so that later epochs skip
             decoding; for small datasets of short videos (the synthetic one). Each DataLoader
             worker holds its own cache: use persistent workers.
@@ -79,10 +82,14 @@ class VideoDataset(Dataset):
         frame_template: str = DEFAULT_TEMPLATE,
         start_index: int = 1,
         max_retries: int = 20,
+        observed: float = 1.0,
         cache: bool = False,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if not 0 < observed <= 1:
+            raise ValueError(f"observed must be a fraction in (0, 1], got {observed}")
+        self.observed = observed
         if isinstance(records, Annotations):
             self.classes = list(records.classes)
             records = records.records
@@ -138,6 +145,8 @@ class VideoDataset(Dataset):
         return open_video(record.path, backend=backend, **kwargs)
 
     def _sample(self, count: int, rng: random.Random) -> list[list[int]]:
+        if self.observed < 1:  # the first frames only; at least one
+            count = max(1, math.ceil(count * self.observed - 1e-9))
         return segment_indices(
             count,
             self.num_segments,

@@ -203,8 +203,10 @@ def eval_dataset(
     dense: bool = False,
     backend: str | None = None,
     frame_template: str = "img_{:05d}.jpg",
+    observed: float = 1.0,
 ) -> VideoDataset:
-    """A test-protocol dataset: fixed sampling, resize + 1/3/10 crops, normalisation."""
+    """A test-protocol dataset: fixed sampling, resize + 1/3/10 crops, normalisation;
+    ``observed < 1`` samples from the first part of each video only (early recognition)."""
     transform = eval_transforms(
         size, crops=crops, full_res=full_res, scale_size=scale_size, mean=mean, std=std
     )
@@ -218,6 +220,7 @@ def eval_dataset(
         twice=twice,
         dense=dense,
         frame_template=frame_template,
+        observed=observed,
     )
 
 

@@ -22,7 +22,14 @@ from timeshift.engine.plots import plot_confusion
 from timeshift.engine.trainer import evaluate
 from timeshift.models.checkpoints import load_model
 
-__all__ = ["TestOptions", "measure_latency", "predict_videos", "test_checkpoints"]
+__all__ = [
+    "EARLY_FRACTIONS",
+    "TestOptions",
+    "early_recognition",
+    "measure_latency",
+    "predict_videos",
+    "test_checkpoints",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ class TestOptions:
     twice: bool = False
     batch_size: int = 4
     workers: int = 2
+    observed: float = 1.0  # sample from the first part of each video only (early recognition)
 
 
 def _meta(model: nn.Module, path) -> dict:
@@ -61,6 +69,7 @@ def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, p
         full_res=options.full_res,
         twice=options.twice,
         dense=options.dense,
+        observed=options.observed,
     )
     loader = eval_loader(dataset, batch_size=options.batch_size, workers=options.workers)
     return evaluate(model, loader, device=device, num_classes=model.num_classes, progress=progress)
@@ -161,6 +170,68 @@ def _write_test_outputs(out: Path, summary, report, classes, ann, scores, keep) 
         for r, i, v in zip(records, top.indices.tolist(), top.values.tolist(), strict=True)
     ]
     (out / "predictions.json").write_text(json.dumps(predictions, indent=1) + "\n")
+
+
+EARLY_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
+
+
+def early_recognition(
+    checkpoints: Sequence[str | Path],
+    data: str | Path,
+    *,
+    fractions: Sequence[float] = EARLY_FRACTIONS,
+    root: str | Path | None = None,
+    options: TestOptions | None = None,
+    output_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[dict]:
+    """Accuracy after observing the first 10%, 20%, ... 100% of each video (TSM Figure 6).
+
+    For each fraction the clip's ``T`` segments are sampled from that first part of the video
+    alone (fewer frames than segments repeat, as the reference sampling does). For a
+    uni-directional model this is exactly what it predicts online, averaging its per-frame
+    outputs, once that part has streamed by. Writes ``early.csv``, ``early.json`` and
+    ``early.png`` to ``output_dir`` when given.
+    """
+    import dataclasses
+
+    options = options or TestOptions()
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(f"fractions must be in (0, 1], got {list(fractions)}")
+    rows = []
+    for fraction in fractions:
+        summary = test_checkpoints(
+            checkpoints,
+            data,
+            root=root,
+            options=dataclasses.replace(options, observed=fraction),
+            device=device,
+            progress=progress,
+        )
+        rows.append(
+            {
+                "observed": fraction,
+                "top1": summary["top1"],
+                "top5": summary["top5"],
+                "mean_class_accuracy": summary["mean_class_accuracy"],
+                "samples": summary["samples"],
+            }
+        )
+        _logger.info("observed %3.0f%%: top-1 %.4f", 100 * fraction, summary["top1"])
+    if output_dir is not None:
+        from timeshift.engine.plots import plot_early
+
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "early.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        (out / "early.json").write_text(json.dumps(rows, indent=2) + "\n")
+        label = ", ".join(Path(c).parent.name or Path(c).stem for c in checkpoints)
+        plot_early({label: rows}, out / "early.png")
+    return rows
 
 
 def _expand(inputs: Sequence[str | Path]) -> list[SampleRecord]:

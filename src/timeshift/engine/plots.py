@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["plot_confusion", "plot_curves"]
+__all__ = ["plot_confusion", "plot_curves", "plot_early"]
 
 
 def _pyplot():
@@ -75,4 +75,24 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path, *, title
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_early(curves: dict[str, Sequence[dict]], path, *, title: str = "") -> None:
+    """Top-1 against the observed fraction of each video, one line per model (rows from
+    :func:`~timeshift.engine.evaluate.early_recognition`)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, rows in curves.items():
+        ax.plot(
+            [100 * r["observed"] for r in rows], [r["top1"] for r in rows], marker="o", label=name
+        )
+    ax.set_xlabel("observed part of the video (%)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title or "early recognition")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
