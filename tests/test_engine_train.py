@@ -171,6 +171,36 @@ def test_early_recognition(tmp_path, dataset, capsys):
     assert (tmp_path / "e" / "early.png").stat().st_size > 1000
 
 
+def test_online_test_of_uni_and_bidirectional_models(tmp_path, dataset, capsys):
+    args = [
+        "--data",
+        str(dataset["val"]),
+        "--root",
+        str(dataset["root"]),
+        "--no-progress",
+        "--workers",
+        "0",
+        "--json",
+    ]
+    overrides = {"train.epochs": 1, "model.kwargs.direction": "unidirectional"}
+    fit(load_config(None, _overrides(dataset, **overrides)), tmp_path / "uni", progress=False)
+    uni = str(tmp_path / "uni" / "last.pt")
+    assert main(["test", uni, *args]) == 0
+    offline = json.loads(capsys.readouterr().out)
+    assert main(["test", uni, *args, "--online"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == offline["top1"]
+    fit(
+        load_config(None, _overrides(dataset, **{"train.epochs": 1})),
+        tmp_path / "bi",
+        progress=False,
+    )
+    bi = str(tmp_path / "bi" / "last.pt")
+    assert main(["test", bi, *args, "--online"]) == 2
+    assert "drop_future" in capsys.readouterr().err
+    assert main(["test", bi, *args, "--drop-future"]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["top1"] <= 1
+
+
 def test_resume_is_exact(tmp_path, dataset, monkeypatch):
     cfg = load_config(None, _overrides(dataset, **{"data.workers": 1}))
     fit(cfg, tmp_path / "straight", progress=False)

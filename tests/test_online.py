@@ -109,3 +109,18 @@ def test_inference_path_equals_the_traceable_path():
         plain = module(frame, *cache)
     assert all(torch.equal(a, b.detach()) for a, b in zip(fast, plain, strict=True))
     assert torch.equal(frame, before)
+
+
+def test_streamed_clips_equal_the_offline_model_and_drop_future_differs():
+    from timeshift.online import StreamedClips
+
+    clip = torch.randn(3, T, 3, 32, 32)
+    uni = _randomise(_uni("tsm_resnet_tiny"))
+    with torch.no_grad():
+        assert torch.allclose(StreamedClips(uni)(clip), uni(clip), atol=1e-5)
+    bi = _randomise(timeshift.create_model("tsm_resnet_tiny", num_classes=5, num_segments=T))
+    with pytest.raises(ValueError, match="drop_future"):
+        StreamedClips(bi.eval())
+    with torch.no_grad():
+        streamed = StreamedClips(bi.eval(), drop_future=True)(clip)
+        assert not torch.allclose(streamed, bi(clip), atol=1e-5)  # future channels missing

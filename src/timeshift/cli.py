@@ -253,6 +253,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         twice=args.twice,
         batch_size=args.batch_size,
         workers=args.workers,
+        online=args.online or args.drop_future,
+        drop_future=args.drop_future,
     )
     checkpoints = [args.checkpoint, *(args.ensemble or [])]
     if args.early:
@@ -534,6 +536,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="early recognition: accuracy after 10%%, 20%%, ... 100%% of each video",
     )
     p.add_argument("--early-steps", type=int, default=10, help="fractions for --early (10)")
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="stream each clip frame by frame through the online model, average the logits",
+    )
+    p.add_argument(
+        "--drop-future",
+        action="store_true",
+        help="--online for a bidirectional model: zero the channels it takes from the future",
+    )
     p.add_argument("--output", help="directory for metrics, confusion matrix, predictions")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)

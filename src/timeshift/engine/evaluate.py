@@ -47,6 +47,8 @@ class TestOptions:
     batch_size: int = 4
     workers: int = 2
     observed: float = 1.0  # sample from the first part of each video only (early recognition)
+    online: bool = False  # stream each clip frame by frame through the online model
+    drop_future: bool = False  # with online: a bidirectional model, future channels zeroed
 
 
 def _meta(model: nn.Module, path) -> dict:
@@ -72,6 +74,10 @@ def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, p
         observed=options.observed,
     )
     loader = eval_loader(dataset, batch_size=options.batch_size, workers=options.workers)
+    if options.online:
+        from timeshift.online import StreamedClips
+
+        model = StreamedClips(model, drop_future=options.drop_future)
     return evaluate(model, loader, device=device, num_classes=model.num_classes, progress=progress)
 
 

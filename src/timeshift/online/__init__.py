@@ -1,5 +1,11 @@
 """Online (streaming) recognition."""
 
-from timeshift.online.recognizer import OnlineModule, OnlineRecognizer, OnlineShift, online_step
+from timeshift.online.recognizer import (
+    OnlineModule,
+    OnlineRecognizer,
+    OnlineShift,
+    StreamedClips,
+    online_step,
+)
 
-__all__ = ["OnlineModule", "OnlineRecognizer", "OnlineShift", "online_step"]
+__all__ = ["OnlineModule", "OnlineRecognizer", "OnlineShift", "StreamedClips", "online_step"]

@@ -21,7 +21,7 @@ from torch import nn
 from timeshift.ops.pool import TemporalPool
 from timeshift.ops.shift import TemporalShift, _tracing, shift_offsets
 
-__all__ = ["OnlineModule", "OnlineRecognizer", "OnlineShift", "online_step"]
+__all__ = ["OnlineModule", "OnlineRecognizer", "OnlineShift", "StreamedClips", "online_step"]
 
 _logger = logging.getLogger(__name__)
 
@@ -185,6 +185,28 @@ def online_step(module: OnlineModule, frame: torch.Tensor, cache: Sequence[torch
     """The functional core: ``(logits, new_cache) = online_step(module, frame, cache)``."""
     logits, *new = module(frame, *cache)
     return logits, new
+
+
+class StreamedClips(nn.Module):
+    """Clips ``(N, T, C, H, W)`` -> logits ``(N, K)`` computed by streaming: the frames go one
+    at a time through the online model and the per-frame logits are averaged, which is what a
+    deployed online model reports after the clip. For a uni-directional model this equals the
+    offline forward; for a bi-directional one with ``drop_future`` it measures what streaming
+    it loses (``timeshift test --online``)."""
+
+    def __init__(self, model: nn.Module, *, drop_future: bool = False) -> None:
+        super().__init__()
+        self.online = OnlineModule(model, drop_future=drop_future)
+        self.num_classes = model.num_classes
+        self.num_segments = model.num_segments
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        logits, *caches = self.online(clips[:, 0])  # no caches: the zero past
+        total = logits
+        for t in range(1, clips.shape[1]):
+            logits, *caches = self.online(clips[:, t], *caches)
+            total = total + logits
+        return total / clips.shape[1]
 
 
 class OnlineRecognizer:
