@@ -99,6 +99,8 @@ class Recognizer(nn.Module):
 
     # -- forward --------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor) -> None:
+        if torch.jit.is_tracing():  # sizes are traced values here, and comparing them warns
+            return
         if x.dim() != 5:
             raise ValueError(f"expected a clip batch (N, T, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.num_segments:
