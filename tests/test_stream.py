@@ -192,3 +192,54 @@ def test_stream_errors(tmp_path, video, capsys, monkeypatch):
     monkeypatch.setattr(cv2, "namedWindow", no_gui)
     assert main(["stream", video, str(tmp_path / "m.pt"), "--show"]) == 2
     assert "GUI support" in capsys.readouterr().err
+
+
+def test_stream_url_over_http(video):
+    import functools
+    import http.server
+    import threading
+    from pathlib import Path
+
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(Path(video).parent)
+    )
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+        summary = run_stream(url, timeshift.OnlineRecognizer(_model()), input_size=S)
+    finally:
+        server.shutdown()
+    assert summary.source == url and summary.frames_read == FRAMES
+
+
+def test_camera_index_reads_opencv_frames_as_rgb(monkeypatch):
+    import cv2
+
+    class FakeCamera:  # a camera that delivers three blue BGR frames
+        def __init__(self, index):
+            assert index == 1
+            self.left = 3
+
+        def isOpened(self):
+            return True
+
+        def get(self, prop):
+            return 30.0
+
+        def read(self):
+            self.left -= 1
+            frame = np.zeros((48, 64, 3), np.uint8)
+            frame[..., 0] = 255  # blue in BGR
+            return self.left >= 0, frame
+
+        def release(self):
+            pass
+
+    monkeypatch.setattr(cv2, "VideoCapture", FakeCamera)
+    source = open_source("1")
+    frames = list(source)
+    assert source.name == "camera 1" and source.fps == 30.0 and len(frames) == 3
+    assert frames[0][0, 0].tolist() == [0, 0, 255]  # RGB
