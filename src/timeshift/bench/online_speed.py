@@ -30,7 +30,7 @@ _logger = logging.getLogger(__name__)
 TARGET_RATIO = 1.05
 
 
-def _median_ms(step: Callable[[], object], iters: int) -> float:
+def _mean_ms(step: Callable[[], object], iters: int) -> float:
     start = time.perf_counter()
     for _ in range(iters):
         step()
@@ -50,7 +50,8 @@ def _steppers(tsm, tsn, backend: str, size: int, workdir: Path):
             export_model(model, path, online=True, size=size, exporter="legacy")
             paths.append(path)
         threads = torch.get_num_threads()
-        online, plain = (OnnxOnlineRecognizer(p, threads=threads) for p in paths)
+        # two sessions in one process: idle threads must sleep, not spin against the other
+        online, plain = (OnnxOnlineRecognizer(p, threads=threads, spinning=False) for p in paths)
     else:
         raise ValueError(f"unknown backend {backend!r}; expected 'eager' or 'onnxruntime'")
     return (lambda: online.step(frame)), (lambda: plain.step(frame)), online
@@ -64,8 +65,8 @@ def benchmark_online(
     memory_formats: Sequence[str] = ("contiguous", "channels_last"),
     size: int = 224,
     num_classes: int = 27,
-    rounds: int = 15,
-    iters: int = 5,
+    rounds: int = 30,
+    iters: int = 3,
 ) -> list[dict]:
     """One row per (model, backend, memory format): per-frame ms of the online TSM and of the
     2D model, their ratio, frames/s and the cache size. ``memory_formats`` apply to eager."""
@@ -87,11 +88,16 @@ def benchmark_online(
                     for _ in range(3):  # warm-up: allocator, caches, lazy init
                         online(), plain()
                     times = {"online": [], "plain": []}
-                    for _ in range(rounds):
-                        times["online"].append(_median_ms(online, iters))
-                        times["plain"].append(_median_ms(plain, iters))
+                    for r in range(rounds):  # alternate the order: no side always goes first
+                        order = ("online", "plain") if r % 2 == 0 else ("plain", "online")
+                        for side in order:
+                            step = online if side == "online" else plain
+                            times[side].append(_mean_ms(step, iters))
                 online_ms = statistics.median(times["online"])
                 plain_ms = statistics.median(times["plain"])
+                paired = statistics.median(
+                    o / p for o, p in zip(times["online"], times["plain"], strict=True)
+                )
                 rows.append(
                     {
                         "model": name,
@@ -102,6 +108,7 @@ def benchmark_online(
                         "online_ms": round(online_ms, 3),
                         "plain_2d_ms": round(plain_ms, 3),
                         "ratio": round(online_ms / plain_ms, 4),
+                        "paired_ratio": round(paired, 4),
                         "online_fps": round(1e3 / online_ms, 1),
                         "cache_floats": recognizer.cache_floats,
                         "spread_ms": [

@@ -17,6 +17,7 @@ mean and std) is stored in the file: ONNX metadata ``timeshift`` and TorchScript
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -138,6 +139,8 @@ def export_model(
         raise ValueError(f"unknown ONNX exporter {exporter!r}; expected 'dynamo' or 'legacy'")
     path = Path(path)
     size = size or (getattr(model, "checkpoint_meta", {}) or {}).get("input_size") or 224
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).cpu()  # export and verification run on the CPU
     model = model.eval()
     module = OnlineModule(model, drop_future=drop_future) if online else model
     if dynamic_batch and batch < 2:
@@ -251,7 +254,12 @@ def _write_onnx_meta(path: Path, meta: dict) -> None:
     onnx.save(proto, str(path))
 
 
-def _onnx_session(path: Path, threads: int | None = None, providers: Sequence[str] | None = None):
+def _onnx_session(
+    path: Path,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    spinning: bool = True,
+):
     try:
         import onnxruntime as ort
     except ImportError as exc:
@@ -262,6 +270,8 @@ def _onnx_session(path: Path, threads: int | None = None, providers: Sequence[st
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:  # idle worker threads sleep instead of busy-waiting for the next run
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(
         str(path), options, providers=list(providers or ["CPUExecutionProvider"])
     )

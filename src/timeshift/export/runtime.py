@@ -29,6 +29,7 @@ class _OnnxModel:
         *,
         threads: int | None = None,
         providers: Sequence[str] | None = None,
+        spinning: bool = True,
     ) -> None:
         self.path = Path(path)
         self.meta = read_export_meta(self.path)
@@ -38,7 +39,7 @@ class _OnnxModel:
                 f"{self.mode} exports (export with{'' if self.mode == 'online' else 'out'} "
                 "--online)"
             )
-        self.session = _onnx_session(self.path, threads, providers)
+        self.session = _onnx_session(self.path, threads, providers, spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -71,8 +72,8 @@ class OnnxOnlineRecognizer(_OnnxModel):
 
     mode = "online"
 
-    def __init__(self, path, *, threads=None, providers=None) -> None:
-        super().__init__(path, threads=threads, providers=providers)
+    def __init__(self, path, *, threads=None, providers=None, spinning=True) -> None:
+        super().__init__(path, threads=threads, providers=providers, spinning=spinning)
         self.cache_shapes = [tuple(s) for s in self.meta["cache_shapes"]]
         self.cache: list[np.ndarray] | None = None
         self._batch: int | None = None
