@@ -145,6 +145,7 @@ def test_cli_export_of_a_timeshift_checkpoint(tmp_path, capsys):
             "export",
             str(tmp_path / "m.pt"),
             "--online",
+            "--split",
             "--exporter",
             "legacy",
             "--output",
@@ -153,6 +154,7 @@ def test_cli_export_of_a_timeshift_checkpoint(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 0 and "max |difference|" in out and "cache_0" in out
+    assert "graph    split" in out
     assert json.loads(json.dumps(read_export_meta(tmp_path / "m.onnx")))["mode"] == "online"
 
 

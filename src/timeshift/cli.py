@@ -355,6 +355,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         exporter=args.exporter,
         opset=args.opset,
         drop_future=args.drop_future,
+        split=args.split,
         verify=not args.no_verify,
     )
     meta = result.meta
@@ -367,6 +368,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if result.online:
         floats = sum(_prod(s) for s in meta["cache_shapes"])
         print(f"  cache    {len(meta['cache_shapes'])} tensors, {floats:,} floats per stream")
+        if meta.get("graph"):
+            print(f"  graph    {meta['graph']}")
     if args.no_verify:
         print("  not verified (--no-verify)")
     else:
@@ -588,6 +591,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--drop-future",
         action="store_true",
         help="--online for a bidirectional model: zero the channels from future frames",
+    )
+    p.add_argument(
+        "--split",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="--online ONNX: carry the residual stream split at the cached channels, the form "
+        "onnxruntime runs fastest (default: where supported and 8-channel aligned)",
     )
     p.add_argument("--no-verify", action="store_true", help="skip the check against eager")
     _add_model_args(p)

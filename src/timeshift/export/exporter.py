@@ -112,6 +112,7 @@ def export_model(
     exporter: str = "dynamo",
     opset: int | None = None,
     drop_future: bool = False,
+    split: bool | None = None,
     verify: bool = True,
     atol: float = 1e-4,
     rtol: float = 1e-3,
@@ -126,6 +127,11 @@ def export_model(
         dynamic_batch: let the batch dimension vary (offline clips, or online streams).
         size: frame height and width (default: the checkpoint's input size, else 224); online
             cache shapes depend on it, so online graphs are fixed to it.
+        split: online ONNX only: export the graph that carries the residual stream split at
+            the cached channels (:mod:`timeshift.export.split`: same inputs, outputs and
+            function without channel slicing, which onnxruntime runs faster). Default: when
+            the architecture supports it and every part is a multiple of 8 channels (ResNets);
+            ``True`` forces it (raising if unsupported), ``False`` exports the plain graph.
         exporter: ONNX only: ``"dynamo"`` (``torch.export``, the default of PyTorch) or
             ``"legacy"`` (the TorchScript-based exporter, faster to run, deprecated upstream).
         verify: run the exported file (onnxruntime / ``torch.jit.load``) and eager PyTorch on
@@ -143,6 +149,7 @@ def export_model(
         model = copy.deepcopy(model).cpu()  # export and verification run on the CPU
     model = model.eval()
     module = OnlineModule(model, drop_future=drop_future) if online else model
+    graph = _online_graph(module, split) if online and format == "onnx" else module
     if dynamic_batch and batch < 2:
         batch = 2  # torch.export specialises a dimension of size 1
     example = _example_inputs(module, online, batch, size, model.num_segments)
@@ -154,6 +161,7 @@ def export_model(
         outputs=outputs,
         cache_shapes=[list(c.shape[1:]) for c in example[1:]],
         fold_div=[s.fold_div for s in module.shifts] if online else None,
+        graph=("split" if graph is not module else "concat") if online else None,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -162,7 +170,7 @@ def export_model(
     try:
         with torch.no_grad():
             if format == "onnx":
-                _export_onnx(module, example, tmp, inputs, outputs, dynamic_batch, exporter, opset)
+                _export_onnx(graph, example, tmp, inputs, outputs, dynamic_batch, exporter, opset)
                 _write_onnx_meta(tmp, meta)
                 runner = _onnx_runner(tmp)
             else:
@@ -181,6 +189,23 @@ def export_model(
     return ExportResult(path, format, online, diff, inputs, outputs, meta)
 
 
+def _online_graph(module: OnlineModule, split: bool | None) -> nn.Module:
+    """The module to trace for an online ONNX export; verification always runs ``module``."""
+    if split is False:
+        return module
+    from timeshift.export.split import ALIGN, split_stream
+
+    graph = split_stream(module, align=1 if split else ALIGN)
+    if graph is None:
+        if split:
+            raise ExportError(
+                "split=True: this architecture has no split-stream form (supported: the "
+                "ResNet/ResNeXt and MobileNetV2 backbones with a uni-directional residual shift)"
+            )
+        return module
+    return graph
+
+
 # -- ONNX ---------------------------------------------------------------------------------------
 def _export_onnx(module, example, path, inputs, outputs, dynamic_batch, exporter, opset):
     dynamic_axes = {name: {0: "batch"} for name in [*inputs, *outputs]} if dynamic_batch else None
@@ -193,6 +218,7 @@ def _export_onnx(module, example, path, inputs, outputs, dynamic_batch, exporter
         # the legacy exporter's deprecation notice; the choice is the caller's
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+        warnings.filterwarnings("ignore", message=".*axis name.*will not be used.*")
         try:
             if exporter == "legacy":
                 torch.onnx.export(

@@ -102,17 +102,41 @@ class OnnxOnlineRecognizer(_OnnxModel):
                 "--dynamic-batch to vary it"
             )
         if self.cache is None:
-            self.cache = [np.zeros((n, *s), dtype=np.float32) for s in self.cache_shapes]
-            self._batch = n
+            self._start(n)
         elif n != self._batch:
             raise ValueError(
                 f"{n} frames do not continue the {self._batch} streams; call reset() to start "
                 "new streams"
             )
-        feeds = dict(zip(self.input_names, [frames, *self.cache], strict=True))
-        logits, *self.cache = self.session.run(None, feeds)
-        out = torch.from_numpy(logits)
+        # two preallocated buffer sets stay bound to the session: a frame reads the caches of
+        # one and writes its outputs into the other, so nothing is allocated between frames
+        (_, current), (arrays, following) = self._buffers
+        binding = self._binding
+        binding.bind_cpu_input(self.input_names[0], frames)
+        for name, value in zip(self.input_names[1:], current[1:], strict=True):
+            binding.bind_ortvalue_input(name, value)
+        for name, value in zip(self.output_names, following, strict=True):
+            binding.bind_ortvalue_output(name, value)
+        self.session.run_with_iobinding(binding)
+        self._buffers.reverse()
+        self.cache = arrays[1:]
+        out = torch.from_numpy(arrays[0].copy())
         return out[0] if single else out
+
+    def _start(self, n: int) -> None:
+        import onnxruntime as ort
+
+        width = self.session.get_outputs()[0].shape[-1]
+        width = width if isinstance(width, int) else self.num_classes
+
+        def buffers():
+            arrays = [np.zeros((n, width), np.float32)]
+            arrays += [np.zeros((n, *s), np.float32) for s in self.cache_shapes]
+            return arrays, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+
+        self._buffers = [buffers(), buffers()]
+        self._binding = self.session.io_binding()
+        self._batch = n
 
     @property
     def cache_floats(self) -> int:
