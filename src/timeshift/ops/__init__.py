@@ -1,5 +1,6 @@
 """Temporal primitives: functional form plus an ``nn.Module`` wrapper. No model knowledge."""
 
+from timeshift.ops.inflate import InflatedConv, inflate_weight
 from timeshift.ops.pool import TemporalPool, pooled_segments, temporal_pool
 from timeshift.ops.shift import (
     DIRECTIONS,
@@ -11,8 +12,10 @@ from timeshift.ops.shift import (
 
 __all__ = [
     "DIRECTIONS",
+    "InflatedConv",
     "TemporalPool",
     "TemporalShift",
+    "inflate_weight",
     "native_kernel_available",
     "pooled_segments",
     "shift_offsets",
