@@ -58,7 +58,7 @@ def test_2d_weights_load_into_i3d_replace_and_give_the_2d_network():
     kwargs = {"num_classes": 5, "num_segments": 4, "widths": (8, 8, 16, 16), "stem_width": 8}
     tsn = timeshift.create_model("tsn_resnet18", **kwargs).eval()
     i3d = timeshift.create_model("i3d_replace_resnet18", **kwargs).eval()
-    i3d.load_state_dict(tsn.state_dict())  # 4-D conv weights are inflated, centred
+    timeshift.load_checkpoint(i3d, tsn.state_dict())  # 4-D conv weights are inflated, centred
     assert i3d.backbone.layer1[0].conv1.weight.shape == (8, 8, 3, 3, 3)
     clip = torch.randn(2, 4, 3, 32, 32)
     with torch.no_grad():

@@ -489,7 +489,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from timeshift.engine.demo import format_results, run_demo
 
-    print(format_results(run_demo(args.output, full=args.full, progress=not args.no_progress)))
+    variants = "all" if args.all else (args.models or "main")
+    output = args.output or ("runs/demo-all" if variants != "main" else "runs/demo")
+    results = run_demo(output, full=args.full, progress=not args.no_progress, variants=variants)
+    print(format_results(results))
     return 0
 
 
@@ -572,8 +575,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("demo", help="train TSN and TSM on the synthetic dataset and compare")
-    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--output", help="default runs/demo (runs/demo-all with --all/--models)")
     p.add_argument("--full", action="store_true", help="longer training, tighter numbers")
+    p.add_argument(
+        "--all",
+        action="store_true",
+        help="every temporal module (TSN, TSM, VSN, STSM, TAM, bLVNet-TAM, I3D-replace) on one "
+        "narrow bottleneck ResNet-50, with accuracy-vs-cost charts (about an hour on 2 cores)",
+    )
+    p.add_argument("--models", nargs="+", metavar="NAME", help="a subset of the --all rows")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 

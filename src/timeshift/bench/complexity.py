@@ -16,7 +16,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from timeshift.ops.aggregation import TemporalAggregation
+from timeshift.ops.inflate import InflatedConv
 from timeshift.ops.shift import TemporalShift
+from timeshift.ops.shuffle import VideoShuffle
+from timeshift.ops.st_shift import SpatioTemporalShift
+
+# what `temporal_modules` counts: each op that mixes frames (a shuffle + its inverse count once)
+TEMPORAL_OPS = (TemporalShift, SpatioTemporalShift, TemporalAggregation, InflatedConv, VideoShuffle)
 
 __all__ = ["Complexity", "count_parameters", "model_complexity"]
 
@@ -74,7 +81,7 @@ def model_complexity(model: nn.Module, *, frames: int, input_size: int = 224) ->
         macs=counter.get_total_flops() // 2,
         frames=frames,
         input_size=input_size,
-        temporal_modules=len(shifts),
+        temporal_modules=sum(isinstance(m, TEMPORAL_OPS) for m in model.modules()),
         cache_tensors=len(cache),
         cache_floats=sum(cache),
     )

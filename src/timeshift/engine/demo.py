@@ -4,6 +4,11 @@ Both models use the same narrow ResNet-18 (same parameters, same MACs: the shift
 dataset's classes come in time-reversed pairs, so the order-blind TSN can tell the motion family
 but not its direction (50% ceiling), while TSM sees the order. The table shows top-1, the
 accuracy on the family (pair), parameters, MACs and per-clip CPU latency.
+
+``run_demo(variants="all")`` (``timeshift demo --all``) trains every temporal module of the
+library the same way on one narrow bottleneck ResNet-50 (the block VSN and bLVNet need): TSN,
+TSM, VSN, STSM, TAM, bLVNet-TAM and I3D_replace, and adds accuracy-vs-MACs and
+accuracy-vs-latency charts.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -27,6 +33,19 @@ __all__ = ["format_results", "run_demo"]
 _logger = logging.getLogger(__name__)
 
 RECIPES = {"TSN": "synthetic-tsn", "TSM": "synthetic-tsm"}
+
+# demo --all: one narrow bottleneck ResNet-50 for every module (VSN's shuffle blocks and
+# bLVNet's branches are defined on bottlenecks); (recipe, overrides) per row
+_NARROW_R50 = ["model.kwargs.widths=[8,16,32,64]", "model.kwargs.stem_width=16"]
+ALL_VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "TSN": ("synthetic-tsn", ["model.name=tsn_resnet50", *_NARROW_R50]),
+    "TSM": ("synthetic-tsm", ["model.name=tsm_resnet50", *_NARROW_R50]),
+    "VSN": ("synthetic-tsn", ["model.name=vsn_resnet50", *_NARROW_R50]),
+    "STSM": ("synthetic-tsn", ["model.name=stsm_resnet50", *_NARROW_R50]),
+    "TAM": ("synthetic-tsn", ["model.name=tam_resnet50", *_NARROW_R50]),
+    "bLVNet-TAM": ("synthetic-tsn", ["model.name=blvnet_tam_resnet50", *_NARROW_R50]),
+    "I3D-replace": ("synthetic-tsn", ["model.name=i3d_replace_resnet50", *_NARROW_R50]),
+}
 
 
 def _overrides(full: bool) -> list[str]:
@@ -45,18 +64,21 @@ def run_demo(
     full: bool = False,
     progress: bool = True,
     overrides: list[str] | None = None,
+    variants: str | Sequence[str] = "main",
 ) -> dict:
     """Train and compare TSN and TSM; writes ``results.json``, curves and confusion matrices.
 
-    ``overrides`` (``key=value``) apply to both recipes, after ``full``'s.
+    ``overrides`` (``key=value``) apply to every recipe, after ``full``'s. ``variants``:
+    ``"main"`` (TSN and TSM on a narrow ResNet-18), ``"all"`` (every module of
+    :data:`ALL_VARIANTS`), or a list of names from :data:`ALL_VARIANTS`.
     """
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows = []
-    for name, recipe in RECIPES.items():
-        cfg = load_config(recipe, [*_overrides(full), *(overrides or [])])
+    for name, (recipe, own) in _variants(variants).items():
+        cfg = load_config(recipe, [*own, *_overrides(full), *(overrides or [])])
         run_dir = out / name.lower()
         _logger.info("== training %s (%s) ==", name, cfg.model.name)
         if (run_dir / "metrics.jsonl").exists():
@@ -71,8 +93,24 @@ def run_demo(
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     _plot(rows, out / "results.png")
+    if len(rows) > 2:
+        _plot_costs(rows, out / "accuracy_vs_cost.png")
     results["output"] = str(out)
     return results
+
+
+def _variants(variants: str | Sequence[str]) -> dict[str, tuple[str, list[str]]]:
+    if variants == "main":
+        return {name: (recipe, []) for name, recipe in RECIPES.items()}
+    if variants == "all":
+        return dict(ALL_VARIANTS)
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
+    if isinstance(variants, str) or unknown:
+        raise ValueError(
+            f"unknown demo variants {unknown or variants!r}; expected 'main', 'all' or names "
+            f"from {list(ALL_VARIANTS)}"
+        )
+    return {v: ALL_VARIANTS[v] for v in variants}
 
 
 def _measure(name: str, cfg, run_dir: Path, out: Path, progress: bool) -> dict:
@@ -123,29 +161,67 @@ def _plot(rows: list[dict], path: Path) -> None:
         },
         path,
         ylabel="validation accuracy",
-        title="TSN vs TSM, same backbone and MACs",
+        title="TSN vs TSM, same backbone and MACs"
+        if len(rows) == 2
+        else ("temporal modules, same backbone"),
     )
+
+
+def _plot_costs(rows: list[dict], path: Path) -> None:
+    """Top-1 against MACs and against latency, one labelled point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, label in (
+        (axes[0], "macs", "MACs per clip (M)"),
+        (axes[1], "latency_ms", "CPU latency per clip (ms)"),
+    ):
+        for r in rows:
+            x = r[key] / 1e6 if key == "macs" else r[key]
+            ax.scatter(x, r["top1"], s=40)
+            ax.annotate(r["name"], (x, r["top1"]), textcoords="offset points", xytext=(4, 4))
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("validation top-1")
+    fig.suptitle("temporal modules on the synthetic dataset: accuracy vs cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def format_results(results: dict) -> str:
     """The side-by-side table the CLI prints."""
     rows = results["models"]
+    width = max(6, *(len(r["name"]) for r in rows))
+    title = (
+        "TSN vs TSM"
+        if [r["name"] for r in rows] == ["TSN", "TSM"]
+        else ", ".join(r["name"] for r in rows)
+    )
     lines = [
         "",
-        "TSN vs TSM on the synthetic temporal dataset (validation, 1 clip x centre crop)",
-        f"  {'model':6} {'top-1':>7} {'family':>7} {'params':>10} {'MACs/clip':>11} "
+        f"{title} on the synthetic temporal dataset (validation, 1 clip x centre crop)",
+        f"  {'model':{width}} {'top-1':>7} {'family':>7} {'params':>10} {'MACs/clip':>11} "
         f"{'latency':>10}",
     ]
     for r in rows:
         lines.append(
-            f"  {r['name']:6} {r['top1']:7.3f} {r['pair_accuracy']:7.3f} {r['params']:10,d} "
-            f"{r['macs'] / 1e6:9.1f} M {r['latency_ms']:7.2f} ms"
+            f"  {r['name']:{width}} {r['top1']:7.3f} {r['pair_accuracy']:7.3f} "
+            f"{r['params']:10,d} {r['macs'] / 1e6:9.1f} M {r['latency_ms']:7.2f} ms"
         )
-    tsn, tsm = rows[0], rows[1]
+    tsn = rows[0]
+    lines.append("")
+    for r in rows[1:]:
+        lines.append(
+            f"{r['name']} gains {100 * (r['top1'] - tsn['top1']):+.1f} points of top-1 over "
+            f"{tsn['name']} at {r['params'] / tsn['params']:.2f}x the parameters and "
+            f"{r['macs'] / tsn['macs']:.2f}x the MACs."
+        )
     lines += [
-        "",
-        f"TSM gains {100 * (tsm['top1'] - tsn['top1']):+.1f} points of top-1 at the same "
-        f"parameters and MACs. TSN tells the motion family ({tsn['pair_accuracy']:.2f}) but not "
+        f"{tsn['name']} tells the motion family ({tsn['pair_accuracy']:.2f}) but not "
         "its direction: every class has a time-reversed twin, so an order-blind model is "
         "capped at 50% within a pair.",
         f"results: {results['output']}/results.json, results.png, curves_*.png, confusion_*.png "

@@ -19,7 +19,7 @@ from timeshift.models.registry import (
 from timeshift.models.temporalize import register_temporal_layer, temporalize
 
 # model families beyond TSN/TSM register themselves on import
-from timeshift.models import i3d  # noqa: F401  isort: skip
+from timeshift.models import blvnet, i3d, stsm, vsn  # noqa: F401  isort: skip
 
 __all__ = [
     "CheckpointError",

@@ -8,8 +8,15 @@ Formats understood by :func:`load_checkpoint`:
   ``module.base_model.layer1.0.conv1.net.weight`` and ``module.new_fc.weight``;
 * ``mmaction2``: ``{"meta", "state_dict"}`` with ``backbone.layer1.0.conv1.conv.net.weight``,
   ``backbone.layer1.0.conv1.bn.weight`` and ``cls_head.fc_cls.weight``;
+* ``blvnet``: the official bLVNet-TAM code (IBM/bLVNet-TAM): its released models are bare state
+  dicts with keys ``baseline_model.layer1.big.0.conv1.weight``, ``baseline_model.tam.prev.weight``
+  and ``new_fc.weight`` (``baseline_model.fc.weight`` when trained without dropout); its training
+  checkpoints wrap them as ``{"epoch", "arch", "state_dict", "best_top1", "optimizer"}`` with a
+  ``module.`` prefix. The three depthwise convolutions of each TAM (``prev``/``curr``/``next``,
+  or ``blending_layers.<i>`` for another range) become the rows of our ``tam.weight``;
 * ``torchvision``: a 2D ImageNet ResNet/MobileNetV2 state dict, used to initialise a backbone (its
-  classifier is dropped).
+  classifier is dropped). A ``module.`` prefix (DataParallel) is ignored, so IBM/BigLittleNet's
+  ImageNet bLResNet checkpoints initialise a bLVNet-TAM the same way (its TAMs start fresh).
 
 All of them are matched against the model through *canonical* key names with the wrapper segments
 (``.net`` of temporal shift/pool, ``.block`` of non-local) removed, which is what lets TSN weights
@@ -47,7 +54,7 @@ __all__ = [
 _logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-SOURCES = ("auto", "timeshift", "tsm", "mmaction2", "torchvision")
+SOURCES = ("auto", "timeshift", "tsm", "mmaction2", "blvnet", "torchvision")
 _WRAPPER_SEGMENTS = frozenset({"net", "block"})
 _CLASSIFIER_PREFIXES = ("fc.",)
 _MAX_LISTED = 20
@@ -205,6 +212,8 @@ def detect_source(payload: Any) -> str:
         return "timeshift"
     keys = list(_state_dict_of(payload, "checkpoint"))
     stripped = [k.removeprefix("module.") for k in keys]
+    if any(k.startswith("baseline_model.") for k in stripped):
+        return "blvnet"  # checked before "tsm": both name their classifier new_fc
     if any(k.startswith(("base_model.", "new_fc.")) for k in stripped):
         return "tsm"
     if any(k.startswith("cls_head.") for k in keys) or "backbone.conv1.conv.weight" in keys:
@@ -213,7 +222,7 @@ def detect_source(payload: Any) -> str:
         return "timeshift"
     if any(re.match(r"^features\.\d+\.conv\.0\.weight$", k) for k in keys):
         return "tsm"  # the reference online demo's bare MobileNetV2 (plain Sequential blocks)
-    if any(k.startswith(("conv1.", "layer1.", "features.")) for k in keys):
+    if any(k.startswith(("conv1.", "layer1.", "features.")) for k in stripped):
         return "torchvision"
     raise CheckpointError(
         "cannot tell the checkpoint format from its keys (first: "
@@ -287,12 +296,50 @@ def _from_mmaction2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
 def _from_torchvision(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
+        key = key.removeprefix("module.")  # saved from DataParallel
         if key.startswith(("fc.", "classifier.1.")):
             # the 2D ImageNet classifier: kept only if the model has the same classes
             key = "fc." + key.split(".")[-1]
         else:
             key = "backbone." + key
         out[key] = value
+    return out
+
+
+# official bLVNet-TAM: one depthwise conv per temporal offset, (C, 1, 1, 1) each
+_BLV_TAM = re.compile(
+    r"^(?P<module>(?:.+\.)?tam)\.(?:(?P<named>prev|curr|next)|blending_layers\.(?P<index>\d+))"
+    r"\.weight$"
+)
+_BLV_TAM_ROWS = {"prev": 0, "curr": 1, "next": 2}
+
+
+def _from_blvnet(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    tams: dict[str, dict[int, torch.Tensor]] = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        if key.startswith("new_fc."):
+            key = "fc." + key.removeprefix("new_fc.")
+        elif key.startswith("baseline_model.fc."):
+            # without dropout the official code keeps the classifier inside the backbone
+            key = "fc." + key.removeprefix("baseline_model.fc.")
+        else:
+            key = "backbone." + key.removeprefix("baseline_model.")
+        m = _BLV_TAM.match(key)
+        if m:
+            row = _BLV_TAM_ROWS[m["named"]] if m["named"] else int(m["index"])
+            tams.setdefault(m["module"], {})[row] = value
+        else:
+            out[key] = value
+    for module, rows in tams.items():
+        if sorted(rows) != list(range(len(rows))):
+            raise CheckpointError(
+                f"bLVNet checkpoint: {module} has temporal aggregation weights for offsets "
+                f"{sorted(rows)}; expected prev/curr/next or blending_layers.0..r-1"
+            )
+        # row i weights input frame t + i - r//2 of output frame t, as TemporalAggregation
+        out[module + ".weight"] = torch.stack([rows[i].reshape(-1) for i in range(len(rows))])
     return out
 
 
@@ -332,6 +379,8 @@ def _to_canonical(payload: Any, source: str, origin: str) -> dict[str, torch.Ten
         state = _from_tsm(state)
     elif source == "mmaction2":
         state = _from_mmaction2(state)
+    elif source == "blvnet":
+        state = _from_blvnet(state)
     elif source == "torchvision":
         state = _from_torchvision(state)
     canonical = {_canonical(k): v for k, v in state.items()}
@@ -361,10 +410,11 @@ def load_checkpoint(
         model: a :class:`~timeshift.models.Recognizer` (keys ``backbone.*``, ``fc.*``).
         checkpoint: a file path, or an already loaded checkpoint object.
         source: ``"auto"`` or one of ``"timeshift"``, ``"tsm"``, ``"mmaction2"``,
-            ``"torchvision"``.
+            ``"blvnet"``, ``"torchvision"``.
         strict: raise :class:`CheckpointError` on missing/unexpected keys (the 2D classifier of
             torchvision weights, a classifier with another class count, and new non-local
-            blocks when initialising from 2D weights are expected and never an error).
+            blocks or temporal aggregation modules when initialising from 2D weights are
+            expected and never an error).
 
     Returns:
         A :class:`LoadReport`.
@@ -394,7 +444,7 @@ def load_checkpoint(
         key = by_canonical.get(canon)
         if key is None:
             unexpected.append(canon)
-        elif target[key].shape != value.shape:
+        elif target[key].shape != value.shape and not _inflatable(target[key], value):
             if key.startswith(_CLASSIFIER_PREFIXES):
                 report.dropped.append(canon)
             else:
@@ -438,11 +488,22 @@ def load_checkpoint(
     return report
 
 
+def _inflatable(target: torch.Tensor, value: torch.Tensor) -> bool:
+    """A 2D conv kernel for an inflated (3D) one: ``InflatedConv`` inflates it on load."""
+    return (
+        target.dim() == 5
+        and value.dim() == 4
+        and target.shape[:2] == value.shape[:2]
+        and target.shape[3:] == value.shape[2:]
+    )
+
+
 def _may_stay_initialised(key: str, source: str, report: LoadReport) -> bool:
     if key.endswith("num_batches_tracked"):
         return True  # absent from checkpoints written by old PyTorch versions
     classifier_dropped = any(k.startswith(_CLASSIFIER_PREFIXES) for k in report.dropped)
     if key.startswith(_CLASSIFIER_PREFIXES) and (source == "torchvision" or classifier_dropped):
         return True
-    # non-local blocks added on top of 2D ImageNet weights start fresh
-    return source == "torchvision" and ".nl." in key
+    # non-local blocks and temporal aggregation modules added on top of 2D ImageNet weights
+    # start fresh
+    return source == "torchvision" and (".nl." in key or ".tam." in key)

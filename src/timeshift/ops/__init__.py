@@ -1,5 +1,10 @@
 """Temporal primitives: functional form plus an ``nn.Module`` wrapper. No model knowledge."""
 
+from timeshift.ops.aggregation import (
+    TemporalAggregation,
+    aggregation_offsets,
+    temporal_aggregation,
+)
 from timeshift.ops.inflate import InflatedConv, inflate_weight
 from timeshift.ops.pool import TemporalPool, pooled_segments, temporal_pool
 from timeshift.ops.shift import (
@@ -9,16 +14,27 @@ from timeshift.ops.shift import (
     shift_offsets,
     temporal_shift,
 )
+from timeshift.ops.shuffle import VideoShuffle, VideoUnshuffle, video_shuffle, video_unshuffle
+from timeshift.ops.st_shift import SpatioTemporalShift, spatiotemporal_shift
 
 __all__ = [
     "DIRECTIONS",
     "InflatedConv",
+    "SpatioTemporalShift",
+    "TemporalAggregation",
     "TemporalPool",
     "TemporalShift",
+    "VideoShuffle",
+    "VideoUnshuffle",
+    "aggregation_offsets",
     "inflate_weight",
     "native_kernel_available",
     "pooled_segments",
     "shift_offsets",
+    "spatiotemporal_shift",
+    "temporal_aggregation",
     "temporal_pool",
     "temporal_shift",
+    "video_shuffle",
+    "video_unshuffle",
 ]

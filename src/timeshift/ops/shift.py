@@ -62,11 +62,10 @@ def shift_offsets(direction: str) -> tuple[int, ...]:
         ) from None
 
 
-def _check_input(x: torch.Tensor, num_segments: int) -> None:
+def check_frames(x: torch.Tensor, num_segments: int, name: str = "temporal_shift") -> None:
+    """Raise unless ``x`` is ``(N*T, C, H, W)`` frames of clips of ``num_segments`` frames."""
     if x.dim() != 4:
-        raise ValueError(
-            f"temporal_shift expects a (N*T, C, H, W) tensor, got shape {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} expects a (N*T, C, H, W) tensor, got shape {tuple(x.shape)}")
     if num_segments < 1:
         raise ValueError(f"num_segments must be >= 1, got {num_segments}")
     if x.shape[0] % num_segments:
@@ -261,10 +260,10 @@ def temporal_shift(
         # shapes are model constants here: the checks below need not become graph ops
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            _check_input(x, num_segments)
+            check_frames(x, num_segments)
             fold = _fold(int(x.shape[1]), fold_div, len(offsets))
         return _shift_functional(x, num_segments, fold, offsets) if fold else x.clone()
-    _check_input(x, num_segments)
+    check_frames(x, num_segments)
     fold = _fold(x.shape[1], fold_div, len(offsets))
     if fold == 0:
         return x if inplace else x.clone()
