@@ -491,7 +491,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     variants = "all" if args.all else (args.models or "main")
     output = args.output or ("runs/demo-all" if variants != "main" else "runs/demo")
-    results = run_demo(output, full=args.full, progress=not args.no_progress, variants=variants)
+    overrides = [f"train.epochs={args.epochs}"] if args.epochs else None
+    results = run_demo(
+        output,
+        full=args.full,
+        progress=not args.no_progress,
+        variants=variants,
+        overrides=overrides,
+    )
     print(format_results(results))
     return 0
 
@@ -584,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
         "narrow bottleneck ResNet-50, with accuracy-vs-cost charts (about an hour on 2 cores)",
     )
     p.add_argument("--models", nargs="+", metavar="NAME", help="a subset of the --all rows")
+    p.add_argument("--epochs", type=int, help="training epochs per model (default 20)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
 

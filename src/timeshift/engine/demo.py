@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,14 +37,19 @@ RECIPES = {"TSN": "synthetic-tsn", "TSM": "synthetic-tsm"}
 
 # demo --all: one narrow bottleneck ResNet-50 for every module (VSN's shuffle blocks and
 # bLVNet's branches are defined on bottlenecks); (recipe, overrides) per row
-_NARROW_R50 = ["model.kwargs.widths=[8,16,32,64]", "model.kwargs.stem_width=16"]
+_NARROW = ["model.kwargs.widths=[16,32,64,128]"]
+_NARROW_R50 = [*_NARROW, "model.kwargs.stem_width=16"]
 ALL_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "TSN": ("synthetic-tsn", ["model.name=tsn_resnet50", *_NARROW_R50]),
     "TSM": ("synthetic-tsm", ["model.name=tsm_resnet50", *_NARROW_R50]),
     "VSN": ("synthetic-tsn", ["model.name=vsn_resnet50", *_NARROW_R50]),
     "STSM": ("synthetic-tsn", ["model.name=stsm_resnet50", *_NARROW_R50]),
     "TAM": ("synthetic-tsn", ["model.name=tam_resnet50", *_NARROW_R50]),
-    "bLVNet-TAM": ("synthetic-tsn", ["model.name=blvnet_tam_resnet50", *_NARROW_R50]),
+    # 8x2 frames: the big branch sees 8 frames at half resolution, the little one 8 more
+    "bLVNet-TAM": (
+        "synthetic-tsn",
+        ["model.name=blvnet_tam_resnet50", "model.num_segments=16", *_NARROW],
+    ),
     "I3D-replace": ("synthetic-tsn", ["model.name=i3d_replace_resnet50", *_NARROW_R50]),
 }
 
@@ -81,9 +87,12 @@ def run_demo(
         cfg = load_config(recipe, [*own, *_overrides(full), *(overrides or [])])
         run_dir = out / name.lower()
         _logger.info("== training %s (%s) ==", name, cfg.model.name)
-        if (run_dir / "metrics.jsonl").exists():
-            (run_dir / "metrics.jsonl").unlink()  # a fresh run, not appended to an old one
-        fit(cfg, run_dir, progress=progress, device="cpu")
+        if _finished(run_dir, cfg):
+            _logger.info("%s: reusing the finished run in %s", name, run_dir)
+        else:
+            if (run_dir / "metrics.jsonl").exists():
+                (run_dir / "metrics.jsonl").unlink()  # a fresh run, not appended to an old one
+            fit(cfg, run_dir, progress=progress, device="cpu")
         rows.append(_measure(name, cfg, run_dir, out, progress))
     results = {
         "dataset": "synthetic temporal pairs (time-reversed motion families)",
@@ -91,12 +100,19 @@ def run_demo(
         "seconds": round(time.perf_counter() - start, 1),
         "models": rows,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    _plot(rows, out / "results.png")
-    if len(rows) > 2:
-        _plot_costs(rows, out / "accuracy_vs_cost.png")
-    results["output"] = str(out)
-    return results
+    # latency after all training, every model in the same rounds: a ratio between rows is
+    # then measured side by side rather than minutes apart on a shared machine
+    return _with_latencies(out, results)
+
+
+def _finished(run_dir: Path, cfg) -> bool:
+    """A completed run of exactly this config is there (an interrupted ``demo --all`` resumes
+    at the first model it had not finished)."""
+    path = run_dir / "last.pt"
+    if not path.is_file():
+        return False
+    meta = torch.load(path, map_location="cpu", weights_only=True).get("meta", {})
+    return meta.get("config") == to_dict(cfg) and meta.get("epoch") == cfg.train.epochs - 1
 
 
 def _variants(variants: str | Sequence[str]) -> dict[str, tuple[str, list[str]]]:
@@ -134,7 +150,6 @@ def _measure(name: str, cfg, run_dir: Path, out: Path, progress: bool) -> dict:
     model.set_channels_last(cfg.model.channels_last)
     frames, size = cfg.model.num_segments, cfg.data.size
     complexity = model_complexity(model, frames=frames, input_size=size)
-    latency = measure_latency(model, frames=frames, size=size)
     return {
         "name": name,
         "model": cfg.model.name,
@@ -143,7 +158,6 @@ def _measure(name: str, cfg, run_dir: Path, out: Path, progress: bool) -> dict:
         "pair_accuracy": pair,
         "params": complexity.params,
         "macs": complexity.macs,
-        "latency_ms": round(latency, 3),
         "frames": frames,
         "input_size": size,
         "config": to_dict(cfg),
@@ -165,6 +179,44 @@ def _plot(rows: list[dict], path: Path) -> None:
         if len(rows) == 2
         else ("temporal modules, same backbone"),
     )
+
+
+def measure_latencies(out: str | Path, rows: list[dict], *, rounds: int = 10) -> list[float]:
+    """Median CPU ms per clip (batch 1) of each row's trained model (``out/<name>/last.pt``),
+    measured in interleaved rounds so that all rows share the machine's conditions."""
+    models = []
+    for row in rows:
+        model = load_model(Path(out) / row["name"].lower() / "last.pt").eval()
+        model.set_channels_last(row["config"]["model"]["channels_last"])
+        models.append((model, row["frames"], row["input_size"]))
+    times: list[list[float]] = [[] for _ in models]
+    with torch.no_grad():
+        for r in range(rounds):
+            order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
+            for i in order:
+                model, frames, size = models[i]
+                times[i].append(measure_latency(model, frames=frames, size=size, repeats=3))
+    return [round(statistics.median(t), 3) for t in times]
+
+
+def remeasure_latencies(out: str | Path) -> dict:
+    """Re-measure the latencies of a finished demo run side by side and rewrite its results
+    (``results.json`` and the charts)."""
+    out = Path(out)
+    return _with_latencies(out, json.loads((out / "results.json").read_text()))
+
+
+def _with_latencies(out: Path, results: dict) -> dict:
+    rows = results["models"]
+    for row, ms in zip(rows, measure_latencies(out, rows), strict=True):
+        row["latency_ms"] = ms
+    results.pop("output", None)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    _plot(rows, out / "results.png")
+    if len(rows) > 2:
+        _plot_costs(rows, out / "accuracy_vs_cost.png")
+    results["output"] = str(out)
+    return results
 
 
 def _plot_costs(rows: list[dict], path: Path) -> None:

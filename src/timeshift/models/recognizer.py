@@ -91,9 +91,13 @@ class Recognizer(nn.Module):
 
     def set_channels_last(self, enabled: bool = True) -> Recognizer:
         """Keep weights and frames in channels_last memory (faster convolutions on CPU and on
-        tensor cores); inputs are converted as they are folded into the batch."""
-        fmt = torch.channels_last if enabled else torch.contiguous_format
-        self.to(memory_format=fmt)
+        tensor cores); inputs are converted as they are folded into the batch. 5-D (3D conv)
+        weights use channels_last_3d."""
+        formats = {4: torch.channels_last, 5: torch.channels_last_3d}  # 3D convs: I3D
+        for tensor in [*self.parameters(), *self.buffers()]:
+            if tensor.dim() in formats:
+                fmt = formats[tensor.dim()] if enabled else torch.contiguous_format
+                tensor.data = tensor.data.contiguous(memory_format=fmt)
         self.channels_last = enabled
         return self
 

@@ -232,6 +232,7 @@ class BLResNet(nn.Module):
         alpha, beta: width and depth ratios of the little branch (paper: 2 and 4).
         r: temporal range of every TAM (paper: 3).
         widths: stage widths before the x4 expansion; narrow values give tiny test models.
+        stem_width: accepted for symmetry with :class:`ResNet`; must equal ``widths[0]``.
         in_chans: input channels.
         num_classes: ``0`` (default) for a feature extractor with an identity ``fc``.
         zero_init_residual: zero the last BN of every block (the official initialisation).
@@ -247,6 +248,7 @@ class BLResNet(nn.Module):
         beta: int = 4,
         r: int = 3,
         widths: Sequence[int] = (64, 128, 256, 512),
+        stem_width: int | None = None,
         in_chans: int = 3,
         num_classes: int = 0,
         zero_init_residual: bool = True,
@@ -260,6 +262,11 @@ class BLResNet(nn.Module):
         self.in_chans = in_chans
         self.alpha, self.beta, self.r = alpha, beta, r
         stem = widths[0]
+        if stem_width is not None and stem_width != stem:
+            raise ValueError(
+                f"bLResNet's stem has widths[0]={stem} channels (the bL stem feeds layer1 "
+                f"directly); got stem_width={stem_width}"
+            )
         expansion = BLBottleneck.expansion
         out = [w * expansion for w in widths]
 
