@@ -96,6 +96,21 @@ def test_models_that_need_the_future_are_refused():
         timeshift.OnlineRecognizer(_uni("tsm_resnet_nl_tiny"))
 
 
+@pytest.mark.parametrize(
+    "name,op",
+    [
+        ("stsm_resnet_tiny", "SpatioTemporalShift"),
+        ("tam_resnet_tiny", "TemporalAggregation"),
+        ("vsn_resnet_tiny", "VideoShuffle"),
+        ("i3d_replace_resnet18", "InflatedConv"),
+    ],
+)
+def test_other_temporal_modules_are_refused_online(name, op):
+    model = timeshift.create_model(name, num_classes=3, num_segments=4).eval()
+    with pytest.raises(ValueError, match=f"{op} mixes in future frames"):
+        timeshift.OnlineRecognizer(model)
+
+
 def test_inference_path_equals_the_traceable_path():
     # at inference the shift writes into the block input and restores it; with autograd on
     # (and under tracing/export) it concatenates; both give the same logits and caches

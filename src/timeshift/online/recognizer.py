@@ -18,12 +18,19 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from timeshift.ops.aggregation import TemporalAggregation
+from timeshift.ops.inflate import InflatedConv
 from timeshift.ops.pool import TemporalPool
 from timeshift.ops.shift import TemporalShift, _tracing, shift_offsets
+from timeshift.ops.shuffle import VideoShuffle
+from timeshift.ops.st_shift import SpatioTemporalShift
 
 __all__ = ["OnlineModule", "OnlineRecognizer", "OnlineShift", "StreamedClips", "online_step"]
 
 _logger = logging.getLogger(__name__)
+
+# temporal ops that read the next frame (or all frames) and have no causal form here
+_OFFLINE_OPS = (TemporalAggregation, InflatedConv, VideoShuffle, SpatioTemporalShift)
 
 
 class OnlineShift(nn.Module):
@@ -146,6 +153,12 @@ class OnlineModule(nn.Module):
             raise ValueError("temporal pooling needs future frames: it cannot run online")
         if any(type(m).__name__ == "NonLocalWrapper" for m in model.modules()):
             raise ValueError("non-local blocks attend to future frames: they cannot run online")
+        offline = next((m for m in model.modules() if isinstance(m, _OFFLINE_OPS)), None)
+        if offline is not None:
+            raise ValueError(
+                f"{type(offline).__name__} mixes in future frames: only uni-directional "
+                "temporal shifts can run online (streaming needs a causal model)"
+            )
         online = copy.deepcopy(model).eval()
         self.shifts: list[OnlineShift] = []
         _swap_shifts(online, self.shifts, drop_future)
