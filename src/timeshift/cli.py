@@ -588,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--all",
         action="store_true",
         help="every temporal module (TSN, TSM, VSN, STSM, TAM, bLVNet-TAM, I3D-replace) on one "
-        "narrow bottleneck ResNet-50, with accuracy-vs-cost charts (about an hour on 2 cores)",
+        "narrow bottleneck ResNet-50, with accuracy-vs-cost charts (about 75 minutes on 2 "
+        "cores at 20 epochs)",
     )
     p.add_argument("--models", nargs="+", metavar="NAME", help="a subset of the --all rows")
     p.add_argument("--epochs", type=int, help="training epochs per model (default 20)")

@@ -231,13 +231,14 @@ def _plot_costs(rows: list[dict], path: Path) -> None:
         (axes[0], "macs", "MACs per clip (M)"),
         (axes[1], "latency_ms", "CPU latency per clip (ms)"),
     ):
-        for r in rows:
+        for i, r in enumerate(rows):
             x = r[key] / 1e6 if key == "macs" else r[key]
-            ax.scatter(x, r["top1"], s=40)
-            ax.annotate(r["name"], (x, r["top1"]), textcoords="offset points", xytext=(4, 4))
+            # a marker per model and a legend: models of equal cost and accuracy overlap
+            ax.scatter(x, r["top1"], s=60, marker="osD^vP*X"[i % 8], label=r["name"], alpha=0.8)
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation top-1")
+    axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle("temporal modules on the synthetic dataset: accuracy vs cost")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
