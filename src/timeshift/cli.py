@@ -96,6 +96,57 @@ def cmd_bench_shift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_flops(args: argparse.Namespace) -> int:
+    from timeshift.bench.flops import benchmark_flops, paper_comparison
+    from timeshift.bench.report import environment, markdown_table, write_report
+
+    rows = benchmark_flops(
+        args.models,
+        frames=args.frames,
+        size=args.size,
+        classes=args.num_classes,
+        include_tiny=args.tiny,
+    )
+    papers = paper_comparison() if not args.no_papers else []
+    columns = ["model", "family", "params", "gmacs", "gmacs_per_frame", "temporal_modules"]
+    paper_columns = [
+        "model",
+        "setting",
+        "source",
+        "params",
+        "paper_params",
+        "params_match",
+        "gmacs",
+        "paper_gmacs",
+        "gmacs_ratio",
+    ]
+    if args.output:
+        from timeshift.bench.plots import plot_flops
+
+        title = f"parameters and MACs, {args.frames} frames x {args.size}^2"
+        env = environment()
+        write_report(args.output, "flops", rows, columns, title=title, env=env)
+        if papers:
+            write_report(
+                args.output,
+                "flops_papers",
+                papers,
+                paper_columns,
+                title="ours vs the papers' numbers",
+                env=env,
+            )
+        plot_flops([r for r in rows if "error" not in r], f"{args.output}/flops.png", title)
+    if args.json:
+        print(json.dumps({"rows": rows, "papers": papers}, indent=2))
+        return 0
+    print(f"{args.frames} frames x {args.size}x{args.size}, {args.num_classes} classes (MACs)")
+    print(markdown_table(rows, [*columns, "error"] if any("error" in r for r in rows) else columns))
+    if papers:
+        print("\nours at the papers' settings:")
+        print(markdown_table(papers, paper_columns))
+    return 0
+
+
 def cmd_bench_data(args: argparse.Namespace) -> int:
     from timeshift.bench.data_speed import benchmark_data
 
@@ -653,6 +704,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.add_argument("--output", help="directory for shift_speed.json and shift_speed.png")
     b.set_defaults(func=cmd_bench_shift)
+    b = bench.add_parser("flops", help="parameters and MACs of every model, vs the papers")
+    b.add_argument("models", nargs="?", help="shell-style pattern (default: all models)")
+    b.add_argument("--frames", type=int, default=8, help="frames per clip (8)")
+    b.add_argument("--size", type=int, default=224)
+    b.add_argument("--num-classes", type=int, default=400)
+    b.add_argument("--tiny", action="store_true", help="include the *_tiny test models")
+    b.add_argument("--no-papers", action="store_true", help="skip the papers' comparison")
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--output", help="directory for flops.{json,csv,md,png}, flops_papers.*")
+    b.set_defaults(func=cmd_bench_flops)
     b = bench.add_parser("data", help="dataset clips/s vs raw decode of the same frames")
     b.add_argument("--samples", type=int, default=48)
     b.add_argument("--backend", choices=("pyav", "opencv"), default="pyav")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-__all__ = ["grouped_bars"]
+__all__ = ["grouped_bars", "plot_flops"]
 
 
 def grouped_bars(
@@ -32,6 +32,37 @@ def grouped_bars(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_flops(rows: Sequence[Mapping], path, title: str) -> None:
+    """One horizontal bar per model (MACs per clip), coloured by family, parameters in the
+    label; models sorted by MACs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r["gmacs"])
+    families = sorted({r["family"] for r in rows})
+    colours = {f: plt.cm.tab10(i % 10) for i, f in enumerate(families)}
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.5))
+    ys = range(len(rows))
+    bars = ax.barh(ys, [r["gmacs"] for r in rows], color=[colours[r["family"]] for r in rows])
+    ax.bar_label(
+        bars,
+        [f"{r['gmacs']:.1f} G, {r['params'] / 1e6:.1f} M" for r in rows],
+        fontsize=7,
+        padding=2,
+    )
+    ax.set_yticks(list(ys), [r["model"] for r in rows], fontsize=7)
+    ax.set_xlabel("MACs per clip (G); labels: MACs, parameters")
+    ax.set_title(title)
+    ax.margins(x=0.25)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours[f]) for f in families]
+    ax.legend(handles, families, fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
