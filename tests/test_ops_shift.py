@@ -179,3 +179,68 @@ def test_onnx_export_matches_eager_on_new_inputs(tmp_path, dynamo):
         fresh = torch.randn(batch, 8, 5, 5)
         (got,) = session.run(None, {"x": fresh.numpy()})
         assert torch.allclose(torch.from_numpy(got), net(fresh), atol=1e-5)
+
+
+# -- the inference restore path: shift the moved channels in place, run net, put them back ----
+
+
+class _Recorder(nn.Module):
+    """Returns a function of its input and keeps a copy of what it saw."""
+
+    def forward(self, x):
+        self.seen = x.clone()
+        return x * 2 + 1
+
+
+@pytest.mark.parametrize("direction", ["bidirectional", "unidirectional"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_restore_path_equals_copy_and_leaves_input_intact(direction, channels_last):
+    x = torch.randn(6, 16, 5, 4)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    module = TemporalShift(_Recorder(), 3, fold_div=4, direction=direction).eval()
+    with torch.no_grad():
+        fast = module(x)
+        seen = module.net.seen
+        module.fast_inference = False
+        copied = module(x)
+    assert torch.equal(x, before)  # the shortcut reads the block input after the conv
+    assert torch.equal(seen, temporal_shift(before, 3, fold_div=4, direction=direction))
+    assert torch.equal(fast, copied)
+
+
+def test_restore_path_with_identity_net_returns_shifted_copy():
+    x = torch.randn(4, 8, 2, 2)
+    with torch.no_grad():
+        out = TemporalShift(None, 2, fold_div=4)(x)
+    assert torch.equal(out, temporal_shift(x, 2, fold_div=4))
+    assert out.data_ptr() != x.data_ptr()
+
+
+def test_restore_path_only_at_inference():
+    """While autograd records, the out-of-place shift runs (gradients as before)."""
+    conv = nn.Conv2d(8, 4, 1)
+    module = TemporalShift(conv, 2, fold_div=4)
+    x = torch.randn(4, 8, 3, 3, requires_grad=True)
+    module(x).sum().backward()
+    expected = torch.autograd.grad(conv(temporal_shift(x, 2, fold_div=4)).sum(), x)[0]
+    assert torch.allclose(x.grad, expected)
+    # inference with a bad batch still gets the shift's clear error
+    with torch.no_grad(), pytest.raises(ValueError, match="multiple of num_segments"):
+        module(torch.randn(3, 8, 3, 3))
+
+
+def test_restore_path_whole_model_bit_identical():
+    from timeshift.models.registry import create_model
+    from timeshift.ops.shift import set_fast_inference
+
+    model = create_model("tsm_resnet_tiny", num_classes=5, num_segments=4).eval()
+    x = torch.randn(2, 4, 3, 32, 32)
+    for channels_last in (False, True):
+        model.set_channels_last(channels_last)
+        with torch.no_grad():
+            assert set_fast_inference(model, False) > 0
+            copied = model(x)
+            set_fast_inference(model, True)
+            assert torch.equal(model(x), copied)

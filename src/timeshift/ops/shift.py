@@ -36,6 +36,7 @@ __all__ = [
     "TemporalShift",
     "native_kernel",
     "native_kernel_available",
+    "set_fast_inference",
     "shift_offsets",
     "temporal_shift",
 ]
@@ -272,6 +273,38 @@ def temporal_shift(
     return _Shift.apply(x, num_segments, fold, offsets)
 
 
+def _shift_run_restore(
+    x: torch.Tensor,
+    net: nn.Module,
+    num_segments: int,
+    fold: int,
+    offsets: tuple[int, ...],
+) -> torch.Tensor:
+    """``net(shift(x))`` at inference without copying the channels that do not move.
+
+    The ``len(offsets) * fold`` moved channels are saved, shifted in place inside ``x``, ``net``
+    runs on ``x``, and the saved channels are written back, so ``x`` is unchanged afterwards
+    (the residual shortcut reads it next). Memory traffic is three passes over the moved quarter
+    instead of one pass over the whole tensor, and no activation-sized output is allocated.
+    ``net`` sees exactly the values of the out-of-place shift, so the result is bit-identical.
+    """
+    x5 = x.view(x.shape[0] // num_segments, num_segments, *x.shape[1:])
+    moved = slice(0, len(offsets) * fold)
+    saved = x5[:, :, moved].clone()
+    for i, offset in enumerate(offsets):
+        channels = slice(i * fold, (i + 1) * fold)
+        dst, src, empty = _time_ranges(num_segments, offset)
+        x5[:, dst, channels].copy_(saved[:, src, channels])
+        x5[:, empty, channels].zero_()
+    try:
+        out = net(x)
+        if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr():
+            out = out.clone()  # net returned (a view of) its input: keep the shifted values
+    finally:
+        x5[:, :, moved].copy_(saved)
+    return out
+
+
 class TemporalShift(nn.Module):
     """Shift the input along time, then apply the wrapped module.
 
@@ -286,7 +319,12 @@ class TemporalShift(nn.Module):
         direction: ``"bidirectional"`` or ``"unidirectional"``.
         inplace: shift the input in place when autograd is not recording (inference), saving
             one activation-sized allocation; training, tracing and export use the out-of-place
-            shift, which gives the same values and gradients.
+            shift, which gives the same values and gradients. The input stays shifted, so this
+            is for the in-place placement, where the shortcut takes the shifted input too.
+        fast_inference: with ``inplace=False``, at inference (autograd not recording, eager)
+            shift only the moved channels in place, run ``net`` and put them back, instead of
+            copying the whole input: the residual shift's zero-copy path. Same values as the
+            out-of-place shift; off, every call makes the out-of-place copy.
     """
 
     def __init__(
@@ -296,6 +334,7 @@ class TemporalShift(nn.Module):
         fold_div: int = 8,
         direction: Direction = "bidirectional",
         inplace: bool = False,
+        fast_inference: bool = True,
     ) -> None:
         super().__init__()
         shift_offsets(direction)  # validate early
@@ -304,8 +343,14 @@ class TemporalShift(nn.Module):
         self.fold_div = fold_div
         self.direction = direction
         self.inplace = inplace
+        self.fast_inference = fast_inference
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast_inference and not self.inplace and self._may_overwrite(x):
+            fold = self._restorable_fold(x)
+            if fold:
+                offsets = shift_offsets(self.direction)
+                return _shift_run_restore(x, self.net, self.num_segments, fold, offsets)
         x = temporal_shift(
             x,
             self.num_segments,
@@ -323,8 +368,26 @@ class TemporalShift(nn.Module):
         # values, same gradients) is used for training, tracing and export.
         return not _tracing() and not (torch.is_grad_enabled() and x.requires_grad)
 
+    def _restorable_fold(self, x: torch.Tensor) -> int:
+        """The fold for the restore path, or 0 where it does not apply (the shift path then
+        validates the input and raises the usual errors)."""
+        dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        if x.dim() != 4 or not dense or x.shape[0] % self.num_segments or self.fold_div < 1:
+            return 0
+        fold = x.shape[1] // self.fold_div
+        return fold if fold * len(shift_offsets(self.direction)) <= x.shape[1] else 0
+
     def extra_repr(self) -> str:
         return (
             f"num_segments={self.num_segments}, fold_div={self.fold_div}, "
             f"direction={self.direction}, inplace={self.inplace}"
         )
+
+
+def set_fast_inference(model: nn.Module, enabled: bool) -> int:
+    """Switch the restore path (see :class:`TemporalShift`) on or off in every shift of
+    ``model``; returns how many shift modules were set. For comparisons and benchmarks."""
+    shifts = [m for m in model.modules() if isinstance(m, TemporalShift)]
+    for m in shifts:
+        m.fast_inference = enabled
+    return len(shifts)
