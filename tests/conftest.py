@@ -7,6 +7,14 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _export_cache(tmp_path_factory):
+    """Cached ONNX exports (the onnxruntime backend) go to a temporary folder, not ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TIMESHIFT_CACHE", str(tmp_path_factory.mktemp("timeshift-cache")))
+        yield
+
+
 def reference_shift(x: torch.Tensor, num_segments: int, fold_div: int, direction: str):
     """Independent slow implementation written straight from DESIGN.md's equations."""
     nt, c, h, w = x.shape

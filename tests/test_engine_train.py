@@ -121,6 +121,17 @@ def test_train_test_predict(tmp_path, dataset, capsys):
     predicted = json.loads(capsys.readouterr().out)
     assert len(predicted) == 2 and len(predicted[0]["top"]) == 2
     assert abs(sum(e["score"] for e in predicted[0]["top"])) <= 1.0 + 1e-6
+    # the default backend (onnxruntime here) and plain PyTorch give the same scores
+    common = [str(run / "best.pt"), str(video_dir), "--json", "--no-progress", "--workers", "0"]
+    assert main(["predict", *common, "--backend", "eager", "--format", "contiguous"]) == 0
+    eager = json.loads(capsys.readouterr().out)
+    assert main(["predict", *common, "--backend", "onnxruntime"]) == 0
+    onnx = json.loads(capsys.readouterr().out)
+    for e, o in zip(eager, onnx, strict=True):
+        assert [t["index"] for t in e["top"]] == [t["index"] for t in o["top"]]
+        assert [t["score"] for t in e["top"]] == pytest.approx(
+            [t["score"] for t in o["top"]], abs=1e-4
+        )
 
 
 def test_ensemble_matches_single_model_when_duplicated(tmp_path, dataset):

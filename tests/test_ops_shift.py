@@ -199,23 +199,33 @@ def test_restore_path_equals_copy_and_leaves_input_intact(direction, channels_la
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     before = x.clone()
-    module = TemporalShift(_Recorder(), 3, fold_div=4, direction=direction).eval()
+    module = TemporalShift(_Recorder(), 3, fold_div=8, direction=direction).eval()
+    assert module._restorable_fold(x) == 2
     with torch.no_grad():
         fast = module(x)
         seen = module.net.seen
         module.fast_inference = False
         copied = module(x)
     assert torch.equal(x, before)  # the shortcut reads the block input after the conv
-    assert torch.equal(seen, temporal_shift(before, 3, fold_div=4, direction=direction))
+    assert torch.equal(seen, temporal_shift(before, 3, fold_div=8, direction=direction))
     assert torch.equal(fast, copied)
 
 
 def test_restore_path_with_identity_net_returns_shifted_copy():
-    x = torch.randn(4, 8, 2, 2)
+    x = torch.randn(4, 16, 2, 2)
     with torch.no_grad():
-        out = TemporalShift(None, 2, fold_div=4)(x)
-    assert torch.equal(out, temporal_shift(x, 2, fold_div=4))
+        out = TemporalShift(None, 2, fold_div=8)(x)
+    assert torch.equal(out, temporal_shift(x, 2, fold_div=8))
     assert out.data_ptr() != x.data_ptr()
+
+
+def test_restore_path_only_while_it_pays():
+    """Three passes over the moved channels beat one copy of all only up to a third moving."""
+    x = torch.randn(4, 48, 2, 2)
+    assert TemporalShift(None, 2, fold_div=8)._restorable_fold(x) == 6  # 1/4 moves
+    assert TemporalShift(None, 2, fold_div=6)._restorable_fold(x) == 8  # 1/3
+    assert TemporalShift(None, 2, fold_div=4)._restorable_fold(x) == 0  # 1/2: copy
+    assert TemporalShift(None, 2, fold_div=4, direction="unidirectional")._restorable_fold(x)
 
 
 def test_restore_path_only_at_inference():

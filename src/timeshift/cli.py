@@ -8,6 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from timeshift.bench.commands import add_bench_parser
+
 __all__ = ["main"]
 
 
@@ -63,159 +65,6 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     for name in names:
         print(f"{name:28} {model_info(name).backbone}")
-    return 0
-
-
-def cmd_bench_shift(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from timeshift.bench.shift_speed import TARGETS, benchmark_shift, plot_shift_benchmark
-
-    rows = benchmark_shift(rounds=args.rounds)
-    if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "shift_speed.json").write_text(json.dumps(rows, indent=2))
-        plot_shift_benchmark(rows, out / "shift_speed.png")
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(
-        f"{'allocator':9} {'format':13} {'clone ms':>9} {'shift ms':>9} {'pytorch ms':>10}"
-        f" {'ref ms':>9} {'shift/clone':>12} {'target':>7} {'shift/ref':>10}"
-    )
-    for r in rows:
-        target = TARGETS[r["memory_format"]]
-        pytorch = f"{r['shift_pytorch_ms']:10.2f}" if "shift_pytorch_ms" in r else f"{'-':>10}"
-        print(
-            f"{r['allocator']:9} {r['memory_format']:13} {r['clone_ms']:9.2f} {r['shift_ms']:9.2f}"
-            f" {pytorch} {r['reference_ms']:9.2f} {r['shift_over_clone']:12.3f} {target:7.2f}"
-            f" {r['shift_over_reference']:10.3f}"
-        )
-    print(f"native channels_last kernel: {'on' if rows and rows[0]['native_kernel'] else 'off'}")
-    return 0
-
-
-def cmd_bench_flops(args: argparse.Namespace) -> int:
-    from timeshift.bench.flops import benchmark_flops, paper_comparison
-    from timeshift.bench.report import environment, markdown_table, write_report
-
-    rows = benchmark_flops(
-        args.models,
-        frames=args.frames,
-        size=args.size,
-        classes=args.num_classes,
-        include_tiny=args.tiny,
-    )
-    papers = paper_comparison() if not args.no_papers else []
-    columns = ["model", "family", "params", "gmacs", "gmacs_per_frame", "temporal_modules"]
-    paper_columns = [
-        "model",
-        "setting",
-        "source",
-        "params",
-        "paper_params",
-        "params_match",
-        "gmacs",
-        "paper_gmacs",
-        "gmacs_ratio",
-    ]
-    if args.output:
-        from timeshift.bench.plots import plot_flops
-
-        title = f"parameters and MACs, {args.frames} frames x {args.size}^2"
-        env = environment()
-        write_report(args.output, "flops", rows, columns, title=title, env=env)
-        if papers:
-            write_report(
-                args.output,
-                "flops_papers",
-                papers,
-                paper_columns,
-                title="ours vs the papers' numbers",
-                env=env,
-            )
-        plot_flops([r for r in rows if "error" not in r], f"{args.output}/flops.png", title)
-    if args.json:
-        print(json.dumps({"rows": rows, "papers": papers}, indent=2))
-        return 0
-    print(f"{args.frames} frames x {args.size}x{args.size}, {args.num_classes} classes (MACs)")
-    print(markdown_table(rows, [*columns, "error"] if any("error" in r for r in rows) else columns))
-    if papers:
-        print("\nours at the papers' settings:")
-        print(markdown_table(papers, paper_columns))
-    return 0
-
-
-def cmd_bench_data(args: argparse.Namespace) -> int:
-    from timeshift.bench.data_speed import benchmark_data
-
-    result = benchmark_data(samples=args.samples, backend=args.backend)
-    if args.output:
-        from pathlib import Path
-
-        from timeshift.bench.plots import grouped_bars
-
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"data_speed_{args.backend}.json").write_text(json.dumps(result, indent=2))
-        grouped_bars(
-            [result["video"]],
-            {
-                "dataset": [result["dataset_clips_per_s"]],
-                "raw decode": [result["raw_decode_clips_per_s"]],
-            },
-            out / f"data_speed_{args.backend}.png",
-            ylabel="clips / s (1 process)",
-            title=f"data pipeline vs raw decode ({args.backend}, ratio {result['ratio']})",
-        )
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    print(
-        f"{result['video']}, {result['num_segments']} segments at {result['size']}, "
-        f"{result['backend']}, {result['samples']} clips, 1 process"
-    )
-    print(f"  dataset (decode + sample + transform)  {result['dataset_clips_per_s']:8.2f} clips/s")
-    print(
-        f"  raw decode of the same frames          {result['raw_decode_clips_per_s']:8.2f} clips/s"
-    )
-    print(f"  ratio                                  {result['ratio']:8.3f}  (target >= 0.8)")
-    return 0
-
-
-def cmd_bench_online(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from timeshift.bench.online_speed import TARGET_RATIO, benchmark_online, plot_online_benchmark
-
-    rows = benchmark_online(
-        args.models,
-        backends=args.backends,
-        memory_formats=args.formats,
-        size=args.size,
-        rounds=args.rounds,
-    )
-    if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "online_speed.json").write_text(json.dumps(rows, indent=2))
-        plot_online_benchmark(rows, out / "online_speed.png")
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"per-frame latency, batch 1, {args.size}x{args.size}, {rows[0]['threads']} threads")
-    print(
-        "| model | backend | format | online TSM ms | 2D ms | ratio | paired ratio | online fps |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['model']} | {r['backend']} | {r['memory_format']} | {r['online_ms']:.2f} | "
-            f"{r['plain_2d_ms']:.2f} | {r['ratio']:.3f} | {r['paired_ratio']:.3f} | "
-            f"{r['online_fps']:.1f} |"
-        )
-    print(f"target ratio <= {TARGET_RATIO}")
     return 0
 
 
@@ -309,6 +158,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         workers=args.workers,
         online=args.online or args.drop_future,
         drop_future=args.drop_future,
+        backend=args.backend,
+        memory_format=args.format,
     )
     checkpoints = [args.checkpoint, *(args.ensemble or [])]
     if args.early:
@@ -362,6 +213,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
+        backend=args.backend,
+        memory_format=args.format,
         progress=not args.no_progress,
     )
     if args.json:
@@ -432,40 +285,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stream_recognizer(args: argparse.Namespace, workdir: str):
-    """(recognizer, meta) for `stream`: an online ONNX file, or a checkpoint run in PyTorch or
-    (``--onnx``) exported on the fly and run on onnxruntime."""
+def _stream_recognizer(args: argparse.Namespace):
+    """(recognizer, meta, backend) for `stream`: an online ONNX file, or a checkpoint run in
+    PyTorch or on onnxruntime (exported once and cached)."""
     from pathlib import Path
 
-    from timeshift.export import OnnxOnlineRecognizer, export_model
+    from timeshift.engine.runtime import exported_onnx, resolve_backend
+    from timeshift.export import OnnxOnlineRecognizer
     from timeshift.online import OnlineRecognizer
 
     if Path(args.checkpoint).suffix == ".onnx":
         recognizer = OnnxOnlineRecognizer(args.checkpoint)
-        return recognizer, recognizer.meta
+        return recognizer, recognizer.meta, "onnxruntime"
     model = _load_checkpoint_arg(args).eval()
     meta = dict(model.checkpoint_meta)
     meta.setdefault("input_size", args.size or 224)
     if args.size:
         meta["input_size"] = args.size
-    if not args.onnx:
-        model.set_channels_last(True)
-        return OnlineRecognizer(model, drop_future=args.drop_future), meta
-    path = Path(workdir) / "online.onnx"
-    export_model(
-        model,
-        path,
-        online=True,
-        size=meta["input_size"],
-        drop_future=args.drop_future,
-        exporter="legacy",
-    )
-    return OnnxOnlineRecognizer(path), meta
+    backend = resolve_backend("onnxruntime" if args.onnx else args.backend, "cpu")
+    if backend == "eager":
+        model.set_channels_last(args.format != "contiguous")
+        return OnlineRecognizer(model, drop_future=args.drop_future), meta, "pytorch"
+    path = exported_onnx(model, size=meta["input_size"], online=True, drop_future=args.drop_future)
+    return OnnxOnlineRecognizer(path), meta, "onnxruntime"
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
-    import tempfile
-
     from timeshift.online.stream import run_stream
 
     jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None  # noqa: SIM115
@@ -485,29 +330,27 @@ def cmd_stream(args: argparse.Namespace) -> int:
         last[0] = record["label"]
 
     try:
-        with tempfile.TemporaryDirectory(prefix="timeshift-stream-") as tmp:
-            recognizer, meta = _stream_recognizer(args, tmp)
-            summary = run_stream(
-                args.source,
-                recognizer,
-                input_size=meta["input_size"],
-                classes=meta.get("classes"),
-                scale_size=meta.get("scale_size"),
-                mean=meta.get("mean") or (0.485, 0.456, 0.406),
-                std=meta.get("std") or (0.229, 0.224, 0.225),
-                every=args.every,
-                smooth=args.smooth,
-                margin=args.margin,
-                output=args.output,
-                show=args.show,
-                max_frames=args.max_frames,
-                on_frame=on_frame,
-            )
+        recognizer, meta, backend = _stream_recognizer(args)
+        summary = run_stream(
+            args.source,
+            recognizer,
+            input_size=meta["input_size"],
+            classes=meta.get("classes"),
+            scale_size=meta.get("scale_size"),
+            mean=meta.get("mean") or (0.485, 0.456, 0.406),
+            std=meta.get("std") or (0.229, 0.224, 0.225),
+            every=args.every,
+            smooth=args.smooth,
+            margin=args.margin,
+            output=args.output,
+            show=args.show,
+            max_frames=args.max_frames,
+            on_frame=on_frame,
+        )
     finally:
         if jsonl is not None:
             jsonl.close()
     s = summary.as_dict()
-    backend = "onnxruntime" if args.onnx or str(args.checkpoint).endswith(".onnx") else "pytorch"
     print(
         f"{s['frames_read']} frames read, {s['frames_processed']} recognised ({backend}): "
         f"{s['fps']:.1f} frames/s end to end, model {s['latency_ms_median']:.2f} ms/frame "
@@ -535,6 +378,25 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, help="with --model")
     p.add_argument("--frames", type=int, default=8, help="with --model: num_segments (8)")
     p.add_argument("--direction", choices=("bidirectional", "unidirectional"), help="with --model")
+
+
+def _add_runtime_args(p: argparse.ArgumentParser, *, online: bool = False) -> None:
+    from timeshift.engine.runtime import BACKENDS, FORMATS
+
+    backends = ("auto", "eager", "onnxruntime") if online else BACKENDS
+    p.add_argument(
+        "--backend",
+        choices=backends,
+        default="auto",
+        help="how the model runs; auto: the fastest measured on CPU, onnxruntime when installed "
+        "(exported once, cached in ~/.cache/timeshift), else PyTorch (see docs/benchmarks.md)",
+    )
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="PyTorch memory format (auto: channels_last)",
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -617,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    _add_runtime_args(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_test)
@@ -628,6 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    _add_runtime_args(p)
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
@@ -683,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--show", action="store_true", help="show the annotated video in a window")
     p.add_argument("--output", help="write the annotated video here (.mp4)")
-    p.add_argument("--onnx", action="store_true", help="run a checkpoint on onnxruntime")
+    p.add_argument("--onnx", action="store_true", help="same as --backend onnxruntime")
+    _add_runtime_args(p, online=True)
     p.add_argument("--size", type=int, help="frame size (default: the checkpoint's)")
     p.add_argument("--drop-future", action="store_true", help="stream a bidirectional model")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
@@ -697,47 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("bench", help="benchmarks")
-    bench = p.add_subparsers(dest="bench_command", required=True)
-    b = bench.add_parser("shift", help="shift vs clone() vs the reference shift")
-    b.add_argument("--rounds", type=int, default=50)
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--output", help="directory for shift_speed.json and shift_speed.png")
-    b.set_defaults(func=cmd_bench_shift)
-    b = bench.add_parser("flops", help="parameters and MACs of every model, vs the papers")
-    b.add_argument("models", nargs="?", help="shell-style pattern (default: all models)")
-    b.add_argument("--frames", type=int, default=8, help="frames per clip (8)")
-    b.add_argument("--size", type=int, default=224)
-    b.add_argument("--num-classes", type=int, default=400)
-    b.add_argument("--tiny", action="store_true", help="include the *_tiny test models")
-    b.add_argument("--no-papers", action="store_true", help="skip the papers' comparison")
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--output", help="directory for flops.{json,csv,md,png}, flops_papers.*")
-    b.set_defaults(func=cmd_bench_flops)
-    b = bench.add_parser("data", help="dataset clips/s vs raw decode of the same frames")
-    b.add_argument("--samples", type=int, default=48)
-    b.add_argument("--backend", choices=("pyav", "opencv"), default="pyav")
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--output", help="directory for data_speed_<backend>.json and .png")
-    b.set_defaults(func=cmd_bench_data)
-
-    b = bench.add_parser("online", help="online TSM per-frame latency vs the 2D backbone")
-    b.add_argument("--models", nargs="+", default=["tsm_mobilenet_v2", "tsm_resnet50"])
-    b.add_argument(
-        "--backends", nargs="+", choices=("eager", "onnxruntime"), default=["eager", "onnxruntime"]
-    )
-    b.add_argument(
-        "--formats",
-        nargs="+",
-        choices=("contiguous", "channels_last"),
-        default=["contiguous", "channels_last"],
-        help="memory formats (eager)",
-    )
-    b.add_argument("--size", type=int, default=224)
-    b.add_argument("--rounds", type=int, default=30)
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--output", help="directory for online_speed.json and online_speed.png")
-    b.set_defaults(func=cmd_bench_online)
+    add_bench_parser(sub)
 
     p = sub.add_parser("data", help="datasets: synthetic data, frame extraction")
     data = p.add_subparsers(dest="data_command", required=True)

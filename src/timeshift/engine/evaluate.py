@@ -19,6 +19,7 @@ from timeshift.data.formats import VIDEO_EXTENSIONS, Annotations, SampleRecord, 
 from timeshift.engine.data import eval_dataset, eval_loader
 from timeshift.engine.metrics import classification_report
 from timeshift.engine.plots import plot_confusion
+from timeshift.engine.runtime import inference_model
 from timeshift.engine.trainer import evaluate
 from timeshift.models.checkpoints import load_model
 
@@ -49,6 +50,8 @@ class TestOptions:
     observed: float = 1.0  # sample from the first part of each video only (early recognition)
     online: bool = False  # stream each clip frame by frame through the online model
     drop_future: bool = False  # with online: a bidirectional model, future channels zeroed
+    backend: str = "auto"  # auto, eager, compile, onnxruntime (timeshift.engine.runtime)
+    memory_format: str = "auto"  # auto (channels_last), contiguous, channels_last
 
 
 def _meta(model: nn.Module, path) -> dict:
@@ -77,7 +80,19 @@ def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, p
     if options.online:
         from timeshift.online import StreamedClips
 
+        # the online model streams frame by frame in PyTorch
         model = StreamedClips(model, drop_future=options.drop_future)
+    else:
+        size = meta.get("input_size", 224)
+        if options.full_res:  # crops at the resized size (see test_transform)
+            size = meta.get("scale_size") or size * 256 // 224
+        model = inference_model(
+            model,
+            backend=options.backend,
+            memory_format=options.memory_format,
+            device=device,
+            size=size,
+        )
     return evaluate(model, loader, device=device, num_classes=model.num_classes, progress=progress)
 
 
@@ -267,12 +282,15 @@ def predict_videos(
     batch_size: int = 4,
     workers: int = 2,
     device: str = "cpu",
+    backend: str = "auto",
+    memory_format: str = "auto",
     progress: bool = True,
 ) -> list[dict]:
     """Top-k classes with softmax scores for every video (folders are searched for videos).
 
     Decoding runs in ``workers`` processes; a video that cannot be read gets an ``error``
-    entry instead of predictions.
+    entry instead of predictions. ``backend`` and ``memory_format`` choose how the model runs
+    (:func:`timeshift.engine.runtime.inference_model`; ``auto``: the fastest measured path).
     """
     model = load_model(checkpoint).to(torch.device(device)).eval()
     meta = _meta(model, checkpoint)
@@ -283,7 +301,9 @@ def predict_videos(
         model,
         meta,
         ann,
-        TestOptions(batch_size=batch_size, workers=workers),
+        TestOptions(
+            batch_size=batch_size, workers=workers, backend=backend, memory_format=memory_format
+        ),
         torch.device(device),
         progress,
     )

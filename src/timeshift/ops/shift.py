@@ -258,11 +258,14 @@ def temporal_shift(
     if _tracing():
         if inplace:
             raise RuntimeError("in-place temporal shift cannot be traced or exported")
-        # shapes are model constants here: the checks below need not become graph ops
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if torch.compiler.is_compiling():  # dynamo: no warnings context (a graph break)
             check_frames(x, num_segments)
             fold = _fold(int(x.shape[1]), fold_div, len(offsets))
+        else:  # shapes are model constants here: the checks need not become graph ops
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                check_frames(x, num_segments)
+                fold = _fold(int(x.shape[1]), fold_div, len(offsets))
         return _shift_functional(x, num_segments, fold, offsets) if fold else x.clone()
     check_frames(x, num_segments)
     fold = _fold(x.shape[1], fold_div, len(offsets))
@@ -369,13 +372,17 @@ class TemporalShift(nn.Module):
         return not _tracing() and not (torch.is_grad_enabled() and x.requires_grad)
 
     def _restorable_fold(self, x: torch.Tensor) -> int:
-        """The fold for the restore path, or 0 where it does not apply (the shift path then
-        validates the input and raises the usual errors)."""
+        """The fold for the restore path, or 0 where it does not apply or does not pay (the
+        shift path then validates the input and raises the usual errors).
+
+        Saving, shifting and restoring the moved channels passes over them three times; the
+        copy passes once over the whole tensor. So the restore path wins while at most a
+        third of the channels move: at TSM's 1/4, not at 1/2 or all."""
         dense = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
         if x.dim() != 4 or not dense or x.shape[0] % self.num_segments or self.fold_div < 1:
             return 0
         fold = x.shape[1] // self.fold_div
-        return fold if fold * len(shift_offsets(self.direction)) <= x.shape[1] else 0
+        return fold if 3 * fold * len(shift_offsets(self.direction)) <= x.shape[1] else 0
 
     def extra_repr(self) -> str:
         return (

@@ -1,0 +1,147 @@
+"""How a model runs at inference (``predict``, ``test``, ``stream``): backend and memory format.
+
+``auto`` is the fastest path measured on CPU by ``timeshift bench latency`` / ``throughput`` /
+``online`` (see docs/benchmarks.md): onnxruntime when it is installed, and eager PyTorch in
+channels_last otherwise (and on GPU). ``torch.compile`` is available on request; on the CPUs
+measured it was not faster than eager channels_last and costs a minute or more of compilation.
+
+onnxruntime runs an ONNX export of the model, made once and verified against eager PyTorch,
+then cached under ``$TIMESHIFT_CACHE`` (default ``~/.cache/timeshift``) keyed by a hash of the
+weights, the model configuration and the input size, so later runs start at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BACKENDS",
+    "FORMATS",
+    "OnnxClips",
+    "cache_dir",
+    "exported_onnx",
+    "inference_model",
+    "model_digest",
+    "resolve_backend",
+]
+
+_logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "eager", "compile", "onnxruntime")
+FORMATS = ("auto", "contiguous", "channels_last")
+
+
+def cache_dir() -> Path:
+    """Where exported models are cached: ``$TIMESHIFT_CACHE`` or ``~/.cache/timeshift``."""
+    return Path(os.environ.get("TIMESHIFT_CACHE") or Path.home() / ".cache" / "timeshift")
+
+
+def _onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: str | torch.device) -> str:
+    """``auto`` -> onnxruntime on CPU when installed, else eager; others are checked."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "auto":
+        return "onnxruntime" if on_cpu and _onnxruntime_available() else "eager"
+    if backend == "onnxruntime":
+        if not on_cpu:
+            raise ValueError("the onnxruntime backend runs on the CPU; use --device cpu")
+        if not _onnxruntime_available():
+            raise ImportError(
+                "the onnxruntime backend needs onnx and onnxruntime: "
+                "pip install 'timeshift[export]'"
+            )
+    return backend
+
+
+def model_digest(model: nn.Module, *parts: object) -> str:
+    """A hash of the weights, the model's configuration and ``parts`` (e.g. input size)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([getattr(model, "config", None), *parts], default=str).encode())
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+class OnnxClips(nn.Module):
+    """An offline ONNX export behind the interface of a :class:`Recognizer` at inference:
+    clips ``(N, T, 3, H, W)`` -> logits ``(N, K)``, any batch size."""
+
+    def __init__(self, path: str | os.PathLike, *, num_segments: int, threads: int | None = None):
+        super().__init__()
+        from timeshift.export import OnnxRecognizer
+
+        self.session = OnnxRecognizer(path, threads=threads)
+        self.path = Path(path)
+        self.num_classes = self.session.num_classes
+        self.num_segments = num_segments
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.session(clips).to(clips.device)
+
+
+def exported_onnx(
+    model: nn.Module, *, size: int, online: bool = False, drop_future: bool = False
+) -> Path:
+    """The cached ONNX export of ``model`` (offline with a dynamic batch, or online), made and
+    verified on first use."""
+    from timeshift.export import export_model
+
+    mode = "online" if online else "offline"
+    digest = model_digest(model, size, mode, drop_future)
+    path = cache_dir() / "onnx" / f"{digest}-{mode}-{size}.onnx"
+    if path.is_file():
+        _logger.info("onnxruntime: using the cached export %s", path)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _logger.info("onnxruntime: exporting the model once (cached in %s)", path.parent)
+    options = {"online": True, "drop_future": drop_future} if online else {"dynamic_batch": True}
+    # export_model writes to a temporary file and moves it into place once verified
+    export_model(model, path, size=size, exporter="legacy", **options)
+    return path
+
+
+def inference_model(
+    model: nn.Module,
+    *,
+    backend: str = "auto",
+    memory_format: str = "auto",
+    device: str | torch.device = "cpu",
+    size: int = 224,
+) -> nn.Module:
+    """``model`` (a Recognizer) prepared to run clips the chosen way; the result takes
+    ``(N, T, 3, H, W)`` and has ``num_classes`` and ``num_segments``.
+
+    Args:
+        backend: ``auto``, ``eager``, ``compile`` or ``onnxruntime`` (see the module doc).
+        memory_format: ``auto`` (channels_last), ``contiguous`` or ``channels_last``; PyTorch
+            backends only (onnxruntime picks its own layout).
+        size: frame height and width, fixed in the ONNX export.
+    """
+    if memory_format not in FORMATS:
+        raise ValueError(f"unknown memory format {memory_format!r}; expected one of {FORMATS}")
+    backend = resolve_backend(backend, device)
+    model = model.to(torch.device(device)).eval()
+    if backend == "onnxruntime":
+        path = exported_onnx(model, size=size)
+        return OnnxClips(path, num_segments=model.num_segments, threads=torch.get_num_threads())
+    model.set_channels_last(memory_format != "contiguous")
+    # the compiled module forwards attribute reads (num_classes, ...) to the model
+    return torch.compile(model) if backend == "compile" else model
