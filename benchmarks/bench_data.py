@@ -1,6 +1,6 @@
 """Dataset throughput vs raw decode of the same frames (target: ratio >= 0.8), one run.
 
-Same as ``timeshift bench data``; writes ``data_speed_<backend>.json`` and ``.png``.
+Same as ``timeshift bench data``; writes ``data_<backend>.{json,csv,md,png}``.
 Run: python benchmarks/bench_data.py [--samples 48] [--backend pyav] [--output docs/bench]
 """
 

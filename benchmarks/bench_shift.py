@@ -1,6 +1,6 @@
 """Temporal shift speed vs clone() and the reference zeros_like shift, side by side in one run.
 
-Same as ``timeshift bench shift``; writes ``shift_speed.json`` and ``shift_speed.png``.
+Same as ``timeshift bench shift``; writes ``shift.{json,csv,md,png}``.
 Run: python benchmarks/bench_shift.py [--rounds 50] [--output docs/bench]
 """
 

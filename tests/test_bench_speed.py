@@ -18,7 +18,8 @@ def test_interleaved_runs_every_function_each_round_in_turn():
         warmup=1,
         iters=2,
     )
-    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    rounds = [["a", "a", "b", "b"], ["b", "b", "a", "a"], ["a", "a", "b", "b"]]
+    assert calls == ["a", "b"] + [c for r in rounds for c in r]
     assert [len(v) for v in samples.values()] == [3, 3]
     with pytest.raises(ValueError, match="rounds"):
         interleaved({"a": lambda: None}, rounds=0)
@@ -125,3 +126,19 @@ def test_cli_cuda_unavailable_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["bench", "latency", "tsn_resnet_tiny", "--device", "cuda"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_cli_memory_and_shift_reports(tmp_path, capsys):
+    out = str(tmp_path)
+    models = ["tsm_resnet_tiny:4", "tsn_resnet_tiny:4"]
+    assert main(["bench", "memory", *models, "--size", "32", "--output", out, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["model"] for r in rows] == ["tsm_resnet_tiny", "tsn_resnet_tiny"]
+    assert rows[1]["ratio"] == 1.0 and rows[0]["peak_mib"] > 0
+    assert main(["bench", "shift", "--iters", "1", "--output", out]) == 0
+    assert "shift_over_clone" in capsys.readouterr().out
+    for name in ("memory.png", "memory.csv", "shift.json", "shift.png"):
+        assert (tmp_path / name).is_file()
+    with pytest.raises(SystemExit):  # argparse: "expected MODEL or MODEL:FRAMES"
+        main(["bench", "memory", "tsm_resnet_tiny:x"])
+    assert "MODEL:FRAMES" in capsys.readouterr().err

@@ -77,3 +77,20 @@ def test_export_is_cached_per_weights_and_size(monkeypatch, tmp_path):
     assert len({first, other, bigger, online}) == 4 and calls == [32, 32, 64, 32]
     assert model_digest(_model(), 32) == model_digest(_model(), 32)
     assert model_digest(_model(), 32) != model_digest(_model(), 64)
+
+
+def test_auto_falls_back_to_pytorch_when_export_fails(monkeypatch, caplog, tmp_path):
+    import timeshift.export
+
+    monkeypatch.setenv("TIMESHIFT_CACHE", str(tmp_path))  # nothing cached
+
+    def broken(*args, **kwargs):
+        raise timeshift.export.ExportError("unsupported operator")
+
+    monkeypatch.setattr("timeshift.export.export_model", broken)
+    model = _model()
+    runner = inference_model(model, backend="auto", size=32)
+    assert runner is model and model.channels_last
+    assert "cannot export" in caplog.text
+    with pytest.raises(timeshift.export.ExportError, match="unsupported"):
+        inference_model(_model(), backend="onnxruntime", size=32)

@@ -184,6 +184,12 @@ def test_onnx_export_matches_eager_on_new_inputs(tmp_path, dynamo):
 # -- the inference restore path: shift the moved channels in place, run net, put them back ----
 
 
+@pytest.fixture
+def restore_small(monkeypatch):
+    """Take the restore path on the small test tensors too (normally it starts at 2M elements)."""
+    monkeypatch.setattr(TemporalShift, "restore_min_elements", 0)
+
+
 class _Recorder(nn.Module):
     """Returns a function of its input and keeps a copy of what it saw."""
 
@@ -194,7 +200,7 @@ class _Recorder(nn.Module):
 
 @pytest.mark.parametrize("direction", ["bidirectional", "unidirectional"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_restore_path_equals_copy_and_leaves_input_intact(direction, channels_last):
+def test_restore_path_equals_copy_and_leaves_input_intact(direction, channels_last, restore_small):
     x = torch.randn(6, 16, 5, 4)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -211,7 +217,7 @@ def test_restore_path_equals_copy_and_leaves_input_intact(direction, channels_la
     assert torch.equal(fast, copied)
 
 
-def test_restore_path_with_identity_net_returns_shifted_copy():
+def test_restore_path_with_identity_net_returns_shifted_copy(restore_small):
     x = torch.randn(4, 16, 2, 2)
     with torch.no_grad():
         out = TemporalShift(None, 2, fold_div=8)(x)
@@ -219,13 +225,15 @@ def test_restore_path_with_identity_net_returns_shifted_copy():
     assert out.data_ptr() != x.data_ptr()
 
 
-def test_restore_path_only_while_it_pays():
+def test_restore_path_only_while_it_pays(restore_small):
     """Three passes over the moved channels beat one copy of all only up to a third moving."""
     x = torch.randn(4, 48, 2, 2)
     assert TemporalShift(None, 2, fold_div=8)._restorable_fold(x) == 6  # 1/4 moves
     assert TemporalShift(None, 2, fold_div=6)._restorable_fold(x) == 8  # 1/3
     assert TemporalShift(None, 2, fold_div=4)._restorable_fold(x) == 0  # 1/2: copy
     assert TemporalShift(None, 2, fold_div=4, direction="unidirectional")._restorable_fold(x)
+    TemporalShift.restore_min_elements = x.numel() + 1  # and only on big tensors
+    assert TemporalShift(None, 2, fold_div=8)._restorable_fold(x) == 0
 
 
 def test_restore_path_only_at_inference():
@@ -241,7 +249,7 @@ def test_restore_path_only_at_inference():
         module(torch.randn(3, 8, 3, 3))
 
 
-def test_restore_path_whole_model_bit_identical():
+def test_restore_path_whole_model_bit_identical(restore_small):
     from timeshift.models.registry import create_model
     from timeshift.ops.shift import set_fast_inference
 

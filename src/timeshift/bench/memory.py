@@ -62,6 +62,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -393,7 +394,7 @@ def plot_memory(rows: Sequence[Mapping], path, title: str) -> None:
     )
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("MiB (one forward + backward, no optimizer)")
-    ax.set_title(title)
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)
     ax.margins(y=0.15)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()

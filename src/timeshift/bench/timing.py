@@ -27,8 +27,9 @@ def interleaved(
 
     Each function first runs ``warmup`` times (one-off costs: allocator, oneDNN primitive
     caches, compilation); then in every round each runs ``iters`` times back to back and the
-    mean of those is the round's sample. ``sync`` (e.g. ``torch.cuda.synchronize``) is called
-    before each clock read, so asynchronous devices are timed to completion.
+    mean of those is the round's sample. Odd rounds go through the functions in reverse.
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called before each clock read, so
+    asynchronous devices are timed to completion.
     """
     if rounds < 1 or iters < 1:
         raise ValueError(f"rounds and iters must be >= 1, got {rounds} and {iters}")
@@ -43,8 +44,11 @@ def interleaved(
         from tqdm import tqdm
 
         steps = tqdm(steps, desc="timing rounds", unit="round", leave=False)
-    for _ in steps:
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in steps:
+        # every other round in reverse, so no contender always runs first or after another
+        for name in names if r % 2 == 0 else reversed(names):
+            fn = fns[name]
             start = time.perf_counter()
             for _ in range(iters):
                 fn()

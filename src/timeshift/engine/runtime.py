@@ -137,11 +137,19 @@ def inference_model(
     """
     if memory_format not in FORMATS:
         raise ValueError(f"unknown memory format {memory_format!r}; expected one of {FORMATS}")
-    backend = resolve_backend(backend, device)
+    chosen = resolve_backend(backend, device)
     model = model.to(torch.device(device)).eval()
-    if backend == "onnxruntime":
-        path = exported_onnx(model, size=size)
-        return OnnxClips(path, num_segments=model.num_segments, threads=torch.get_num_threads())
+    if chosen == "onnxruntime":
+        try:
+            path = exported_onnx(model, size=size)
+        except (RuntimeError, ValueError, TypeError) as exc:  # ExportError is a RuntimeError
+            if backend != "auto":
+                raise
+            _logger.warning("onnxruntime: cannot export this model (%s); running PyTorch", exc)
+        else:
+            threads = torch.get_num_threads()
+            return OnnxClips(path, num_segments=model.num_segments, threads=threads)
+        chosen = "eager"
     model.set_channels_last(memory_format != "contiguous")
     # the compiled module forwards attribute reads (num_classes, ...) to the model
-    return torch.compile(model) if backend == "compile" else model
+    return torch.compile(model) if chosen == "compile" else model
