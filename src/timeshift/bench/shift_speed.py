@@ -17,11 +17,11 @@ import ctypes
 import ctypes.util
 import logging
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from timeshift.bench.timing import interleaved
 from timeshift.ops.shift import native_kernel, native_kernel_available, temporal_shift
 
 __all__ = ["benchmark_shift", "keep_freed_memory", "reference_shift"]
@@ -63,16 +63,8 @@ def _without_native(x: torch.Tensor, num_segments: int, fold_div: int) -> torch.
 
 
 def _median_ms(fns: dict[str, Callable[[], object]], rounds: int, warmup: int) -> dict[str, float]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    samples = interleaved(fns, rounds=rounds, warmup=warmup)
+    return {name: statistics.median(ms) for name, ms in samples.items()}
 
 
 def benchmark_shift(
