@@ -331,7 +331,7 @@ def benchmark_vs_3d(
                 # TSM's clips/s over this model's = this model's time over TSM's
                 "tsm_throughput_x": thr["vs_baseline"],
                 "backend": backend,
-                "memory_format": memory_format,
+                "memory_format": lat["memory_format"],
                 "batch": batch,
                 "size": size,
                 "device": device,
