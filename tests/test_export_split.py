@@ -1,5 +1,5 @@
-"""The split-stream online graph: the same function as the online module with no channel slicing
-or concatenation in the residual stream, and the exporter's choice of it."""
+"""The split-stream graphs (online and offline): the same function as the model with no channel
+slicing or concatenation of the residual stream, and the exporter's choice of them."""
 
 import onnx
 import pytest
@@ -7,8 +7,8 @@ import torch
 
 import timeshift
 from test_checkpoints import _randomise
-from timeshift.export import ExportError, OnnxOnlineRecognizer, export_model
-from timeshift.export.split import split_stream
+from timeshift.export import ExportError, OnnxOnlineRecognizer, OnnxRecognizer, export_model
+from timeshift.export.split import split_clips, split_stream
 from timeshift.online import OnlineModule
 
 T, S = 4, 32
@@ -108,3 +108,44 @@ def test_split_is_chosen_only_where_it_pays(tmp_path):
             bidirectional, tmp_path / "c.onnx", online=True, drop_future=True, split=True, size=S
         )
     assert not (tmp_path / "c.onnx").exists()
+
+
+# -- offline: the whole clip, bi- or uni-directional --------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("direction", ["bidirectional", "unidirectional"])
+@torch.no_grad()
+def test_split_clips_computes_the_model(case, direction):
+    model = CASES[case]() if direction == "unidirectional" else None
+    if model is None:
+        name = {"basic": "tsm_resnet_tiny", "bottleneck": "tsm_resnet_nl_tiny",
+                "mobilenet_v2": "tsm_mobilenet_v2_tiny"}[case]  # fmt: skip
+        kwargs = {"non_local": False} if case == "bottleneck" else {}
+        model = _model(name, direction=direction, **kwargs)
+    split = split_clips(model, align=1)
+    assert split is not None
+    clips = torch.randn(2, T, 3, S, S)
+    assert (split(clips) - model(clips)).abs().max().item() < 1e-5
+
+
+def test_split_clips_export(tmp_path):
+    model = _model("tsm_resnet_nl_tiny", non_local=False, direction="bidirectional")
+    plain = export_model(model, tmp_path / "plain.onnx", split=False, size=S, exporter="legacy")
+    split = export_model(model, tmp_path / "split.onnx", split=True, size=S, exporter="legacy")
+    assert plain.meta["graph"] == "concat" and split.meta["graph"] == "split"
+    export_model(
+        model, tmp_path / "dynamic.onnx", split=True, dynamic_batch=True, size=S, exporter="legacy"
+    )  # verified against eager PyTorch at another batch size too
+    runner = OnnxRecognizer(tmp_path / "dynamic.onnx")
+    clips = torch.randn(3, T, 3, S, S)
+    with torch.no_grad():
+        assert (runner(clips) - model(clips)).abs().max().item() < 1e-4
+    # the stream's tails are never sliced: only the shifted heads are
+    plain_ops, split_ops = _op_types(tmp_path / "plain.onnx"), _op_types(tmp_path / "split.onnx")
+    assert split_ops.count("Concat") < plain_ops.count("Concat")
+    # unsupported offline models keep the plain graph, or fail loudly when forced
+    pooled = _model("tsm_resnet_tiny", direction="bidirectional", temporal_pool=True)
+    assert split_clips(pooled, align=1) is None
+    with pytest.raises(ExportError, match="split-stream"):
+        export_model(pooled, tmp_path / "p.onnx", split=True, size=S)

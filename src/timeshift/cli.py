@@ -530,8 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--split",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="--online ONNX: carry the residual stream split at the cached channels, the form "
-        "onnxruntime runs fastest (default: where supported and 8-channel aligned)",
+        help="ONNX: carry the residual stream split at the shifted channels, the form "
+        "onnxruntime runs fastest, online or offline (default: where supported and 8-channel "
+        "aligned)",
     )
     p.add_argument("--no-verify", action="store_true", help="skip the check against eager")
     _add_model_args(p)

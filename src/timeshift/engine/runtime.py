@@ -103,9 +103,11 @@ def exported_onnx(
     """The cached ONNX export of ``model`` (offline with a dynamic batch, or online), made and
     verified on first use."""
     from timeshift.export import export_model
+    from timeshift.export.exporter import EXPORT_FORMAT_VERSION
 
     mode = "online" if online else "offline"
-    digest = model_digest(model, size, mode, drop_future)
+    # the graph form is part of the key: exports made before the split offline graph are redone
+    digest = model_digest(model, size, mode, drop_future, EXPORT_FORMAT_VERSION, "split-offline")
     path = cache_dir() / "onnx" / f"{digest}-{mode}-{size}.onnx"
     if path.is_file():
         _logger.info("onnxruntime: using the cached export %s", path)

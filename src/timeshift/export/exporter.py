@@ -127,11 +127,12 @@ def export_model(
         dynamic_batch: let the batch dimension vary (offline clips, or online streams).
         size: frame height and width (default: the checkpoint's input size, else 224); online
             cache shapes depend on it, so online graphs are fixed to it.
-        split: online ONNX only: export the graph that carries the residual stream split at
-            the cached channels (:mod:`timeshift.export.split`: same inputs, outputs and
-            function without channel slicing, which onnxruntime runs faster). Default: when
-            the architecture supports it and every part is a multiple of 8 channels (ResNets);
-            ``True`` forces it (raising if unsupported), ``False`` exports the plain graph.
+        split: ONNX only: export the graph that carries the residual stream split at the
+            shifted channels (:mod:`timeshift.export.split`: same inputs, outputs and function
+            without slicing the whole stream, which onnxruntime runs faster), online or
+            offline. Default: when the architecture supports it and every part is a multiple
+            of 8 channels (ResNets); ``True`` forces it (raising if unsupported), ``False``
+            exports the plain graph.
         exporter: ONNX only: ``"dynamo"`` (``torch.export``, the default of PyTorch) or
             ``"legacy"`` (the TorchScript-based exporter, faster to run, deprecated upstream).
         verify: run the exported file (onnxruntime / ``torch.jit.load``) and eager PyTorch on
@@ -149,7 +150,7 @@ def export_model(
         model = copy.deepcopy(model).cpu()  # export and verification run on the CPU
     model = model.eval()
     module = OnlineModule(model, drop_future=drop_future) if online else model
-    graph = _online_graph(module, split) if online and format == "onnx" else module
+    graph = _split_graph(module, split, online) if format == "onnx" else module
     if dynamic_batch and batch < 2:
         batch = 2  # torch.export specialises a dimension of size 1
     example = _example_inputs(module, online, batch, size, model.num_segments)
@@ -161,7 +162,7 @@ def export_model(
         outputs=outputs,
         cache_shapes=[list(c.shape[1:]) for c in example[1:]],
         fold_div=[s.fold_div for s in module.shifts] if online else None,
-        graph=("split" if graph is not module else "concat") if online else None,
+        graph=("split" if graph is not module else "concat") if format == "onnx" else None,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -189,18 +190,20 @@ def export_model(
     return ExportResult(path, format, online, diff, inputs, outputs, meta)
 
 
-def _online_graph(module: OnlineModule, split: bool | None) -> nn.Module:
-    """The module to trace for an online ONNX export; verification always runs ``module``."""
+def _split_graph(module: nn.Module, split: bool | None, online: bool) -> nn.Module:
+    """The module to trace for an ONNX export; verification always runs ``module``."""
     if split is False:
         return module
-    from timeshift.export.split import ALIGN, split_stream
+    from timeshift.export.split import ALIGN, split_clips, split_stream
 
-    graph = split_stream(module, align=1 if split else ALIGN)
+    make = split_stream if online else split_clips
+    graph = make(module, align=1 if split else ALIGN)
     if graph is None:
         if split:
             raise ExportError(
                 "split=True: this architecture has no split-stream form (supported: the "
-                "ResNet/ResNeXt and MobileNetV2 backbones with a uni-directional residual shift)"
+                "ResNet/ResNeXt and MobileNetV2 backbones with a residual shift, online "
+                "uni-directional, offline without temporal pooling or non-local blocks)"
             )
         return module
     return graph

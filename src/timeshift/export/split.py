@@ -33,8 +33,9 @@ from torch import nn
 from timeshift.models.backbones.mobilenet_v2 import ConvBNAct, InvertedResidual, MobileNetV2
 from timeshift.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from timeshift.online.recognizer import OnlineModule, OnlineShift
+from timeshift.ops.shift import TemporalShift, shift_offsets, temporal_shift
 
-__all__ = ["SplitStream", "split_stream"]
+__all__ = ["SplitClips", "SplitStream", "split_clips", "split_stream"]
 
 _logger = logging.getLogger(__name__)
 
@@ -133,15 +134,31 @@ def _apply(module: nn.Module, x: Stream) -> Stream:
 
 
 def _shift_split(conv: nn.Module) -> int | None:
-    """The head width a shifted conv reads from the cache; ``None`` when not shifted."""
-    if not isinstance(conv, OnlineShift):
+    """The head width a shifted conv reads shifted (from the cache online, from the
+    neighbouring frames offline); ``None`` when not shifted."""
+    if isinstance(conv, TemporalShift):  # offline
+        if conv.inplace:
+            raise _Unsupported("in-place shifts are not supported")
+        first = conv.net if isinstance(conv.net, nn.Conv2d) else None
+        if first is None and isinstance(conv.net, ConvBNAct):
+            first = conv.net[0]
+        if first is None:
+            raise _Unsupported("the shift does not wrap a convolution")
+        fold, groups = first.in_channels // conv.fold_div, len(shift_offsets(conv.direction))
+    elif isinstance(conv, OnlineShift):
+        if any(o >= 0 for o in conv.offsets) or conv.channels is None:
+            raise _Unsupported("only uni-directional shifts are supported")
+        fold, groups = conv.channels // conv.fold_div, len(conv.offsets)
+    else:
         return None
-    if any(o >= 0 for o in conv.offsets) or conv.channels is None:
-        raise _Unsupported("only uni-directional shifts are supported")
-    fold = conv.channels // conv.fold_div
     if fold == 0:
-        raise _Unsupported("a shift of zero channels has an empty cache")
-    return fold * len(conv.offsets)
+        raise _Unsupported("a shift of zero channels")
+    return fold * groups
+
+
+def _shifted_net(module: nn.Module) -> nn.Module:
+    """The layer a (possibly) shifting wrapper applies after the shift."""
+    return module.net if isinstance(module, (OnlineShift, TemporalShift)) else module
 
 
 # -- units: the stem, the blocks and the last conv, in order --------------------------------------
@@ -167,7 +184,7 @@ class _Plain(_Unit):
         self.conv = _SplitConv(conv, bn, act=act, in_split=in_split, out_split=out_split)
         del self.parts
 
-    def forward(self, x: Stream, caches: list) -> Stream:
+    def forward(self, x: Stream, shifter) -> Stream:
         y = self.conv(x)
         return y if self.pool is None else _apply(self.pool, y)
 
@@ -181,7 +198,7 @@ class _ResNetBlock(_Unit):
 
     def build(self, in_split, out_split):
         block, self.out_split = self.block, out_split
-        conv1 = block.conv1.net if isinstance(block.conv1, OnlineShift) else block.conv1
+        conv1 = _shifted_net(block.conv1)
         if not isinstance(conv1, nn.Conv2d):
             raise _Unsupported("the shift does not wrap a plain convolution")
         first_split = self.shifted if self.shifted is not None else in_split
@@ -203,11 +220,10 @@ class _ResNetBlock(_Unit):
             self.downsample = None
         del self.block
 
-    def forward(self, x: Stream, caches: list) -> Stream:
+    def forward(self, x: Stream, shifter) -> Stream:
         if self.shifted is not None:
             head, tail = x
-            caches.append(head)
-            out = self.conv1((caches.past.pop(0), tail))
+            out = self.conv1((shifter.shift(head), tail))
         else:
             out = self.conv1(x)
         if self.conv2 is not None:
@@ -226,7 +242,7 @@ class _InvertedResidual(_Unit):
     def build(self, in_split, out_split):
         block, self.out_split = self.block, out_split
         layers = list(block.conv)
-        first = layers[0].net if isinstance(layers[0], OnlineShift) else layers[0]
+        first = _shifted_net(layers[0])
         if not all(isinstance(m, ConvBNAct) for m in [first, *layers[1:-2]]):
             raise _Unsupported("unexpected inverted residual layers")
         convs = []
@@ -239,11 +255,10 @@ class _InvertedResidual(_Unit):
         self.project = _SplitConv(layers[-2], layers[-1], out_split=out_split)
         del self.block
 
-    def forward(self, x: Stream, caches: list) -> Stream:
+    def forward(self, x: Stream, shifter) -> Stream:
         if self.shifted is not None:
             head, tail = x
-            caches.append(head)
-            out = self.convs[0]((caches.past.pop(0), tail))
+            out = self.convs[0]((shifter.shift(head), tail))
         else:
             out = self.convs[0](x)
         for conv in self.convs[1:]:
@@ -254,11 +269,10 @@ class _InvertedResidual(_Unit):
 def _units(backbone: nn.Module) -> list[_Unit]:
     if type(backbone) is ResNet:
         stem = _Plain(backbone.conv1, backbone.bn1, "relu", backbone.maxpool)
-        blocks = [
-            b
-            for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
-            for b in layer
-        ]
+        layers = (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
+        if not all(type(layer) is nn.Sequential for layer in layers):
+            raise _Unsupported("a stage is wrapped (temporal pooling)")
+        blocks = [b for layer in layers for b in layer]
         if not all(type(b) in (BasicBlock, Bottleneck) for b in blocks):
             raise _Unsupported("unexpected ResNet blocks")
         return [stem, *(_ResNetBlock(b) for b in blocks)]
@@ -299,11 +313,49 @@ def _plan(units: list[_Unit]) -> list[tuple[int | None, int | None]]:
 
 
 class _Caches(list):
-    """New caches, appended in model order, with the incoming ones to pop."""
+    """Online shifter: each head becomes a new cache (appended in model order) and is replaced
+    by the incoming cache of the previous frame."""
 
     def __init__(self, past) -> None:
         super().__init__()
         self.past = list(past)
+
+    def shift(self, head: torch.Tensor) -> torch.Tensor:
+        self.append(head)
+        return self.past.pop(0)
+
+
+class _ClipShift:
+    """Offline shifter: the head, which holds exactly the moved channels, shifted along time
+    within each clip (only this slice of the stream is sliced and concatenated)."""
+
+    def __init__(self, num_segments: int, direction: str) -> None:
+        self.num_segments, self.direction = num_segments, direction
+        self.groups = len(shift_offsets(direction))
+
+    def shift(self, head: torch.Tensor) -> torch.Tensor:
+        return temporal_shift(
+            head, self.num_segments, fold_div=self.groups, direction=self.direction
+        )
+
+
+def _build_units(backbone: nn.Module, align: int) -> nn.ModuleList:
+    units = _units(backbone)
+    for unit, (in_split, out_split) in zip(units, _plan(units), strict=True):
+        unit.build(in_split, out_split)
+    widths = {w for u in units for m in u.modules() if isinstance(m, _SplitConv) for w in m.widths}
+    if any(w % align for w in widths):
+        raise _Unsupported(
+            f"split widths {sorted(widths)} are not multiples of {align} channels (the "
+            "runtime would pad each part)"
+        )
+    return nn.ModuleList(units)
+
+
+def _pool(x: Stream) -> torch.Tensor:
+    if isinstance(x, tuple):
+        return torch.cat([p.mean(dim=(2, 3)) for p in x], 1)
+    return x.mean(dim=(2, 3))
 
 
 class SplitStream(nn.Module):
@@ -314,18 +366,9 @@ class SplitStream(nn.Module):
     def __init__(self, online: OnlineModule, *, align: int = 1) -> None:
         super().__init__()
         model = online.model
-        units = _units(model.backbone)
-        if sum(u.shifted is not None for u in units) != online.num_caches:
+        self.units = _build_units(model.backbone, align)
+        if sum(u.shifted is not None for u in self.units) != online.num_caches:
             raise _Unsupported("a shift sits outside the supported positions")
-        for unit, (in_split, out_split) in zip(units, _plan(units), strict=True):
-            unit.build(in_split, out_split)
-        self.units = nn.ModuleList(units)
-        widths = {w for m in self.modules() if isinstance(m, _SplitConv) for w in m.widths}
-        if any(w % align for w in widths):
-            raise _Unsupported(
-                f"split widths {sorted(widths)} are not multiples of {align} channels (the "
-                "runtime would pad each part)"
-            )
         self.fc = model.fc
         self.num_caches = online.num_caches
         self.eval()
@@ -337,12 +380,37 @@ class SplitStream(nn.Module):
         x: Stream = frame
         for unit in self.units:
             x = unit(x, new)
-        pooled = (
-            torch.cat([p.mean(dim=(2, 3)) for p in x], 1)
-            if isinstance(x, tuple)
-            else (x.mean(dim=(2, 3)))
-        )
-        return (self.fc(pooled), *new)
+        return (self.fc(_pool(x)), *new)
+
+
+class SplitClips(nn.Module):
+    """``forward(video) -> logits`` of an offline :class:`~timeshift.models.Recognizer`
+    (``(N, T, 3, H, W)`` -> ``(N, K)``), computed with the residual stream split at the shifted
+    channels: the offline counterpart of :class:`SplitStream`. Inference only."""
+
+    def __init__(self, model: nn.Module, *, align: int = 1) -> None:
+        super().__init__()
+        shifts = [m for m in model.modules() if isinstance(m, TemporalShift)]
+        if not shifts:
+            raise _Unsupported("the model has no temporal shift: nothing to split")
+        settings = {(m.num_segments, m.direction) for m in shifts}
+        if len(settings) != 1 or next(iter(settings))[0] != model.num_segments:
+            raise _Unsupported("shifts differ in frames or direction (temporal pooling?)")
+        self.units = _build_units(model.backbone, align)
+        if sum(u.shifted is not None for u in self.units) != len(shifts):
+            raise _Unsupported("a shift sits outside the supported positions")
+        self.num_segments = model.num_segments
+        self.direction = shifts[0].direction
+        self.fc = model.fc
+        self.eval()
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        n, t = video.shape[:2]
+        x: Stream = video.flatten(0, 1)
+        shifter = _ClipShift(t, self.direction)
+        for unit in self.units:
+            x = unit(x, shifter)
+        return self.fc(_pool(x)).view(n, t, -1).mean(dim=1)
 
 
 def split_stream(online: OnlineModule, *, align: int = ALIGN) -> SplitStream | None:
@@ -352,4 +420,14 @@ def split_stream(online: OnlineModule, *, align: int = ALIGN) -> SplitStream | N
         return SplitStream(online, align=align)
     except _Unsupported as exc:
         _logger.info("no split-stream graph (%s): exporting the plain online graph", exc)
+        return None
+
+
+def split_clips(model: nn.Module, *, align: int = ALIGN) -> SplitClips | None:
+    """The split form of an offline shift model, or ``None`` where unsupported (no shift,
+    temporal pooling, non-local blocks, other backbones, unaligned parts)."""
+    try:
+        return SplitClips(model, align=align)
+    except _Unsupported as exc:
+        _logger.info("no split-stream graph (%s): exporting the plain offline graph", exc)
         return None
