@@ -83,3 +83,17 @@ def test_plot_memory(tmp_path):
     path = tmp_path / "memory.png"
     plot_memory(rows, path, "training memory")
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_total_is_the_sum_of_the_reported_parts(monkeypatch):
+    """Each part rounds down (0.004 MiB -> 0.0) while their byte total rounds up (0.012 ->
+    0.01): the total must still equal the parts it is reported with."""
+    import timeshift.bench.memory as memory
+
+    part = int(0.004 * 2**20)
+    monkeypatch.setattr(memory, "_param_bytes", lambda *a, **k: part)
+    monkeypatch.setattr(memory, "_run_child", lambda spec: {"peak": part, "rss_peak": None})
+    # 1 x 1 x 3 x 16 x 16 float32 = 3072 bytes: 0.0029 MiB, rounds to 0.0
+    row = measure_training_memory("tsn_resnet_tiny", frames=1, size=16, batch=1)
+    assert (row["params_mib"], row["input_mib"], row["peak_mib"]) == (0.0, 0.0, 0.0)
+    assert row["total_mib"] == row["params_mib"] + row["input_mib"] + row["peak_mib"]

@@ -36,19 +36,23 @@ class PaperNumber:
 
 
 PAPER_NUMBERS: tuple[PaperNumber, ...] = (
-    PaperNumber("tsm_resnet50", 400, 8, 24_327_632, 32.70, "reference code (DESIGN.md)", True),
-    PaperNumber("tsm_resnet50", 174, 8, 23_864_558, 32.70, "reference code (DESIGN.md)", True),
+    PaperNumber("tsm_resnet50", 400, 8, 24_327_632, 32.70, "reference code, run on CPU", True),
+    PaperNumber("tsm_resnet50", 174, 8, 23_864_558, 32.70, "reference code, run on CPU", True),
     PaperNumber("tsm_resnet50", 400, 8, 24.3, 33.0, "TSM Table 5 (TSM 8F)"),
     PaperNumber("tsm_resnet50", 400, 16, 24.3, 65.0, "TSM Table 5 (TSM 16F)"),
-    PaperNumber("tsm_resnet101", 174, 8, 42_856_686, 62.40, "reference code (DESIGN.md)", True),
-    PaperNumber("tsm_resnet50_nl", 400, 8, 31_686_096, None, "reference code (DESIGN.md)", True),
-    PaperNumber("tsm_mobilenet_v2", 400, 8, 2_736_272, 2.40, "reference code (DESIGN.md)", True),
+    PaperNumber("tsm_resnet101", 174, 8, 42_856_686, 62.40, "reference code, run on CPU", True),
+    PaperNumber("tsm_resnet50_nl", 400, 8, 31_686_096, None, "reference code, run on CPU", True),
+    PaperNumber("tsm_mobilenet_v2", 400, 8, 2_736_272, 2.40, "reference code, run on CPU", True),
     PaperNumber("i3d_replace_resnet50", 400, 8, 33.0, 48.0, "TSM Table 5 (I3D_replace)"),
     PaperNumber("i3d_resnet50", 400, 8, 29.3, 33.0, "TSM Table 5 (I3D from [49])"),
-    PaperNumber("blvnet_tam_resnet50", 174, 16, 25_020_142, 23.85, "DESIGN.md (8x2)", True),
+    PaperNumber(
+        "blvnet_tam_resnet50", 174, 16, 25_020_142, 23.85, "reference code, run on CPU (8x2)", True
+    ),
     PaperNumber("blvnet_tam_resnet50", 174, 16, 25.0, 23.8, "bLVNet Table 1 (8x2)"),
     PaperNumber("blvnet_tam_resnet50", 174, 32, 25.0, 47.7, "bLVNet Table 1 (16x2)"),
-    PaperNumber("blvnet_tam_resnet101", 174, 16, 40_177_134, 32.15, "DESIGN.md (8x2)", True),
+    PaperNumber(
+        "blvnet_tam_resnet101", 174, 16, 40_177_134, 32.15, "reference code, run on CPU (8x2)", True
+    ),
 )
 
 

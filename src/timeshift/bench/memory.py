@@ -274,6 +274,7 @@ def measure_training_memory(
     measured = _run_child(spec)
     seconds = time.perf_counter() - start
     input_bytes = batch * frames * 3 * size * size * torch.float32.itemsize
+    parts = [_mib(params), _mib(input_bytes), _mib(measured["peak"])]
     row = {
         "model": name,
         "frames": frames,
@@ -282,10 +283,12 @@ def measure_training_memory(
         "device": device,
         "memory_format": memory_format,
         "threads": spec.threads,
-        "params_mib": _mib(params),
-        "input_mib": _mib(input_bytes),
-        "peak_mib": _mib(measured["peak"]),
-        "total_mib": _mib(params + input_bytes + measured["peak"]),
+        "params_mib": parts[0],
+        "input_mib": parts[1],
+        "peak_mib": parts[2],
+        # the sum of the parts as reported: rounding the byte total separately could differ
+        # from it in the last digit
+        "total_mib": round(sum(parts), 2),
         "rss_peak_mib": _mib(measured["rss_peak"]),
         "seconds": round(seconds, 1),
     }
