@@ -2,6 +2,7 @@
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -172,3 +173,67 @@ def test_memory_cache_gives_the_same_clips(records):
         for i in range(len(records)):
             assert torch.equal(plain[i][0], cached[i][0])
     assert len(cached._cache) == len(records)
+
+
+def test_fifo_and_other_special_files_are_skipped_not_waited_for(tmp_path, records, caplog):
+    from test_data_decode import finishes, special_files
+
+    files = special_files(tmp_path / "special")
+    bad = [SampleRecord(str(p), 0) for p in files.values() if p.stem != "folder"]
+    ds = VideoDataset([*bad, *records], num_segments=4, on_error="skip", mode="val")
+    with caplog.at_level(logging.WARNING):
+        for index in range(len(bad)):
+            clip, _ = finishes(lambda i=index: ds[i], fifos=[files["fifo"]])
+            assert clip.shape[0] == 4
+    assert ds.skipped >= len(bad)  # a replacement may be another bad one
+    assert sum("not a regular file" in r.getMessage() for r in caplog.records) == len(bad)
+    strict = VideoDataset(bad, num_segments=4, mode="val")
+    with pytest.raises(VideoDecodeError, match=r"fifo\.mp4: not a regular file"):
+        finishes(lambda: strict[1], fifos=[files["fifo"]])
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_sampling_stays_within_the_frames_that_decode(tmp_path, cache):
+    from test_data_decode import decodable_prefix, faststart_mp4, noisy_palette_frames
+
+    full = faststart_mp4(tmp_path / "full.mp4", noisy_palette_frames(60))
+    data = bytearray(full.read_bytes())
+    cut = tmp_path / "cut.mp4"  # the index at the front still lists all 60 frames
+    cut.write_bytes(bytes(data[: len(data) * 97 // 100]))
+    start = len(data) * 95 // 100  # garbage tail: only found when it is decoded
+    data[start:] = np.random.default_rng(1).bytes(len(data) - start)
+    garbled = tmp_path / "garbled.mp4"
+    garbled.write_bytes(bytes(data))
+    for path in (cut, garbled):
+        decodable = len(decodable_prefix(path))
+        train = VideoDataset([SampleRecord(str(path), 0)], num_segments=8, cache=cache)
+        for epoch in range(12):  # random offsets reach into the last segment
+            train.set_epoch(epoch)
+            seen = identify(train[0][0].permute(0, 2, 3, 1).numpy())
+            assert seen == sorted(seen) and max(seen) < decodable
+        val = VideoDataset([SampleRecord(str(path), 0)], num_segments=8, mode="val", cache=cache)
+        seen = identify(val[0][0].permute(0, 2, 3, 1).numpy())
+        tick = decodable / 8  # the centres of 8 segments of the frames that decode
+        assert seen == [int(tick / 2 + tick * i) for i in range(8)]
+
+
+def test_frame_limit_and_cache_budget(records, caplog, monkeypatch):
+    small = VideoDataset(records, num_segments=4, mode="val", max_frame_pixels=64 * 48 - 1)
+    with pytest.raises(VideoDecodeError, match=r"v0\.mp4: .*over the limit of 3,071 pixels"):
+        small[0]
+    monkeypatch.setenv("TIMESHIFT_MAX_FRAME_PIXELS", "100")
+    skip = VideoDataset(records, num_segments=4, mode="val", on_error="skip", max_retries=3)
+    with pytest.raises(RuntimeError, match="over the limit of 100 pixels"):
+        skip[0]
+    with pytest.raises(ValueError, match="max_frame_pixels must be a positive"):
+        VideoDataset(records, num_segments=4, max_frame_pixels=0)
+    monkeypatch.delenv("TIMESHIFT_MAX_FRAME_PIXELS")
+    # the cache holds at most cache_bytes of frames; the rest is decoded every time
+    one_video = 24 * 48 * 64 * 3  # records[0]: 24 frames of 48x64
+    ds = VideoDataset(records, num_segments=4, mode="val", cache=True, cache_bytes=one_video)
+    plain = VideoDataset(records, num_segments=4, mode="val")
+    with caplog.at_level(logging.WARNING):
+        for i in range(len(records)):
+            assert torch.equal(ds[i][0], plain[i][0])
+    assert list(ds._cache) == [0] and ds._cached_bytes == one_video
+    assert sum("cache is full" in r.getMessage() for r in caplog.records) == 1

@@ -205,3 +205,249 @@ def test_decode_error_survives_worker_processes(tmp_path):
     ds = VideoDataset([SampleRecord(str(bad), 0)], num_segments=4, mode="val")
     with pytest.raises(VideoDecodeError, match=r"bad\.mp4"):
         list(DataLoader(ds, num_workers=1))
+
+
+# -- no input may hang: only regular files are opened ---------------------------------------------
+def finishes(fn, *, fifos=(), timeout: float = 10.0):
+    """``fn()``'s result (or exception), failing the test if it is still blocked after
+    ``timeout`` seconds; a reader blocked on one of ``fifos`` is then released by opening the
+    FIFO for writing, so that the test itself never hangs."""
+    import contextlib
+    import os
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        for fifo in fifos:
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        pytest.fail(f"{fn} still blocked after {timeout} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def special_files(root: Path) -> dict[str, Path]:
+    """Non-regular files named like videos: a FIFO, a folder, a socket, a character device."""
+    import os
+    import socket
+
+    root.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(root / "fifo.mp4")
+    (root / "folder.mp4").mkdir()
+    (root / "device.mp4").symlink_to("/dev/zero")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(root / "socket.mp4"))  # the file stays after the socket closes
+    sock.close()
+    return {p.stem: p for p in sorted(root.iterdir())}
+
+
+@pytest.mark.parametrize("backend", ["pyav", "opencv"])
+def test_non_regular_files_are_refused_without_blocking(tmp_path, backend):
+    files = special_files(tmp_path)
+    for kind, path in files.items():
+        with pytest.raises(VideoDecodeError, match=rf"{path.name}: not a regular file") as info:
+            finishes(lambda p=path: open_video(p, backend=backend), fifos=[files["fifo"]])
+        assert {"fifo": "FIFO", "folder": "folder", "device": "device", "socket": "socket"}[
+            kind
+        ] in str(info.value)
+
+
+def test_frame_folder_with_a_fifo_frame_does_not_block(tmp_path):
+    import os
+
+    folder = write_frame_folder(tmp_path / "clip", palette_frames(3))
+    fifo = Path(folder) / "img_00002.jpg"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    with open_video(folder, backend="frames", num_frames=3) as reader:
+        assert identify(reader.get_frames([0])) == [0]
+        with pytest.raises(VideoDecodeError, match=r"img_00002\.jpg: not a regular file"):
+            finishes(lambda: reader.get_frames([1]), fifos=[fifo])
+
+
+# -- frames counted for sampling are frames that decode ------------------------------------------
+def faststart_mp4(path: Path, frames: np.ndarray) -> Path:
+    """H.264 with B-frames in an MP4 whose index (moov) is at the front, as web videos are."""
+    import av
+
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "20", "preset": "ultrafast", "g": "6", "bf": "2"}
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def noisy_palette_frames(count: int) -> np.ndarray:
+    """Palette frames plus noise: large packets (so a cut loses whole frames), yet each frame
+    is still identified by its mean colour."""
+    noise = np.random.default_rng(0).integers(-20, 21, size=(count, 48, 64, 3))
+    return np.clip(palette_frames(count).astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def decodable_prefix(path) -> list[int]:
+    """Palette indices of the frames a sequential decode yields before its first error."""
+    import av
+
+    out = []
+    with av.open(str(path)) as container:
+        try:
+            for frame in container.decode(video=0):
+                out.append(identify(frame.to_ndarray(format="rgb24")[None])[0])
+        except av.FFmpegError:
+            pass
+    return out
+
+
+def listed_packets(path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sum(1 for p in container.demux(stream) if p.size)
+
+
+@pytest.fixture(scope="module")
+def faststart(tmp_path_factory):
+    return faststart_mp4(
+        tmp_path_factory.mktemp("faststart") / "full.mp4", noisy_palette_frames(60)
+    )
+
+
+@pytest.mark.parametrize("keep", [0.99, 0.97, 0.9])
+def test_truncated_faststart_mp4_counts_only_frames_that_decode(tmp_path, faststart, keep):
+    data = faststart.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    truth = decodable_prefix(cut)
+    assert len(truth) < listed_packets(cut) <= 60  # the index lists frames that do not decode
+    for backend in ("pyav", "opencv"):
+        with open_video(cut, backend=backend) as reader:
+            n = reader.num_frames
+            assert n == len(truth), backend
+            assert identify(reader.get_frames(range(n))) == truth
+            for k in (n - 1, n - 2, 0):  # and each one alone, after a seek
+                assert identify(reader.get_frames([k])) == [truth[k]]
+    with open_video(cut) as reader, pytest.raises(VideoDecodeError, match="do not decode"):
+        reader.get_frames([reader.num_frames])  # listed by the container, not decodable
+
+
+def test_corrupt_tail_found_while_reading_lowers_the_count(tmp_path, faststart):
+    # the same length with garbage at the end: nothing looks wrong until the tail is decoded
+    data = bytearray(faststart.read_bytes())
+    start = len(data) * 95 // 100
+    data[start:] = np.random.default_rng(1).bytes(len(data) - start)
+    bad = tmp_path / "bad_tail.mp4"
+    bad.write_bytes(bytes(data))
+    truth = decodable_prefix(bad)
+    with open_video(bad) as reader:
+        assert reader.num_frames == 60  # no sign of damage in the demux pass
+        with pytest.raises(VideoDecodeError, match="bad_tail"):
+            reader.get_frames([59])
+        assert reader.num_frames <= len(truth) < 60  # lowered to frames that decode
+        n = reader.num_frames
+        assert identify(reader.get_frames(range(n))) == truth[:n]
+
+
+def test_a_normal_file_is_not_decoded_on_open(faststart, monkeypatch):
+    # only a file whose demux pass shows damage pays for decoding its tail on open
+    from timeshift.data.decode import PyAVReader
+
+    verified = []
+    monkeypatch.setattr(PyAVReader, "_verify_tail", lambda self: verified.append(self))
+    with open_video(faststart) as reader:
+        assert reader.num_frames == 60
+    assert verified == []
+
+
+# -- a small file cannot ask for a large allocation ----------------------------------------------
+@pytest.mark.parametrize("backend", ["pyav", "opencv", "frames"])
+def test_frame_pixel_limit_refuses_large_frames_before_decoding(
+    tmp_path, videos, backend, monkeypatch
+):
+    path = videos[".mp4"]
+    if backend == "frames":
+        path = write_frame_folder(tmp_path / "clip", palette_frames(2))
+    with open_video(path, backend=backend, max_frame_pixels=64 * 48) as reader:
+        assert reader.get_frames([1]).shape == (1, 48, 64, 3)  # at the limit: fine
+    pattern = r"64x48 frames \(3,072 pixels.*over the limit of 3,071 pixels per frame"
+    with (
+        pytest.raises(VideoDecodeError, match=pattern) as info,
+        open_video(path, backend=backend, max_frame_pixels=64 * 48 - 1) as reader,
+    ):
+        reader.get_frames([1])
+    message = str(info.value)
+    assert "TIMESHIFT_MAX_FRAME_PIXELS=3072" in message and "max_frame_pixels=" in message
+    assert ("v.mp4" if backend != "frames" else "img_00002.jpg") in message
+    monkeypatch.setenv("TIMESHIFT_MAX_FRAME_PIXELS", "3000")
+    with (
+        pytest.raises(VideoDecodeError, match="over the limit of 3,000 pixels"),
+        open_video(path, backend=backend) as reader,
+    ):
+        reader.get_frames([0])
+    monkeypatch.setenv("TIMESHIFT_MAX_FRAME_PIXELS", "lots")
+    with pytest.raises(ValueError, match="TIMESHIFT_MAX_FRAME_PIXELS must be a positive"):
+        open_video(path, backend=backend)
+
+
+def test_default_limit_refuses_a_tiny_file_of_huge_frames(tmp_path):
+    import av
+
+    path = tmp_path / "huge.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 8192, 2064, "yuv420p"  # 16.9 Mpx
+        stream.options = {"preset": "ultrafast"}
+        frame = av.VideoFrame(8192, 2064, "yuv420p")
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    assert path.stat().st_size < 100_000
+    for backend in ("pyav", "opencv"):
+        with pytest.raises(VideoDecodeError, match=r"kB file with 8192x2064 frames"):
+            open_video(path, backend=backend)
+    with open_video(path, max_frame_pixels=8192 * 2064) as reader:  # raised: it decodes
+        assert reader.num_frames == 1
+
+
+# -- timestamps ----------------------------------------------------------------------------------
+VFR_MS = [0, 40, 80, 500, 540, 1600, 1640, 1680, 3000, 3040]  # bursts and gaps
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_variable_frame_rate_timestamps_are_the_frames_own(tmp_path, suffix):
+    path = encode_video(
+        tmp_path / f"vfr{suffix}",
+        palette_frames(len(VFR_MS)),
+        codec="libx264",
+        options={"g": "4", "bf": "2"},
+        time_base=_MS,
+        pts=lambda k: 5000 + VFR_MS[k],  # a start offset too
+    )
+    with open_video(path) as reader:
+        assert reader.num_frames == len(VFR_MS)
+        times = reader.get_timestamps(range(len(VFR_MS)))
+        assert times == pytest.approx(np.array(VFR_MS) / 1000, abs=1e-6)
+        assert reader.get_timestamps([3, 0]) == pytest.approx([0.5, 0.0])
+        with pytest.raises(IndexError):
+            reader.get_timestamps([len(VFR_MS)])
+    with open_video(path, backend="opencv") as reader:  # the nominal rate, in the same unit
+        assert reader.get_timestamps([2]) == pytest.approx([2 / reader.fps])

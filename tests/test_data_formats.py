@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -51,11 +52,14 @@ def test_rawframe_reference_list(tmp_path):
         "# reference TSM list\n\nvideo_a 120 2\n   \nvideo_b 37 0\n# trailing comment\nc/d 5 1\n",
     )
     ann = read_rawframe_list(path)
+    # relative paths are relative to the list's folder
     assert ann.records == [
-        SampleRecord("video_a", 2, 120, 0),
-        SampleRecord("video_b", 0, 37, 0),
-        SampleRecord("c/d", 1, 5, 0),
+        SampleRecord(str(tmp_path / "video_a"), 2, 120, 0),
+        SampleRecord(str(tmp_path / "video_b"), 0, 37, 0),
+        SampleRecord(str(tmp_path / "c" / "d"), 1, 5, 0),
     ]
+    assert [r.line for r in ann.records] == [3, 5, 7]
+    assert ann.source == str(path)
     assert len(ann) == 3
     assert ann.classes == ["0", "1", "2"]  # defaulted to str indices up to the largest label
 
@@ -72,8 +76,11 @@ def test_rawframe_root_joined(tmp_path):
 
 def test_rawframe_with_offset(tmp_path):
     path = _write(tmp_path / "mm.txt", "clip_a 3 16 1\nclip_b 0 8 0\n")
-    ann = read_rawframe_list(path, with_offset=True, classes=["x", "y"])
-    assert ann.records == [SampleRecord("clip_a", 1, 16, 3), SampleRecord("clip_b", 0, 8, 0)]
+    ann = read_rawframe_list(path, with_offset=True, classes=["x", "y"], root="/frames")
+    assert ann.records == [
+        SampleRecord("/frames/clip_a", 1, 16, 3),
+        SampleRecord("/frames/clip_b", 0, 8, 0),
+    ]
     assert ann.classes == ["x", "y"]
 
 
@@ -246,7 +253,12 @@ def test_sthv2_test_split_without_labels(tmp_path):
     labels = _write(tmp_path / "labels.json", json.dumps(STH_LABELS))
     annotations = _write(tmp_path / "test.json", json.dumps([{"id": "1420"}, {"id": "5"}]))
     ann = read_sthv2(labels, annotations, extension=".mp4")
-    assert ann.records == [SampleRecord("1420.mp4", -1), SampleRecord("5.mp4", -1)]
+    # without video_root the videos are next to the annotation file
+    assert ann.records == [
+        SampleRecord(str(tmp_path / "1420.mp4"), -1),
+        SampleRecord(str(tmp_path / "5.mp4"), -1),
+    ]
+    assert [r.line for r in ann.records] == [1, 2]
 
 
 def test_sthv2_unknown_template(tmp_path):
@@ -438,7 +450,7 @@ def test_ucf101_testlist(tmp_path):
     )
     ann = read_ucf101_split(class_ind, test)
     assert [r.label for r in ann.records] == [1, 2, 0]
-    assert ann.records[0].path == "ApplyLipstick/v_ApplyLipstick_g01_c01.avi"
+    assert ann.records[0].path == str(tmp_path / "ApplyLipstick/v_ApplyLipstick_g01_c01.avi")
 
 
 @pytest.mark.parametrize(
@@ -481,13 +493,16 @@ def test_hmdb51_train_and_test(tmp_path):
         SampleRecord(str(tmp_path / "hmdb" / "cartwheel" / "e.avi"), 1),
         SampleRecord(str(tmp_path / "hmdb" / "cartwheel" / "f.avi"), 1),
     ]
-    test = read_hmdb51_split(splits, subset="test")
-    assert test.records == [SampleRecord("brush_hair/b.avi", 0), SampleRecord("cartwheel/d.avi", 1)]
-    split2 = read_hmdb51_split(splits, split=2, subset="train")
+    test = read_hmdb51_split(splits, subset="test")  # videos default to the split folder
+    assert test.records == [
+        SampleRecord(str(splits / "brush_hair/b.avi"), 0),
+        SampleRecord(str(splits / "cartwheel/d.avi"), 1),
+    ]
+    split2 = read_hmdb51_split(splits, split=2, subset="train", video_root="v")
     assert [r.path for r in split2.records] == [
-        "brush_hair/b.avi",
-        "brush_hair/c.avi",
-        "cartwheel/d.avi",
+        "v/brush_hair/b.avi",
+        "v/brush_hair/c.avi",
+        "v/cartwheel/d.avi",
     ]
 
 
@@ -556,14 +571,17 @@ def test_read_annotations_auto(tmp_path):
     assert tree.records == [SampleRecord(str(tmp_path / "tree" / "cls" / "v.mp4"), 0)]
 
     raw = _write(tmp_path / "raw.txt", "# comment\n\nvid_a 12 1\n")
-    assert read_annotations(raw, root="/r").records == [SampleRecord("/r/vid_a", 1, 12)]
+    (tmp_path / "r" / "vid_a").mkdir(parents=True)
+    root = tmp_path / "r"
+    assert read_annotations(raw, root=root).records == [SampleRecord(str(root / "vid_a"), 1, 12)]
     videos = _write(tmp_path / "videos.txt", "# comment\nx.mp4 1\n")
+    _touch(tmp_path / "x.mp4")
     ann = read_annotations(videos, classes=["a", "b"])
-    assert ann.records == [SampleRecord("x.mp4", 1)]
+    assert ann.records == [SampleRecord(str(tmp_path / "x.mp4"), 1)]
     assert ann.classes == ["a", "b"]
 
     # explicit formats
-    assert read_annotations(raw, format="reference").records[0].num_frames == 12
+    assert read_annotations(raw, format="reference", root=root).records[0].num_frames == 12
     with pytest.raises(AnnotationError, match="'path label'"):
         read_annotations(raw, format="videos")
     with pytest.raises(ValueError, match="format must be"):
@@ -584,9 +602,17 @@ def test_write_rawframe_list_round_trip(tmp_path):
     assert out.read_text() == "a/clip1 48 2\nclip2 7 0\n"
     ann = read_rawframe_list(out, root=root)
     assert ann.records == records
+    # without root: relative to the list's folder when below it, else absolute, so that the
+    # reader (which resolves against the list's folder) finds the same paths
     plain = tmp_path / "plain.txt"
-    write_rawframe_list(plain, [SampleRecord("x/y", 1, 3)])
-    assert read_rawframe_list(plain).records == [SampleRecord("x/y", 1, 3)]
+    below = SampleRecord(str(tmp_path / "x" / "y"), 1, 3)
+    elsewhere = SampleRecord("x/y", 0, 4)  # relative to the current directory
+    write_rawframe_list(plain, [below, elsewhere])
+    assert plain.read_text() == f"x/y 3 1\n{Path('x/y').resolve()} 4 0\n"
+    assert read_rawframe_list(plain).records == [
+        below,
+        SampleRecord(str(Path("x/y").resolve()), 0, 4),
+    ]
 
 
 def test_write_video_list_round_trip(tmp_path):
@@ -596,7 +622,7 @@ def test_write_video_list_round_trip(tmp_path):
     write_video_list(out, records, root=root)
     assert out.read_text() == "k/v.mp4 3\nw.avi 0\n"
     assert read_video_list(out, root=root).records == records
-    assert read_annotations(out, root=root).records == records
+    assert read_annotations(out, root=root, check=False).records == records
 
 
 def test_writers_refuse_what_readers_would_reject(tmp_path):
@@ -607,6 +633,132 @@ def test_writers_refuse_what_readers_would_reject(tmp_path):
         write_rawframe_list(out, [SampleRecord("a", 0, 5, offset=2)])
     with pytest.raises(ValueError, match="spaces"):
         write_video_list(out, [SampleRecord("a b.mp4", 0)])
-    write_rawframe_list(out, [SampleRecord("a", 1, 5, offset=2)], with_offset=True)
+    inside = SampleRecord(str(tmp_path / "a"), 1, 5, offset=2)
+    write_rawframe_list(out, [inside], with_offset=True)
     assert out.read_text() == "a 2 5 1\n"
-    assert read_annotations(out).records == [SampleRecord("a", 1, 5, offset=2)]
+    assert read_annotations(out, check=False).records == [inside]
+
+
+# -- encodings: every reader, BOM and non-UTF-8 ------------------------------------------------
+
+BOM = "\ufeff".encode()
+
+
+def _reader_cases():
+    """name -> (files {name: text}, file whose encoding varies, read(folder) -> Annotations or
+    class list). Every annotation reader is here: lists, class names, CSV, JSON, split files."""
+    sth_entries = [{"id": "7", "template": "Pushing [something] from left to right"}]
+    return {
+        "video list": (
+            {"l.txt": "a.mp4 1\nb.mp4 0\n"},
+            "l.txt",
+            lambda d: read_video_list(d / "l.txt"),
+        ),
+        "rawframe list": (
+            {"l.txt": "a 4 1\nb 5 0\n"},
+            "l.txt",
+            lambda d: read_rawframe_list(d / "l.txt"),
+        ),
+        "auto list": (
+            {"l.txt": "a.mp4 1\n"},
+            "l.txt",
+            lambda d: read_annotations(d / "l.txt", check=False),
+        ),
+        "class names": ({"c.txt": "Écrire\nb\n"}, "c.txt", lambda d: read_class_names(d / "c.txt")),
+        "classInd": ({"c.txt": CLASS_IND}, "c.txt", lambda d: read_class_names(d / "c.txt")),
+        "list classes file": (
+            {"c.txt": "zebra\nyak\n", "l.txt": "a.mp4 1\n"},
+            "c.txt",
+            lambda d: read_video_list(d / "l.txt", classes=d / "c.txt"),
+        ),
+        "kinetics csv": (
+            {"k.csv": KINETICS_HEADER + "air drumming,abc,10,20,train\n"},
+            "k.csv",
+            lambda d: read_kinetics_csv(d / "k.csv", video_root=d, missing="keep"),
+        ),
+        "sthv2 labels": (
+            {"labels.json": json.dumps(STH_LABELS), "a.json": json.dumps(sth_entries)},
+            "labels.json",
+            lambda d: read_sthv2(d / "labels.json", d / "a.json"),
+        ),
+        "sthv2 annotations": (
+            {"labels.json": json.dumps(STH_LABELS), "a.json": json.dumps(sth_entries)},
+            "a.json",
+            lambda d: read_sthv2(d / "labels.json", d / "a.json"),
+        ),
+        "ucf101 classInd": (
+            {"classInd.txt": CLASS_IND, "t.txt": "Archery/v_Archery_g01_c01.avi 3\n"},
+            "classInd.txt",
+            lambda d: read_ucf101_split(d / "classInd.txt", d / "t.txt"),
+        ),
+        "ucf101 split": (
+            {"classInd.txt": CLASS_IND, "t.txt": "Archery/v_Archery_g01_c01.avi 3\n"},
+            "t.txt",
+            lambda d: read_ucf101_split(d / "classInd.txt", d / "t.txt"),
+        ),
+        "hmdb51 split": (
+            {"s/dive_test_split1.txt": "x.avi 1\ny.avi 2\n"},
+            "s/dive_test_split1.txt",
+            lambda d: read_hmdb51_split(d / "s"),
+        ),
+    }
+
+
+def _write_case(folder: Path, files: dict, varied: str, prefix: bytes = b"", bad_at=None):
+    for name, text in files.items():
+        data = text.encode("utf-8")
+        if name == varied:
+            data = prefix + data
+            if bad_at is not None:  # a Latin-1 byte in the middle of line `bad_at`
+                lines = data.split(b"\n")
+                lines[bad_at - 1] = lines[bad_at - 1] + b"\xe9"
+                data = b"\n".join(lines)
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
+@pytest.mark.parametrize("case", sorted(_reader_cases()))
+def test_every_reader_ignores_a_utf8_bom(tmp_path, case):
+    files, varied, read = _reader_cases()[case]
+    plain, bom = tmp_path / "plain", tmp_path / "bom"
+    _write_case(plain, files, varied)
+    _write_case(bom, files, varied, prefix=BOM)
+    expected, got = read(plain), read(bom)
+    if isinstance(expected, list):  # class names
+        assert got == expected and "\ufeff" not in got[0]
+        return
+    assert got.classes == expected.classes
+    assert [(r.path.replace(str(bom), str(plain)), r.label) for r in got.records] == [
+        (r.path, r.label) for r in expected.records
+    ]
+    assert len(got.records) == len(expected.records) > 0
+
+
+def test_ucf101_classind_with_bom_keeps_first_class(tmp_path):
+    # the reported case: with a BOM "1 ApplyEyeMakeup" was not read as an index line
+    path = tmp_path / "classInd.txt"
+    path.write_bytes(BOM + CLASS_IND.replace("\n", "\r\n").encode())
+    assert read_class_names(path) == ["ApplyEyeMakeup", "ApplyLipstick", "Archery"]
+    listing = tmp_path / "l.txt"
+    listing.write_bytes(BOM + b"a.mp4 1\nb.mp4 0\n")
+    assert [Path(r.path).name for r in read_video_list(listing).records] == ["a.mp4", "b.mp4"]
+
+
+@pytest.mark.parametrize("case", sorted(_reader_cases()))
+def test_every_reader_names_file_and_line_of_non_utf8_text(tmp_path, case):
+    files, varied, read = _reader_cases()[case]
+    line = 2 if files[varied].count("\n") >= 2 else 1
+    _write_case(tmp_path, files, varied, bad_at=line)
+    with pytest.raises(AnnotationError, match="not UTF-8") as exc_info:
+        read(tmp_path)
+    assert f"{tmp_path / varied}:{line}:" in str(exc_info.value)
+
+
+def test_annotation_file_that_is_not_a_regular_file(tmp_path):
+    # a FIFO would block the read forever; a folder is not a list either
+    fifo = tmp_path / "list.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(AnnotationError, match="not a regular file"):
+        read_video_list(fifo)
+    with pytest.raises(AnnotationError, match="not a regular file"):
+        read_class_names(tmp_path)

@@ -94,3 +94,44 @@ def test_dense_train_never_picks_the_last_window():
         for s in range(50)
     }
     assert starts == {0}
+
+
+@pytest.mark.parametrize("mode", ["train", "val", "test"])
+@pytest.mark.parametrize("frames", [1, 5, 8, 20, 30, 56, 57, 63, 64, 65, 100, 300])
+@pytest.mark.parametrize("segments", [4, 8, 16])
+def test_dense_ordered_never_goes_back_in_time(mode, frames, segments):
+    # direction-sensitive data: a wrapped dense window plays the end of a short video before
+    # its start; "ordered" shrinks the window to the video so indices never decrease
+    for seed in range(3):
+        clips = segment_indices(
+            frames, segments, mode=mode, dense="ordered", rng=random.Random(seed)
+        )
+        for clip in clips:
+            assert len(clip) == segments
+            assert all(0 <= f < frames for f in clip)
+            assert clip == sorted(clip), (frames, segments, clip)
+            if frames >= segments:  # enough frames: no frame repeated either
+                assert len(set(clip)) == segments, clip
+
+
+def test_dense_ordered_equals_reference_when_the_window_fits():
+    for frames in (57, 64, 65, 100, 300):  # 8 frames x stride 8 span 57 frames
+        for mode in ("val", "test"):
+            assert segment_indices(frames, 8, mode=mode, dense="ordered") == segment_indices(
+                frames, 8, mode=mode, dense=True
+            )
+        for seed in range(5):
+            ordered = segment_indices(
+                frames, 8, mode="train", dense="ordered", rng=random.Random(seed)
+            )
+            wrapped = segment_indices(frames, 8, mode="train", dense=True, rng=random.Random(seed))
+            assert ordered == wrapped
+
+
+def test_dense_wrap_is_the_reference_and_goes_back_in_time():
+    # what "ordered" fixes: the reference (dense=True / "wrap") on 30 frames
+    (clip,) = segment_indices(30, 8, mode="val", dense="wrap")
+    assert clip == [0, 8, 16, 24, 2, 10, 18, 26]
+    assert segment_indices(30, 8, mode="val", dense="ordered") == segment_indices(30, 8, mode="val")
+    with pytest.raises(ValueError, match="dense must be"):
+        segment_indices(30, 8, dense="backwards")

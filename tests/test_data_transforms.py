@@ -21,6 +21,7 @@ from timeshift.data.transforms import (
     ThreeCrop,
     eval_transforms,
     fixed_crop_offsets,
+    mirrored_views,
     train_transforms,
 )
 
@@ -292,6 +293,25 @@ def test_ten_crop():
         assert torch.equal(out[5 + i], torch.flip(crop, dims=[-1])), f"mirror {i}"
 
 
+@pytest.mark.parametrize("crops", [1, 3, 10])
+@pytest.mark.parametrize("clips", [1, 2])
+def test_mirrored_views_names_the_mirrored_outputs(crops, clips):
+    # left-right asymmetric content, different per clip: a view is mirrored iff it equals the
+    # horizontal flip of an unmirrored view (and no unmirrored view is a flip of another)
+    views = _clip(16, 24).repeat(clips, 1, 1, 1, 1)
+    views += torch.arange(clips, dtype=torch.uint8).view(-1, 1, 1, 1, 1) * 50
+    transform = eval_transforms(8, crops=crops, scale_size=16, mean=(0,) * 3, std=(1,) * 3)
+    out, _ = transform(views, 0, random.Random(0))
+    flags = mirrored_views(crops, clips)
+    assert len(flags) == out.shape[0] == crops * clips
+    plain = [out[k] for k, m in enumerate(flags) if not m]
+    for k, mirrored in enumerate(flags):
+        is_flip = any(torch.equal(out[k], p.flip(-1)) for p in plain)
+        assert is_flip == mirrored, k
+    with pytest.raises(ValueError, match="crops must be"):
+        mirrored_views(5)
+
+
 def test_resize_shorter():
     clip = _clip(12, 20)
     out, label = ResizeShorter(6)(clip, 5, None)
@@ -402,6 +422,17 @@ def test_flip_label_map_errors():
     with pytest.raises(ValueError, match="not in the class list") as exc_info:
         flip_label_map(classes, "sthv2")
     assert "Pulling something from left to right" in str(exc_info.value)
+
+
+def test_flip_label_map_class_subset():
+    # a subset of the synthetic classes (some families): pairs absent as a whole are skipped
+    classes = ["moving up", "moving down", "rotating anticlockwise", "rotating clockwise"]
+    with pytest.raises(ValueError, match="not in the class list"):
+        flip_label_map(classes, "synthetic")
+    assert flip_label_map(classes, "synthetic", allow_absent=True) == {2: 3, 3: 2}
+    # half a pair: a mirrored "moving left" would need "moving right", which the list lacks
+    with pytest.raises(ValueError, match="moving right"):
+        flip_label_map(["moving left", "growing"], "synthetic", allow_absent=True)
 
 
 def test_train_transforms_flip_swaps_label():

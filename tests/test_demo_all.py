@@ -1,6 +1,7 @@
 """`demo --all` at small scale: every temporal module learns what TSN cannot (the direction)."""
 
 import json
+from pathlib import Path
 
 from timeshift.engine.demo import ALL_VARIANTS, format_results, run_demo
 
@@ -40,3 +41,8 @@ def test_every_temporal_module_beats_tsn_on_the_order_sensitive_classes(tmp_path
     assert (tmp_path / "all" / "accuracy_vs_cost.png").is_file()
     table = format_results(results)
     assert "bLVNet-TAM" in table and "I3D-replace" in table
+    # the demo says where its generated dataset is: the README's next commands need it
+    assert f"dataset: {results['data']['root']}" in table
+    assert Path(results["data"]["val"]).is_file() and Path(results["data"]["val"]).parent == Path(
+        results["data"]["root"]
+    )

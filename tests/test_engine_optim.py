@@ -93,3 +93,24 @@ def test_metrics_on_known_inputs():
     assert report["confusion"].tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
     assert report["support"] == [1, 3, 0]
     assert math.isnan(report["per_class"][2])
+
+
+def test_step_schedule_does_not_depend_on_the_run_length():
+    """Why resuming a step-schedule run with more epochs continues it exactly, while a cosine
+    run's other length is refused (timeshift.engine.config.check_resume_config)."""
+
+    def lrs(kind, epochs):
+        model = _model()
+        opt = build_optimizer(model, lr=0.1)
+        sched = build_scheduler(
+            opt, kind=kind, epochs=epochs, steps_per_epoch=3, milestones=[1, 2], warmup_epochs=0.5
+        )
+        out = []
+        for _ in range(6):  # the first two epochs
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs("step", 2) == lrs("step", 5)
+    assert lrs("cosine", 2) != pytest.approx(lrs("cosine", 5))

@@ -256,3 +256,37 @@ def test_backbone_and_model_options():
     )
     assert model.backbone.layer1[0].conv1.fold_div == 4
     assert isinstance(model.dropout, nn.Identity)
+
+
+TINY = timeshift.list_models("*tiny*")
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_model_validates_its_input(name):
+    """Empty batches give empty logits; other dtypes and shapes get errors naming what is
+    expected (issue 13: ZeroDivisionError, raw dtype errors)."""
+    model = timeshift.create_model(name, num_classes=5, num_segments=4).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(0, 4, 3, 32, 32)).shape == (0, 5)
+    for dtype in (torch.float64, torch.uint8):
+        with pytest.raises(TypeError, match="expected float32"):
+            model(torch.zeros(1, 4, 3, 32, 32, dtype=dtype))
+    with pytest.raises(ValueError, match=r"\(N, T, C, H, W\) with T=4"):
+        model(torch.zeros(1, 3, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_model_round_trips_through_the_checked_loader(name, tmp_path):
+    """load_model builds each model on the meta device first, compares it with the weights,
+    then loads them: every family must support that, with and without a DDP prefix."""
+    model = timeshift.create_model(name, num_classes=5, num_segments=4).eval()
+    path = timeshift.save_model(model, tmp_path / "m.pt", meta={"classes": list("abcde")})
+    loaded = timeshift.load_model(path).eval()
+    x = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x))
+    prefixed = {"module." + k: v for k, v in model.state_dict().items()}
+    fresh = timeshift.create_model(name, num_classes=5, num_segments=4).eval()
+    assert not timeshift.load_checkpoint(fresh, prefixed).dropped
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))

@@ -245,3 +245,72 @@ def test_camera_index_reads_opencv_frames_as_rgb(monkeypatch):
     frames = list(source)
     assert source.name == "camera 1" and source.fps == 30.0 and len(frames) == 3
     assert frames[0][0, 0].tolist() == [0, 0, 255]  # RGB
+
+
+def _vfr_video(path):
+    from fractions import Fraction
+
+    from test_data_decode import VFR_MS
+
+    from conftest import encode_video
+
+    encode_video(
+        path,
+        palette_frames(len(VFR_MS), 48, 64),
+        codec="libx264",
+        options={"g": "4", "bf": "2"},
+        time_base=Fraction(1, 1000),
+        pts=lambda k: 2000 + VFR_MS[k],
+    )
+    return str(path), [ms / 1000 for ms in VFR_MS]
+
+
+@pytest.mark.parametrize("backend", ["pyav", "opencv"])
+def test_variable_frame_rate_stream_times_are_the_frames_own(tmp_path, monkeypatch, backend):
+    import builtins
+
+    path, truth = _vfr_video(tmp_path / "vfr.mp4")
+    if backend == "opencv":  # the fallback when PyAV is not installed
+        real_import = builtins.__import__
+
+        def no_av(name, *args, **kwargs):
+            if name == "av":
+                raise ImportError("no av")
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", no_av)
+
+    class Constant:  # the times do not depend on the model
+        def reset(self):
+            pass
+
+        def step(self, frame):
+            return torch.zeros(4)
+
+    records = []
+    run_stream(path, Constant(), input_size=S, on_frame=records.append)
+    assert [r["time"] for r in records] == pytest.approx(truth, abs=1e-3)
+    source = open_source(path)
+    assert [t for _, t in source.timed()] == pytest.approx(truth, abs=1e-3)
+
+
+def test_stream_refuses_special_files_and_huge_frames(tmp_path, video):
+    from test_data_decode import finishes, special_files
+
+    files = special_files(tmp_path / "special")
+    for path in files.values():
+        with pytest.raises(VideoDecodeError, match=rf"{path.name}: not a regular file"):
+            finishes(lambda p=path: open_source(p), fifos=[files["fifo"]])
+    with pytest.raises(VideoDecodeError, match=r"clip\.mp4: .*over the limit of 100 pixels"):
+        open_source(video, max_frame_pixels=100)
+    with pytest.raises(VideoDecodeError, match="not a regular file but a FIFO"):
+        finishes(lambda: run_stream(files["fifo"], None, input_size=S), fifos=[files["fifo"]])
+
+
+def test_a_plain_frame_source_is_timed_by_its_rate():
+    from timeshift.online.stream import FrameSource
+
+    frames = palette_frames(3, 48, 64)
+    source = FrameSource("mine", iter(frames), fps=4.0)
+    assert [t for _, t in source.timed()] == [0.0, 0.25, 0.5]
+    assert [t for _, t in FrameSource("x", iter(frames), fps=None).timed()] == [None] * 3

@@ -13,6 +13,13 @@ from timeshift.bench.commands import add_bench_parser
 __all__ = ["main"]
 
 
+def json_dumps(value, **kwargs) -> str:
+    """Strict JSON (NaN -> null) for ``--json`` output."""
+    from timeshift.engine.metrics import json_dumps as dumps
+
+    return dumps(value, **kwargs)
+
+
 def _format_count(n: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= scale:
@@ -84,6 +91,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         families=tuple(args.families or FAMILIES),
     )
     paths = make_synthetic(args.out_dir, spec)
+    print(f"dataset     {paths['root'].resolve()}")
     print(f"train list  {paths['train']}")
     print(f"val list    {paths['val']}")
     print(f"classes     {paths['classes']}")
@@ -99,6 +107,7 @@ def cmd_data_extract(args: argparse.Namespace) -> int:
         root=args.root,
         short_side=args.short_side or None,
         workers=args.workers,
+        max_frames=args.max_frames,
     )
     print(
         f"extracted {result.extracted}, already done {result.skipped}, failed "
@@ -120,8 +129,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.seed={args.seed}")
     cfg = load_config(args.config, overrides)
     output = args.output or str(Path("runs") / Path(args.config).stem)
-    result = fit(cfg, output, resume=args.resume, device=args.device, progress=not args.no_progress)
-    if result:
+    result = fit(
+        cfg,
+        output,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.no_progress,
+        allow_config_change=args.allow_config_change,
+    )
+    if result:  # rank 0 only: the other ranks of a torchrun get {}
         best = result.get("best_val_top1", float("nan"))
         print(f"done: best top-1 {best:.4f}; checkpoints in {output} (last.pt, best.pt)")
     return 0
@@ -173,16 +189,17 @@ def cmd_test(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.no_progress,
         )
+        output_error = next((r["output_error"] for r in rows if "output_error" in r), None)
         if args.json:
-            print(json.dumps(rows))
-            return 0
-        print("early recognition: accuracy after observing the first part of each video")
-        print(f"  {'observed':>8} {'top-1':>7} {'top-5':>7}")
-        for r in rows:
-            print(f"  {100 * r['observed']:7.0f}% {r['top1']:7.4f} {r['top5']:7.4f}")
-        if args.output:
-            print(f"early.csv, early.json, early.png in {args.output}")
-        return 0
+            print(json_dumps(rows))
+        else:
+            print("early recognition: accuracy after observing the first part of each video")
+            print(f"  {'observed':>8} {'top-1':>7} {'top-5':>7}")
+            for r in rows:
+                print(f"  {100 * r['observed']:7.0f}% {r['top1']:7.4f} {r['top5']:7.4f}")
+            if args.output and not output_error:
+                print(f"early.csv, early.json, early.png in {args.output}")
+        return _output_status(output_error)
     summary = test_checkpoints(
         checkpoints,
         args.data,
@@ -193,13 +210,22 @@ def cmd_test(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.json:
-        print(json.dumps(summary))
+        print(json_dumps(summary))
     else:
         _print_test(summary)
-        if args.output:
+        if args.output and "output_error" not in summary:
             print(
                 f"metrics.json, per_class.csv, confusion.csv/png, predictions.json in {args.output}"
             )
+    return _output_status(summary.get("output_error"))
+
+
+def _output_status(error: str | None) -> int:
+    """Exit status of a finished evaluation: 1 when its files could not be written (the result
+    was printed all the same)."""
+    if error:
+        print(f"timeshift: error: {error}; the result above was not saved", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -218,22 +244,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.json:
-        print(json.dumps(results, indent=1))
-        return 0
-    for item in results:
-        print(item["path"])
-        if "error" in item:
-            print(f"  error: {item['error']}")
-            continue
-        for entry in item["top"]:
-            print(f"  {entry['score']:.3f}  {entry['label']}")
+        print(json_dumps(results, indent=1))
+    else:
+        for item in results:
+            print(item["path"])
+            if "error" in item:
+                print(f"  error: {item['error']}")
+                continue
+            for entry in item["top"]:
+                print(f"  {entry['score']:.3f}  {entry['label']}")
+    failed = sum("error" in item for item in results)
+    if failed == len(results):
+        print(
+            f"timeshift: error: no input could be predicted ({failed} errors, listed above)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def _load_checkpoint_arg(args: argparse.Namespace):
-    """CHECKPOINT of ours, or any supported format with --model/--num-classes/--frames."""
+    """CHECKPOINT of ours, or any supported format with --model/--num-classes/--frames.
+
+    ``--frames`` without ``--model`` rebuilds our checkpoint's model for that many frames
+    (default: the checkpoint's)."""
     from timeshift.models.checkpoints import load_model
 
+    if args.model is None and (args.num_classes is not None or args.direction):
+        given = "--num-classes" if args.num_classes is not None else "--direction"
+        raise ValueError(
+            f"{given} applies with --model only (a timeshift checkpoint stores its classes and "
+            "options); to change the class count, fine-tune with train"
+        )
     kwargs = {"direction": args.direction} if args.direction else {}
     return load_model(
         args.checkpoint,
@@ -269,6 +311,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     print(f"  inputs   {', '.join(result.inputs)}")
     print(f"  outputs  {', '.join(result.outputs)}")
+    report = getattr(model, "load_report", None)
+    if report is not None:  # load_model refuses dropped or left-initialised weights
+        loaded = f"all {len(report.loaded)} tensors from {args.checkpoint}"
+        print(f"  weights  {loaded} ({report.source} format)")
     if result.online:
         floats = sum(_prod(s) for s in meta["cache_shapes"])
         print(f"  cache    {len(meta['cache_shapes'])} tensors, {floats:,} floats per stream")
@@ -290,23 +336,38 @@ def _stream_recognizer(args: argparse.Namespace):
     PyTorch or on onnxruntime (exported once and cached)."""
     from pathlib import Path
 
-    from timeshift.engine.runtime import exported_onnx, resolve_backend
+    from timeshift.engine.runtime import onnx_or_pytorch, resolve_backend
     from timeshift.export import OnnxOnlineRecognizer
     from timeshift.online import OnlineRecognizer
 
     if Path(args.checkpoint).suffix == ".onnx":
+        if args.model or args.frames:
+            raise ValueError("--model/--frames do not apply to an ONNX export (it is built)")
         recognizer = OnnxOnlineRecognizer(args.checkpoint)
         return recognizer, recognizer.meta, "onnxruntime"
+    if args.frames is not None and args.model is None:
+        raise ValueError(
+            "--frames does not apply to stream: the online model runs frame by frame whatever "
+            "its clip length (with --model it sets the num_segments the model is built with)"
+        )
     model = _load_checkpoint_arg(args).eval()
     meta = dict(model.checkpoint_meta)
     meta.setdefault("input_size", args.size or 224)
     if args.size:
         meta["input_size"] = args.size
     backend = resolve_backend("onnxruntime" if args.onnx else args.backend, "cpu")
-    if backend == "eager":
+    path = None
+    if backend != "eager":  # a cache or disk that cannot be written: PyTorch under auto
+        path = onnx_or_pytorch(
+            model,
+            backend="onnxruntime" if args.onnx else args.backend,
+            size=meta["input_size"],
+            online=True,
+            drop_future=args.drop_future,
+        )
+    if path is None:
         model.set_channels_last(args.format != "contiguous")
         return OnlineRecognizer(model, drop_future=args.drop_future), meta, "pytorch"
-    path = exported_onnx(model, size=meta["input_size"], online=True, drop_future=args.drop_future)
     return OnnxOnlineRecognizer(path), meta, "onnxruntime"
 
 
@@ -376,7 +437,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "(reference TSM, MMAction2, torchvision); default: CHECKPOINT is a timeshift checkpoint",
     )
     p.add_argument("--num-classes", type=int, help="with --model")
-    p.add_argument("--frames", type=int, default=8, help="with --model: num_segments (8)")
+    p.add_argument(
+        "--frames",
+        type=int,
+        help="frames per clip (num_segments): default the checkpoint's, 8 with --model; "
+        "another value rebuilds the model for it (TSN/TSM/TAM weights do not depend on it)",
+    )
     p.add_argument("--direction", choices=("bidirectional", "unidirectional"), help="with --model")
 
 
@@ -438,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", help="DIR/last.pt of an earlier run")
+    p.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume although the configuration differs from the run's (the differences "
+        "are listed; the new values apply from the next epoch)",
+    )
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override config keys")
     p.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -579,9 +651,18 @@ def build_parser() -> argparse.ArgumentParser:
     d = data.add_parser("extract-frames", help="decode videos into JPEG frame folders")
     d.add_argument("video_list", help="video list ('path label') or class-per-folder tree")
     d.add_argument("out_dir")
-    d.add_argument("--root", help="folder the list's paths are relative to")
+    d.add_argument(
+        "--root", help="folder the list's paths are relative to (default: the list's folder)"
+    )
     d.add_argument("--short-side", type=int, default=256, help="resize; 0 keeps the size")
     d.add_argument("--workers", type=int, default=1)
+    d.add_argument(
+        "--max-frames",
+        type=int,
+        default=108_000,
+        help="refuse videos with more frames (default: one hour at 30 fps); the frame size "
+        "limit is TIMESHIFT_MAX_FRAME_PIXELS (default 4096x4096)",
+    )
     d.set_defaults(func=cmd_data_extract)
     return parser
 
@@ -595,7 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (KeyError, ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
+    # OSError: a read-only or full output folder, a missing file (FileNotFoundError)
+    except (KeyError, ValueError, OSError, RuntimeError, ImportError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"timeshift: error: {message}", file=sys.stderr)
         return 2

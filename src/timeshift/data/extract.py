@@ -113,6 +113,7 @@ def extract_frames(
     template: str = DEFAULT_TEMPLATE,
     list_name: str | None = None,
     progress: bool = True,
+    **_unused,
 ) -> ExtractResult:
     """Extract frames of every video in ``video_list`` (a video list or class-folder tree).
 

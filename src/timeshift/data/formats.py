@@ -10,18 +10,25 @@ number and the expected format.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+_logger = logging.getLogger(__name__)
+
 __all__ = [
     "FORMATS",
+    "MAX_MISSING_FRACTION",
     "VIDEO_EXTENSIONS",
     "AnnotationError",
     "Annotations",
     "SampleRecord",
+    "check_paths",
     "kinetics_file_name",
     "read_annotations",
     "read_class_names",
@@ -32,6 +39,7 @@ __all__ = [
     "read_sthv2",
     "read_ucf101_split",
     "read_video_list",
+    "require_labels",
     "write_rawframe_list",
     "write_video_list",
 ]
@@ -43,6 +51,10 @@ class AnnotationError(ValueError):
     """An annotation file is malformed; the message names the file and line."""
 
 
+# more missing paths than this fraction of a list: fail before any work (likely a wrong root)
+MAX_MISSING_FRACTION = 0.5
+
+
 @dataclass(frozen=True)
 class SampleRecord:
     """One video of a dataset.
@@ -52,36 +64,72 @@ class SampleRecord:
         label: class index (``-1`` when unknown, e.g. a test split).
         num_frames: frame count if the annotation gives it.
         offset: index of the first frame of the sample inside the video/folder (0-based).
+        line: line (or entry) of the annotation file it comes from, for error messages.
     """
 
     path: str
     label: int
     num_frames: int | None = None
     offset: int = 0
+    line: int | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
 class Annotations:
+    """Records and class names; ``source`` names the annotation file (or folder) they came from
+    and ``root`` the folder relative paths were resolved against."""
+
     records: list[SampleRecord]
     classes: list[str] = field(default_factory=list)
+    source: str | None = None
+    root: str | None = None
 
     def __len__(self) -> int:
         return len(self.records)
 
 
 def _join(root: str | os.PathLike | None, path: str) -> str:
-    return str(Path(root) / path) if root is not None else path
+    """``path`` of an annotation file: absolute as written, else relative to ``root``.
+
+    Readers pass the annotation file's folder as ``root`` when the caller gives none, so a list
+    means the same files from whatever directory it is read.
+    """
+    if root is None or os.path.isabs(path):
+        return path
+    return str(Path(root) / path)
+
+
+def _base(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
+    """The folder relative paths of annotation file ``path`` resolve against."""
+    return str(root) if root is not None else str(Path(path).parent)
+
+
+def _read_text(path: str | os.PathLike) -> str:
+    """The whole annotation file as text: UTF-8 with or without a byte-order mark."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    if not path.is_file():  # a FIFO or a device would block a read forever
+        raise AnnotationError(f"{path}: not a regular file (expected an annotation text file)")
+    data = path.read_bytes()
+    try:
+        # utf-8-sig drops a leading BOM (Windows editors write one) instead of keeping it as
+        # part of the first path or class name
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise AnnotationError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 1]!r}"
+            "); save the file as UTF-8"
+        ) from None
 
 
 def _lines(path: str | os.PathLike) -> Iterable[tuple[int, str]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if line and not line.startswith("#"):
-                yield number, line
+    # newline=None: \n, \r\n and \r end a line, as reading in text mode does
+    for number, line in enumerate(io.StringIO(_read_text(path), newline=None), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield number, line
 
 
 def _int(text: str, path, number: int, expected: str, line: str) -> int:
@@ -141,10 +189,12 @@ def read_rawframe_list(
 ) -> Annotations:
     """The reference TSM list / MMAction2 rawframe list: ``frame_dir num_frames label``.
 
-    With ``with_offset`` the MMAction2 variant ``frame_dir offset num_frames label``.
+    With ``with_offset`` the MMAction2 variant ``frame_dir offset num_frames label``. Relative
+    paths are relative to ``root``, or to the list file's folder when ``root`` is not given.
     """
     expected = "frame_dir offset num_frames label" if with_offset else "frame_dir num_frames label"
     names = _given_classes(classes)
+    base = _base(path, root)
     records = []
     for number, line in _lines(path):
         parts = line.split()
@@ -158,8 +208,9 @@ def read_rawframe_list(
                 f"got {line!r}"
             )
         label = _label(parts[-1], names, path, number, expected, line)
-        records.append(SampleRecord(_join(root, parts[0]), label, count, offset))
-    return Annotations(records, names if names is not None else _default_classes(records))
+        records.append(SampleRecord(_join(base, parts[0]), label, count, offset, line=number))
+    classes = names if names is not None else _default_classes(records)
+    return Annotations(records, classes, source=str(path), root=base)
 
 
 def read_video_list(
@@ -168,29 +219,44 @@ def read_video_list(
     root: str | os.PathLike | None = None,
     classes: Sequence[str] | str | os.PathLike | None = None,
 ) -> Annotations:
-    """MMAction2 video list: ``path label`` per line (the path may not contain spaces)."""
+    """MMAction2 video list: ``path label`` per line (the path may not contain spaces).
+
+    Relative paths are relative to ``root``, or to the list file's folder without ``root``.
+    """
     expected = "path label"
     names = _given_classes(classes)
+    base = _base(path, root)
     records = []
     for number, line in _lines(path):
         parts = line.split()
         if len(parts) != 2:
             raise AnnotationError(f"{path}:{number}: expected '{expected}', got {line!r}")
         label = _label(parts[1], names, path, number, expected, line)
-        records.append(SampleRecord(_join(root, parts[0]), label))
-    return Annotations(records, names if names is not None else _default_classes(records))
+        records.append(SampleRecord(_join(base, parts[0]), label, line=number))
+    classes = names if names is not None else _default_classes(records)
+    return Annotations(records, classes, source=str(path), root=base)
 
 
-def _list_name(record: SampleRecord, root) -> str:
-    name = os.path.relpath(record.path, root) if root is not None else record.path
+def _list_name(record: SampleRecord, root, list_path) -> str:
+    """The path as a list line writes it: relative to ``root``; without ``root`` relative to
+    the list's folder when the path lies below it (readers resolve against that folder), else
+    absolute."""
+    if root is not None:
+        name = os.path.relpath(record.path, root)
+    else:
+        folder = os.path.abspath(Path(list_path).parent)
+        name = os.path.abspath(record.path)
+        if os.path.commonpath([folder, name]) == folder:
+            name = os.path.relpath(name, folder)
     if any(c.isspace() for c in name):
         raise ValueError(f"list files separate fields by spaces; cannot write path {name!r}")
     return name
 
 
 def write_video_list(path: str | os.PathLike, records: Iterable[SampleRecord], *, root=None):
-    """Write ``path label`` lines (paths relative to ``root`` when given)."""
-    lines = [f"{_list_name(r, root)} {r.label}\n" for r in records]
+    """Write ``path label`` lines (paths relative to ``root`` when given, else to the list's
+    folder, as :func:`read_video_list` reads them)."""
+    lines = [f"{_list_name(r, root, path)} {r.label}\n" for r in records]
     Path(path).write_text("".join(lines), encoding="utf-8")
 
 
@@ -198,7 +264,7 @@ def write_rawframe_list(
     path: str | os.PathLike, records: Iterable[SampleRecord], *, root=None, with_offset=False
 ):
     """Write reference-format ``frame_dir num_frames label`` lines (``frame_dir offset
-    num_frames label`` with ``with_offset``)."""
+    num_frames label`` with ``with_offset``); paths as :func:`write_video_list` writes them."""
     lines = []
     for r in records:
         if r.num_frames is None:
@@ -206,17 +272,14 @@ def write_rawframe_list(
         if r.offset and not with_offset:
             raise ValueError(f"{r.path}: offset {r.offset} needs with_offset=True")
         offset = f" {r.offset}" if with_offset else ""
-        lines.append(f"{_list_name(r, root)}{offset} {r.num_frames} {r.label}\n")
+        lines.append(f"{_list_name(r, root, path)}{offset} {r.num_frames} {r.label}\n")
     Path(path).write_text("".join(lines), encoding="utf-8")
 
 
 def _load_json(path: str | os.PathLike):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
+    text = _read_text(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise AnnotationError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
 
@@ -232,7 +295,8 @@ def read_sthv2(
     (``[{"id", "label", "template", "placeholders"}]``; test files carry only ``id``).
 
     The label of a video is its ``template`` with the ``[...]`` brackets removed, looked up in
-    ``labels.json``; videos are ``{id}{extension}`` under ``video_root``.
+    ``labels.json``; videos are ``{id}{extension}`` under ``video_root`` (default: the
+    annotation file's folder).
     """
     mapping = _load_json(labels_json)
     if not isinstance(mapping, dict):
@@ -245,6 +309,7 @@ def read_sthv2(
     entries = _load_json(annotations_json)
     if not isinstance(entries, list):
         raise AnnotationError(f"{annotations_json}: expected a list of annotation objects")
+    base = _base(annotations_json, video_root)
     records = []
     for number, entry in enumerate(entries, start=1):
         if not isinstance(entry, dict) or "id" not in entry:
@@ -261,8 +326,9 @@ def read_sthv2(
                     f"{template!r} is not in {labels_json}"
                 )
             label = index[template]
-        records.append(SampleRecord(_join(video_root, f"{entry['id']}{extension}"), label))
-    return Annotations(records, classes)
+        path = _join(base, f"{entry['id']}{extension}")
+        records.append(SampleRecord(path, label, line=number))
+    return Annotations(records, classes, source=str(annotations_json), root=base)
 
 
 def kinetics_file_name(youtube_id: str, start: float, end: float, extension: str = ".mp4") -> str:
@@ -288,10 +354,7 @@ def read_kinetics_csv(
     if missing not in ("skip", "keep", "raise"):
         raise ValueError(f"missing must be 'skip', 'keep' or 'raise', got {missing!r}")
     path = Path(csv_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
+    rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
     if not rows:
         raise AnnotationError(f"{path}: empty file")
     header = [h.strip() for h in rows[0]]
@@ -343,11 +406,10 @@ def read_kinetics_csv(
             if missing == "skip":
                 continue
             found = candidates[0]
-        records.append(SampleRecord(str(found), index[label] if label is not None else -1))
+        label_index = index[label] if label is not None else -1
+        records.append(SampleRecord(str(found), label_index, line=number))
     if absent:
-        import logging
-
-        logging.getLogger(__name__).warning(
+        _logger.warning(
             "%s: %d of %d videos not found under %s (%s)",
             path,
             absent,
@@ -355,7 +417,7 @@ def read_kinetics_csv(
             video_root,
             "skipped" if missing == "skip" else "kept",
         )
-    return Annotations(records, names)
+    return Annotations(records, names, source=str(path), root=str(video_root))
 
 
 def read_ucf101_split(
@@ -366,8 +428,10 @@ def read_ucf101_split(
 ) -> Annotations:
     """UCF101 splits: ``classInd.txt`` (``1 ApplyEyeMakeup``) and ``trainlist01.txt``
     (``ApplyEyeMakeup/v_..._c01.avi 1``, 1-based label) or ``testlist01.txt`` (path only; the
-    label comes from the class folder)."""
+    label comes from the class folder). Videos are under ``video_root`` (default: the split
+    file's folder)."""
     classes = read_class_names(class_ind)
+    base = _base(split_file, video_root)
     by_name = {name.lower(): i for i, name in enumerate(classes)}
     expected = "ClassName/video.avi [label]"
     records = []
@@ -386,8 +450,8 @@ def read_ucf101_split(
             )
         if not 0 <= label < len(classes):
             raise AnnotationError(f"{split_file}:{number}: label out of range in {line!r}")
-        records.append(SampleRecord(_join(video_root, parts[0]), label))
-    return Annotations(records, classes)
+        records.append(SampleRecord(_join(base, parts[0]), label, line=number))
+    return Annotations(records, classes, source=str(split_file), root=base)
 
 
 def read_hmdb51_split(
@@ -398,7 +462,8 @@ def read_hmdb51_split(
     video_root: str | os.PathLike | None = None,
 ) -> Annotations:
     """HMDB51's official per-class split files ``<class>_test_split<k>.txt`` whose lines are
-    ``video.avi 1|2|0`` (1 train, 2 test, 0 unused); videos under ``video_root/<class>/``."""
+    ``video.avi 1|2|0`` (1 train, 2 test, 0 unused); videos under ``video_root/<class>/``
+    (default: the split folder)."""
     wanted = {"train": "1", "test": "2"}.get(subset)
     if wanted is None:
         raise ValueError(f"subset must be 'train' or 'test', got {subset!r}")
@@ -407,6 +472,7 @@ def read_hmdb51_split(
     if not files:
         raise FileNotFoundError(f"no '*{suffix}' files in {split_dir}")
     classes = [f.name[: -len(suffix)] for f in files]
+    base = str(video_root) if video_root is not None else str(split_dir)
     records = []
     for label, file in enumerate(files):
         for number, line in _lines(file):
@@ -414,33 +480,139 @@ def read_hmdb51_split(
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                 raise AnnotationError(f"{file}:{number}: expected 'video.avi 0|1|2', got {line!r}")
             if parts[1] == wanted:
-                records.append(
-                    SampleRecord(_join(video_root, f"{classes[label]}/{parts[0]}"), label)
-                )
-    return Annotations(records, classes)
+                path = _join(base, f"{classes[label]}/{parts[0]}")
+                records.append(SampleRecord(path, label, line=number))
+    return Annotations(records, classes, source=str(split_dir), root=base)
+
+
+def _folder_key(name: str) -> str:
+    # "moving left" is written to disk as "moving_left"; case and space/underscore runs are
+    # not part of a class's identity
+    return re.sub(r"[\s_]+", "_", name.strip().lower())
+
+
+def _folder_labels(root: Path, folders: list[str], classes: list[str]) -> dict[str, int]:
+    """The class index of each sub-folder: its name in ``classes`` (exactly, else ignoring
+    case and spaces vs underscores); a folder naming no class is an error."""
+    exact = {name: i for i, name in enumerate(classes)}
+    keys: dict[str, list[int]] = {}
+    for i, name in enumerate(classes):
+        keys.setdefault(_folder_key(name), []).append(i)
+    labels, unknown = {}, []
+    for folder in folders:
+        found = exact.get(folder)
+        if found is None and len(keys.get(_folder_key(folder), [])) == 1:
+            found = keys[_folder_key(folder)][0]
+        if found is None:
+            unknown.append(folder)
+        else:
+            labels[folder] = found
+    if unknown:
+        shown = ", ".join(repr(c) for c in classes[:20])
+        more = f", ... ({len(classes)} in all)" if len(classes) > 20 else ""
+        raise AnnotationError(
+            f"{root}: class folder(s) {', '.join(repr(u) for u in unknown)} name no class of "
+            f"the model; known classes: {shown}{more}. Rename or remove the folder, or test "
+            "with a list file"
+        )
+    return labels
 
 
 def read_folder_tree(
     root: str | os.PathLike,
     *,
+    classes: Sequence[str] | str | os.PathLike | None = None,
     extensions: Sequence[str] = VIDEO_EXTENSIONS,
     frames: bool = False,
 ) -> Annotations:
-    """``root/<class>/<video>`` (or ``<frame folder>`` with ``frames=True``); classes sorted."""
+    """``root/<class>/<video>`` (or ``<frame folder>`` with ``frames=True``).
+
+    Without ``classes`` the sorted sub-folder names are the classes. With ``classes`` (a model's
+    or a training set's class list, or a class-name file) each sub-folder is labelled by the
+    index of its name in that list -- a folder holding some of the classes keeps the model's
+    labels -- and a folder naming no class raises :class:`AnnotationError`.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder not found: {root}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if not classes:
+    # hidden folders (.git, .ipynb_checkpoints) are never classes
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
         raise AnnotationError(f"{root}: expected one sub-folder per class, found none")
+    names = _given_classes(classes)
+    if names is None:
+        names, labels = folders, {name: i for i, name in enumerate(folders)}
+    else:
+        labels = _folder_labels(root, folders, names)
     records = []
-    for label, name in enumerate(classes):
-        for item in sorted((root / name).iterdir()):
+    for folder in folders:
+        for item in sorted((root / folder).iterdir()):
             if (frames and item.is_dir()) or (
                 not frames and item.is_file() and item.suffix.lower() in extensions
             ):
-                records.append(SampleRecord(str(item), label))
-    return Annotations(records, classes)
+                records.append(SampleRecord(str(item), labels[folder]))
+    records.sort(key=lambda r: r.label)  # stable: label order, then file order
+    return Annotations(records, names, source=str(root), root=str(root))
+
+
+def require_labels(ann: Annotations, *, purpose: str = "training") -> Annotations:
+    """``ann`` if every record has a class label in ``[0, len(classes))``, else
+    :class:`AnnotationError` naming the file and line of the first that has none (``-1``, what
+    test lists may carry) or an out-of-range one.
+
+    Training and validation call this up front, so an unlabelled list fails before any work
+    rather than as an ``IndexError`` in the middle of an epoch.
+    """
+    n = len(ann.classes)
+    bad = [r for r in ann.records if not 0 <= r.label < n]
+    if not bad:
+        return ann
+    first = bad[0]
+    where = ann.source or first.path
+    if first.line is not None:
+        json_like = where.endswith(".json")
+        where = f"{where}, entry {first.line}" if json_like else f"{where}:{first.line}"
+    what = "-1 (unknown)" if first.label == -1 else f"{first.label}, outside [0, {n})"
+    raise AnnotationError(
+        f"{where}: label {what} for {first.path} in a {purpose} list ({len(bad)} of "
+        f"{len(ann.records)} samples): every {purpose} sample needs a class index in [0, {n}); "
+        "unlabelled (-1) lists are for 'test'/'predict' only"
+    )
+
+
+def check_paths(
+    ann: Annotations,
+    *,
+    max_missing: float = MAX_MISSING_FRACTION,
+    show: int = 3,
+) -> int:
+    """Count the records whose path does not exist (one ``stat`` each) before any work.
+
+    More than ``max_missing`` of them missing usually means a wrong root: raises
+    :class:`AnnotationError` naming the list, the count, the first resolved paths and the folder
+    they were resolved against. A few missing are logged as a warning. Returns the count.
+    """
+    missing = [r.path for r in ann.records if not os.path.exists(r.path)]
+    if not missing:
+        return 0
+    source = ann.source or "annotations"
+    total = len(ann.records)
+    first = ", ".join(missing[:show])
+    if len(missing) > max_missing * total:
+        where = f"against {ann.root}" if ann.root is not None else "as written"
+        raise AnnotationError(
+            f"{source}: {len(missing)} of {total} listed paths do not exist (first: {first}); "
+            f"relative paths were resolved {where}. Pass --root (data.root / data.val_root) "
+            "with the folder the list's paths are relative to (default: the list's own folder)"
+        )
+    _logger.warning(
+        "%s: %d of %d listed paths do not exist (first: %s); they will be skipped",
+        source,
+        len(missing),
+        total,
+        first,
+    )
+    return len(missing)
 
 
 FORMATS = ("rawframes", "reference", "videos", "folder")
@@ -452,13 +624,22 @@ def read_annotations(
     format: str = "auto",
     root: str | os.PathLike | None = None,
     classes: Sequence[str] | str | os.PathLike | None = None,
+    labelled: bool = False,
+    check: bool = True,
 ) -> Annotations:
     """Read a list file or folder whose format is one of :data:`FORMATS` (or guessed).
 
-    ``auto``: a folder is a class-per-folder tree (its sub-folder names are the classes); a text
-    file with 3 fields per line a rawframe / reference list, 4 fields the MMAction2 variant with
-    an offset, 2 fields a video list. The JSON/CSV/split formats have their own readers
-    because they need several files.
+    ``auto``: a folder is a class-per-folder tree; a text file with 3 fields per line a
+    rawframe / reference list, 4 fields the MMAction2 variant with an offset, 2 fields a video
+    list. The JSON/CSV/split formats have their own readers because they need several files.
+
+    Args:
+        root: folder the list's relative paths are relative to (default: the list's folder).
+        classes: class names (list or file). A folder's sub-folders are then labelled by these
+            names (a model's classes), not by their own sorted order.
+        labelled: require a class label on every record (:func:`require_labels`): training and
+            validation lists; test lists may carry ``-1``.
+        check: fail before any work when most listed paths do not exist (:func:`check_paths`).
     """
     path = Path(path)
     with_offset = False
@@ -470,9 +651,15 @@ def read_annotations(
             format = "rawframes" if fields in (3, 4) else "videos"
             with_offset = fields == 4
     if format in ("rawframes", "reference"):
-        return read_rawframe_list(path, root=root, classes=classes, with_offset=with_offset)
-    if format == "videos":
-        return read_video_list(path, root=root, classes=classes)
-    if format == "folder":
-        return read_folder_tree(path)
-    raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
+        ann = read_rawframe_list(path, root=root, classes=classes, with_offset=with_offset)
+    elif format == "videos":
+        ann = read_video_list(path, root=root, classes=classes)
+    elif format == "folder":
+        ann = read_folder_tree(path, classes=classes)
+    else:
+        raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
+    if labelled:
+        require_labels(ann, purpose="training/validation")
+    if check:
+        check_paths(ann)
+    return ann

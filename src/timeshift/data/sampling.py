@@ -9,7 +9,11 @@ All indices are 0-based. With ``n`` frames and ``T`` segments:
   ``twice`` adds the clip at segment starts ``int(tick * i)`` (the reference's twice sampling).
 * ``dense``: ``T`` frames with stride ``64 // T`` in a 64-frame window (I3D-style), the window
   drawn at random for ``train``, centred for ``val`` and at 10 evenly spaced starts for ``test``
-  (``clips`` overrides); windows past the end wrap around.
+  (``clips`` overrides). ``dense=True`` (or ``"wrap"``) is the reference: a window past the end
+  of a short video wraps around modulo the frame count, so frames come out of temporal order.
+  ``dense="ordered"`` (what direction-sensitive data uses) shrinks the window to the video
+  instead: a window that would wrap becomes the segment centres of the whole video, so indices
+  never decrease.
 
 Short videos (``n < T``) repeat frames in order: ``int(tick / 2 + tick * i)`` with ``tick < 1``
 spreads the ``n`` frames evenly over the ``T`` slots (6 frames, 8 segments -> ``[0, 1, 1, 2, 3,
@@ -24,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DENSE_TEST_CLIPS", "DENSE_WINDOW", "MODES", "segment_indices"]
+__all__ = ["DENSE_MODES", "DENSE_TEST_CLIPS", "DENSE_WINDOW", "MODES", "segment_indices"]
 
 MODES = ("train", "val", "test")
+DENSE_MODES = ("wrap", "ordered")
 DENSE_WINDOW = 64
 DENSE_TEST_CLIPS = 10
 
@@ -54,9 +59,24 @@ def _centres(n: int, t: int, phase: float) -> list[int]:
     return [min(int(tick * phase + tick * i), n - 1) for i in range(t)]
 
 
-def _dense(n: int, t: int, start: int) -> list[int]:
+def _dense(n: int, t: int, start: int, ordered: bool = False) -> list[int]:
     stride = DENSE_WINDOW // t
+    if ordered and start + (t - 1) * stride >= n:
+        # the window does not fit: shrink it to the whole video rather than wrap (a wrapped
+        # clip plays the end before the start, i.e. partly backwards)
+        return _centres(n, t, 0.5)
     return [(start + i * stride) % n for i in range(t)]
+
+
+def _dense_mode(dense: bool | str) -> str | None:
+    """``None`` (not dense), ``"wrap"`` or ``"ordered"``."""
+    if dense is False or dense is None:
+        return None
+    if dense is True:
+        return "wrap"
+    if dense in DENSE_MODES:
+        return dense
+    raise ValueError(f"dense must be a bool or one of {DENSE_MODES}, got {dense!r}")
 
 
 def segment_indices(
@@ -65,7 +85,7 @@ def segment_indices(
     *,
     mode: str = "train",
     clips: int = 1,
-    dense: bool = False,
+    dense: bool | str = False,
     twice: bool = False,
     rng: random.Random | np.random.Generator | None = None,
 ) -> list[list[int]]:
@@ -76,7 +96,9 @@ def segment_indices(
         num_segments: frames per clip ``T``.
         mode: ``"train"`` (random), ``"val"`` or ``"test"`` (deterministic).
         clips: clips per video in val/test (``dense`` test default: 10).
-        dense: I3D-style dense sampling in a 64-frame window.
+        dense: I3D-style dense sampling in a 64-frame window: ``True``/``"wrap"`` wraps past
+            the end of a short video as the reference does, ``"ordered"`` never lets indices
+            decrease (direction-sensitive data).
         twice: val/test only: add the clip at segment starts (reference ``twice_sample``).
         rng: source of randomness for ``train``; deterministic given its state.
 
@@ -92,24 +114,25 @@ def segment_indices(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
+    dense_mode = _dense_mode(dense)
     if mode == "train":
         if twice or clips != 1:
             raise ValueError("train mode samples one clip (clips=1, twice=False)")
-        return [_train(n, t, dense, _Rng(rng))]
-    if dense:
-        return _dense_eval(n, t, mode, clips)
+        return [_train(n, t, dense_mode, _Rng(rng))]
+    if dense_mode:
+        return _dense_eval(n, t, mode, clips, ordered=dense_mode == "ordered")
     out = [_centres(n, t, (k + 0.5) / clips) for k in range(clips)]
     if twice:
         out.append(_centres(n, t, 0.0))
     return out
 
 
-def _train(n: int, t: int, dense: bool, rng: _Rng) -> list[int]:
+def _train(n: int, t: int, dense: str | None, rng: _Rng) -> list[int]:
     if dense:
         positions = max(1, n - DENSE_WINDOW + 1)
         # the reference draws randint(0, positions - 1): the last window is never chosen
         start = 0 if positions == 1 else rng.randint(positions - 1)
-        return _dense(n, t, start)
+        return _dense(n, t, start, ordered=dense == "ordered")
     average = n // t
     if average > 0:
         return [i * average + rng.randint(average) for i in range(t)]
@@ -117,10 +140,10 @@ def _train(n: int, t: int, dense: bool, rng: _Rng) -> list[int]:
     return sorted(rng.randint(n) for _ in range(t))
 
 
-def _dense_eval(n: int, t: int, mode: str, clips: int) -> list[list[int]]:
+def _dense_eval(n: int, t: int, mode: str, clips: int, ordered: bool) -> list[list[int]]:
     positions = max(1, n - DENSE_WINDOW + 1)
     if mode == "val" and clips == 1:
-        return [_dense(n, t, (positions - 1) // 2)]
+        return [_dense(n, t, (positions - 1) // 2, ordered)]
     count = clips if clips != 1 else DENSE_TEST_CLIPS
     starts = np.linspace(0, positions - 1, num=count, dtype=int)
-    return [_dense(n, t, int(s)) for s in starts]
+    return [_dense(n, t, int(s), ordered) for s in starts]

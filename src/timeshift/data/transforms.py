@@ -28,6 +28,7 @@ __all__ = [
     "ThreeCrop",
     "eval_transforms",
     "fixed_crop_offsets",
+    "mirrored_views",
     "train_transforms",
 ]
 
@@ -255,7 +256,9 @@ class ThreeCrop:
 
 class TenCrop:
     """Four corners and the centre, each also mirrored: 10 views per input view (positions from
-    :func:`fixed_crop_offsets`, as the reference's over-sampling)."""
+    :func:`fixed_crop_offsets`, as the reference's over-sampling). The mirrored views are the
+    second half (:func:`mirrored_views`): for direction-sensitive classes their scores must go
+    through the flip map before they are averaged with the others."""
 
     def __init__(self, size: int | Sequence[int]) -> None:
         self.height, self.width = _size(size)
@@ -310,6 +313,16 @@ def train_transforms(
         steps.append(RandomHorizontalFlip(label_map=flip_map))
     steps.append(Normalize(mean, std))
     return Compose(steps)
+
+
+def mirrored_views(crops: int, views: int = 1) -> list[bool]:
+    """Which of the views made by ``eval_transforms(crops=crops)`` from ``views`` input views
+    (clips) are mirrored: :class:`TenCrop`'s second half, none for 1 or 3 crops."""
+    if crops not in (1, 3, 10):
+        raise ValueError(f"crops must be 1, 3 or 10, got {crops}")
+    if crops != 10:
+        return [False] * (crops * views)
+    return [False] * (5 * views) + [True] * (5 * views)
 
 
 def eval_transforms(

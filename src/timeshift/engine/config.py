@@ -7,8 +7,9 @@ overrides are applied last. Unknown keys and missing mandatory values raise
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,15 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["Config", "ConfigError", "load_config", "shipped_configs", "to_dict"]
+__all__ = [
+    "RESUME_FREE_KEYS",
+    "Config",
+    "ConfigError",
+    "check_resume_config",
+    "load_config",
+    "shipped_configs",
+    "to_dict",
+]
 
 
 class ConfigError(ValueError):
@@ -63,6 +72,9 @@ class DataConfig:
     random_resized_crop: bool = False
     flip: bool = True
     flip_map: str | None = None  # sthv1 | sthv2 | jester | synthetic: swap direction labels
+    # the labels name directions (a mirrored or reversed clip is another class); None: inferred
+    # (synthetic, sthv2, or any flip_map). Test-time mirrors and dense wrap-around adapt to it
+    direction_sensitive: bool | None = None
     dense: bool = False
     backend: str | None = None
     workers: int = 4
@@ -167,3 +179,80 @@ def _resolve(path: str | os.PathLike) -> Path:
 def to_dict(cfg: DictConfig) -> dict:
     """Plain containers (for JSON, checkpoints, TensorBoard)."""
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+# keys that change how a run is carried out, not what it computes: free to change on resume
+RESUME_FREE_KEYS = frozenset(
+    {"data.workers", "data.cache", "train.log_every", "eval.batch_size", "eval.full_res"}
+)
+_ABSENT = object()
+
+
+def check_resume_config(
+    saved: Mapping, new: DictConfig | Mapping, *, allow_change: bool = False
+) -> list[str]:
+    """Compare the configuration a run was trained with (``saved``, from its ``last.pt``) with
+    the one it is resumed with.
+
+    :data:`RESUME_FREE_KEYS` may change freely. ``train.epochs`` may change with the ``step``
+    schedule, whose learning rate does not depend on the run's length, so a longer run
+    continues it exactly. Any other difference -- ``train.epochs`` with the ``cosine``
+    schedule included, which spans the whole run -- raises :class:`ConfigError` listing every
+    changed key as ``key: old -> new``, unless ``allow_change``.
+
+    Returns:
+        the accepted differences (``"key: old -> new"``), for the log.
+    """
+    old_flat = _flatten(saved)
+    new_flat = _flatten(to_dict(new) if isinstance(new, DictConfig) else new)
+    # a key the schema gained after the run was saved, at its default, is no change
+    defaults = _flatten(to_dict(OmegaConf.structured(Config)))
+    for key in new_flat.keys() - old_flat.keys():
+        if key in defaults and new_flat[key] == defaults[key]:
+            old_flat[key] = defaults[key]
+    schedules = {old_flat.get("train.schedule"), new_flat.get("train.schedule")}
+    accepted, refused = [], []
+    for key in sorted(old_flat.keys() | new_flat.keys()):
+        old, value = old_flat.get(key, _ABSENT), new_flat.get(key, _ABSENT)
+        if old == value or key in RESUME_FREE_KEYS:
+            continue
+        line = f"{key}: {_show(old)} -> {_show(value)}"
+        continue_exactly = key == "train.epochs" and schedules == {"step"}
+        (accepted if continue_exactly or allow_change else refused).append(line)
+    if refused:
+        raise ConfigError(_refusal(refused, cosine="cosine" in schedules))
+    return accepted
+
+
+def _refusal(refused: list[str], *, cosine: bool) -> str:
+    message = (
+        "cannot resume: the configuration differs from the one the run was trained with "
+        f"(recorded in its last.pt): {'; '.join(refused)}. Resume with the run's configuration, "
+        "or allow the change (timeshift train --allow-config-change, "
+        "fit(..., allow_config_change=True)): the weights and optimiser state are kept and "
+        "the new values apply from the next epoch"
+    )
+    if cosine and any(line.startswith("train.epochs:") for line in refused):
+        message += (
+            ". The cosine schedule spans the whole run: with another train.epochs it is "
+            "stretched over the new length and the learning rate jumps to that curve; to "
+            "train further with a schedule of its own, start a new run from the weights "
+            "(model.pretrained=DIR/last.pt)"
+        )
+    return message
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    return value if isinstance(value, str) else json.dumps(value)

@@ -3,36 +3,49 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
+from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_collate
 
 from timeshift.data.dataset import VideoDataset
 from timeshift.data.decode import VideoDecodeError
 from timeshift.data.flip_maps import flip_label_map
 from timeshift.data.formats import (
+    AnnotationError,
     Annotations,
+    check_paths,
     read_annotations,
     read_class_names,
     read_hmdb51_split,
     read_kinetics_csv,
     read_sthv2,
     read_ucf101_split,
+    require_labels,
 )
+from timeshift.data.sampling import segment_indices
 from timeshift.data.synthetic import SyntheticSpec, make_synthetic
-from timeshift.data.transforms import eval_transforms, train_transforms
+from timeshift.data.transforms import eval_transforms, mirrored_views, train_transforms
 from timeshift.engine.distributed import DistInfo
 
 __all__ = [
     "DATA_FORMATS",
+    "DIRECTION_SENSITIVE_FORMATS",
     "IndexedSamples",
     "ShardSampler",
+    "UnmirroredViews",
     "build_eval_dataset",
     "build_train_loader",
     "build_val_loader",
+    "checkpoint_direction",
     "collate_present",
+    "direction_meta",
+    "direction_protocol",
+    "direction_sensitive",
+    "flip_map_name",
     "load_split",
     "synthetic_paths",
 ]
@@ -49,6 +62,11 @@ DATA_FORMATS = (
     "hmdb51",
     "synthetic",
 )
+
+# formats whose labels name directions (a mirror image or a reversed clip changes the class)
+DIRECTION_SENSITIVE_FORMATS = ("synthetic", "sthv2")
+# the flip map each of them ships (timeshift.data.flip_maps)
+_FORMAT_FLIP_MAPS = {"synthetic": "synthetic", "sthv2": "sthv2"}
 
 
 def synthetic_paths(data: DictConfig, *, progress: bool = True) -> dict[str, Path]:
@@ -80,8 +98,35 @@ def synthetic_paths(data: DictConfig, *, progress: bool = True) -> dict[str, Pat
     return make_synthetic(root, spec, progress=progress)
 
 
-def load_split(data: DictConfig, split: str, *, progress: bool = True) -> Annotations:
-    """Annotations of ``split`` ("train" or "val") for any supported ``data.format``."""
+def load_split(
+    data: DictConfig,
+    split: str,
+    *,
+    progress: bool = True,
+    classes: Sequence[str] | None = None,
+) -> Annotations:
+    """Annotations of ``split`` ("train" or "val") for any supported ``data.format``, checked
+    before any work: every sample labelled (no ``-1``), at most a few paths missing.
+
+    Args:
+        classes: the class list the labels must follow -- the training set's, for "val": a
+            validation folder is then labelled by these names and a validation list may not use
+            other labels, so validation never scores against another class order.
+    """
+    ann = _read_split(data, split, progress=progress, classes=classes)
+    if classes is not None and list(ann.classes) != list(classes):
+        raise AnnotationError(
+            f"{ann.source}: the {split} classes ({len(ann.classes)}: {ann.classes[:5]}...) are "
+            f"not the training classes ({len(classes)}: {list(classes)[:5]}...): use the same "
+            "class list (data.classes) for both"
+        )
+    require_labels(ann, purpose="training" if split == "train" else "validation")
+    if data.format not in ("videos", "rawframes", "folder", "synthetic", "kinetics"):
+        check_paths(ann)  # the list formats were checked by read_annotations; kinetics skips
+    return ann
+
+
+def _read_split(data: DictConfig, split: str, *, progress: bool, classes) -> Annotations:
     fmt = data.format
     path = data.train if split == "train" else data.val
     root = data.root if split == "train" else (data.val_root or data.root)
@@ -91,14 +136,17 @@ def load_split(data: DictConfig, split: str, *, progress: bool = True) -> Annota
     if path is None:
         raise ValueError(f"data.{split} is not set (the {split} annotation file)")
     if fmt in ("videos", "rawframes", "folder"):
-        kind = {"videos": "videos", "rawframes": "rawframes", "folder": "folder"}[fmt]
-        return read_annotations(path, format=kind, root=root, classes=data.classes)
+        names = classes if classes is not None else data.classes
+        return read_annotations(path, format=fmt, root=root, classes=names)
     if fmt == "sthv2":
         if data.classes is None:
             raise ValueError("data.classes must name Something-Something's labels.json")
         return read_sthv2(data.classes, path, video_root=root)
     if fmt == "kinetics":
-        classes = read_class_names(data.classes) if data.classes else None
+        if classes is None and data.classes:
+            classes = read_class_names(data.classes)
+        # without a class file the CSV's sorted labels are the classes: validation must use the
+        # training set's (a validation CSV missing a class would shift every label after it)
         return read_kinetics_csv(path, video_root=root, classes=classes)
     if fmt == "ucf101":
         if data.classes is None:
@@ -109,6 +157,150 @@ def load_split(data: DictConfig, split: str, *, progress: bool = True) -> Annota
             path, subset="train" if split == "train" else "test", video_root=root
         )
     raise ValueError(f"data.format must be one of {DATA_FORMATS}, got {fmt!r}")
+
+
+def _get(config, key: str, default=None):
+    """``config[key]`` of a DictConfig or a plain mapping (a checkpoint's stored config),
+    ``default`` where the key is absent (configs and checkpoints older than the key)."""
+    if config is None:
+        return default
+    value = config.get(key, default)
+    return default if value is None else value
+
+
+def direction_sensitive(data: DictConfig | Mapping) -> bool:
+    """Whether the labels of this data config name directions, so that a mirrored or
+    reversed clip belongs to another class: ``data.direction_sensitive`` when set, else true
+    for the synthetic set and Something-Something (:data:`DIRECTION_SENSITIVE_FORMATS`) and for
+    any config with a flip map."""
+    explicit = _get(data, "direction_sensitive")
+    if explicit is not None:
+        return bool(explicit)
+    return _get(data, "format") in DIRECTION_SENSITIVE_FORMATS or bool(_get(data, "flip_map"))
+
+
+def flip_map_name(data: DictConfig | Mapping) -> str | None:
+    """The flip map (:data:`timeshift.data.flip_maps.FLIP_PAIRS` name) of a data config:
+    ``data.flip_map``, else the one its format ships (synthetic, sthv2), else ``None``."""
+    return _get(data, "flip_map") or _FORMAT_FLIP_MAPS.get(_get(data, "format"))
+
+
+def direction_meta(data: DictConfig) -> dict:
+    """What a checkpoint records so that the test protocol can respect directions:
+    ``{"direction_sensitive": bool, "flip_map": name or None}``."""
+    sensitive = direction_sensitive(data)
+    return {
+        "direction_sensitive": sensitive,
+        "flip_map": flip_map_name(data) if sensitive else None,
+    }
+
+
+def checkpoint_direction(meta: Mapping) -> tuple[bool, str | None]:
+    """``(direction_sensitive, flip map name)`` of a checkpoint's meta: the recorded keys, or
+    for checkpoints saved before they existed, what the stored training config implies."""
+    if "direction_sensitive" in meta:
+        sensitive = bool(meta["direction_sensitive"])
+        return sensitive, (meta.get("flip_map") if sensitive else None)
+    data = (meta.get("config") or {}).get("data")
+    if not data:
+        return False, None
+    sensitive = direction_sensitive(data)
+    return sensitive, (flip_map_name(data) if sensitive else None)
+
+
+def _flip_map(classes: Sequence[str], name: str | None) -> dict[int, int] | None:
+    if name is None:
+        return None
+    # pairs absent as a whole are fine (a subset of the classes); half a pair raises
+    mapping = flip_label_map(classes, name, allow_absent=True)
+    if not mapping:
+        _logger.warning("flip map %r swaps none of these classes: mirrors keep every label", name)
+    return mapping
+
+
+class UnmirroredViews(nn.Module):
+    """A model whose logits for the mirrored test views are swapped back through the flip map
+    (a mirrored "moving left" scores as "moving right"), so that averaging over views adds like
+    with like. Exact when the flip map is complete.
+
+    Args:
+        model: takes the ``(N * V, T, C, H, W)`` views of ``N`` samples, ``V`` per sample in the
+            order the eval transform makes them.
+        mirrored: one flag per view of a sample (:func:`~timeshift.data.transforms.mirrored_views`).
+        flip_map: ``{class: mirrored class}``.
+    """
+
+    def __init__(self, model, *, mirrored: Sequence[bool], flip_map: Mapping[int, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.num_classes = model.num_classes
+        self.num_segments = model.num_segments
+        self.mirrored = [bool(m) for m in mirrored]
+        self.permutation = [flip_map.get(k, k) for k in range(self.num_classes)]
+
+    def forward(self, views: torch.Tensor) -> torch.Tensor:
+        logits = self.model(views)
+        v, k = len(self.mirrored), logits.shape[-1]
+        if logits.shape[0] % v:
+            raise ValueError(
+                f"{logits.shape[0]} views are not whole samples of {v} views each; "
+                "UnmirroredViews needs every view of a sample in one call"
+            )
+        per_sample = logits.view(-1, v, k)
+        mask = torch.tensor(self.mirrored, device=logits.device).view(1, v, 1)
+        permutation = torch.tensor(self.permutation, device=logits.device)
+        return torch.where(mask, per_sample[..., permutation], per_sample).view(-1, k)
+
+
+def _eval_clip_count(*, num_segments: int, clips: int, dense: bool | str, twice: bool) -> int:
+    """Clips per video that the test sampling takes (dense test sampling defaults to 10)."""
+    probe = segment_indices(
+        1, num_segments, mode="test", clips=clips, dense=dense, twice=twice
+    )  # the count does not depend on the video length
+    return len(probe)
+
+
+def direction_protocol(
+    meta: Mapping,
+    *,
+    num_segments: int,
+    crops: int,
+    clips: int = 1,
+    dense: bool = False,
+    twice: bool = False,
+    source: str = "the checkpoint",
+) -> tuple[bool | str, dict[int, int] | None, list[bool]]:
+    """The test protocol for a checkpoint, adapted to direction-sensitive labels before any
+    work: ``(dense sampling mode, flip map for the mirrored views or None, mirrored flags)``.
+
+    For a direction-sensitive checkpoint dense sampling never wraps a short video out of
+    order (``"ordered"``), and 10-crop testing swaps the scores of its mirrored views back
+    through the checkpoint's flip map (:class:`UnmirroredViews`); without a complete flip map
+    10 crops are refused (:class:`ValueError`), since they would report a wrong number.
+    """
+    sensitive, name = checkpoint_direction(meta)
+    if not sensitive:
+        return dense, None, []
+    mode = "ordered" if dense else False
+    count = _eval_clip_count(num_segments=num_segments, clips=clips, dense=mode, twice=twice)
+    mirrored = mirrored_views(crops, count)
+    if not any(mirrored):
+        return mode, None, mirrored
+    classes = list(meta.get("classes") or [])
+    try:
+        mapping = _flip_map(classes, name)
+    except ValueError as exc:
+        mapping, why = None, f"its flip map {name!r} does not fit its classes ({exc})"
+    else:
+        why = "it has no flip map (data.flip_map)"
+    if mapping is None:
+        raise ValueError(
+            f"{source} is direction-sensitive (its labels name directions) and {why}: --crops 10 "
+            "mirrors half of the views, which turns e.g. 'left' into 'right' and reports a wrong "
+            "accuracy. Test with --crops 1 or --crops 3 (no mirrored views), or train with "
+            "data.flip_map naming the class pairs a mirror swaps"
+        )
+    return mode, mapping, mirrored
 
 
 class ShardSampler(Sampler[int]):
@@ -142,7 +334,14 @@ def _loader(dataset, *, batch_size, sampler, workers, seed, drop_last=False) -> 
 def build_train_loader(cfg: DictConfig, ann: Annotations, info: DistInfo):
     """Training dataset, sampler (deterministic per epoch and rank) and loader."""
     data = cfg.data
-    flip_map = flip_label_map(ann.classes, data.flip_map) if data.flip_map else None
+    sensitive = direction_sensitive(data)
+    flip_map = _flip_map(ann.classes, flip_map_name(data)) if sensitive else None
+    if data.flip and sensitive and flip_map is None:
+        raise ValueError(
+            "data.flip=true mirrors training clips of a direction-sensitive dataset without "
+            "swapping their labels ('left' would be trained as 'right'): set data.flip=false, "
+            "or data.flip_map to the class pairs a mirror swaps"
+        )
     dataset = VideoDataset(
         ann,
         num_segments=cfg.model.num_segments,
@@ -158,7 +357,7 @@ def build_train_loader(cfg: DictConfig, ann: Annotations, info: DistInfo):
         ),
         backend=data.backend,
         on_error=data.on_error,
-        dense=data.dense,
+        dense=_dense_mode(data),
         seed=cfg.train.seed,
         frame_template=data.frame_template,
         cache=data.cache,
@@ -188,6 +387,14 @@ def build_train_loader(cfg: DictConfig, ann: Annotations, info: DistInfo):
     return dataset, sampler, loader
 
 
+def _dense_mode(data) -> bool | str:
+    """Dense sampling of a data config: never wrapped out of order for direction-sensitive
+    labels (a wrapped short video plays partly backwards)."""
+    if not data.dense:
+        return False
+    return "ordered" if direction_sensitive(data) else True
+
+
 def eval_dataset(
     ann: Annotations,
     *,
@@ -200,13 +407,14 @@ def eval_dataset(
     crops: int = 1,
     full_res: bool = False,
     twice: bool = False,
-    dense: bool = False,
+    dense: bool | str = False,
     backend: str | None = None,
     frame_template: str = "img_{:05d}.jpg",
     observed: float = 1.0,
 ) -> VideoDataset:
     """A test-protocol dataset: fixed sampling, resize + 1/3/10 crops, normalisation;
-    ``observed < 1`` samples from the first part of each video only (early recognition)."""
+    ``observed < 1`` samples from the first part of each video only (early recognition);
+    ``dense="ordered"`` never wraps a short video (see :func:`segment_indices`)."""
     transform = eval_transforms(
         size, crops=crops, full_res=full_res, scale_size=scale_size, mean=mean, std=std
     )
@@ -225,8 +433,19 @@ def eval_dataset(
 
 
 def build_eval_dataset(cfg: DictConfig, ann: Annotations) -> VideoDataset:
-    """The validation dataset of a training configuration."""
+    """The validation dataset of a training configuration.
+
+    Validation during training averages every view's logits as they are, so 10 crops (half of
+    them mirrored) are refused for direction-sensitive data: the mirrored views would vote for
+    the opposite direction. ``timeshift test --crops 10`` swaps them back with the flip map.
+    """
     data, ev = cfg.data, cfg.eval
+    if ev.crops == 10 and direction_sensitive(data):
+        raise ValueError(
+            "eval.crops=10 mirrors half of the validation views of a direction-sensitive "
+            "dataset ('left' scored as 'right'): use eval.crops=1 or 3 for validation during "
+            "training ('timeshift test --crops 10' un-mirrors them with the flip map)"
+        )
     return eval_dataset(
         ann,
         num_segments=cfg.model.num_segments,
@@ -238,7 +457,7 @@ def build_eval_dataset(cfg: DictConfig, ann: Annotations) -> VideoDataset:
         crops=ev.crops,
         full_res=ev.full_res,
         twice=ev.twice,
-        dense=data.dense,
+        dense=_dense_mode(data),
         backend=data.backend,
         frame_template=data.frame_template,
     )

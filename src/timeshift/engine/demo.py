@@ -24,7 +24,7 @@ import torch
 
 from timeshift.bench.complexity import model_complexity
 from timeshift.engine.config import load_config, to_dict
-from timeshift.engine.data import load_split
+from timeshift.engine.data import load_split, synthetic_paths
 from timeshift.engine.evaluate import TestOptions, measure_latency, test_checkpoints
 from timeshift.engine.trainer import fit
 from timeshift.models.checkpoints import load_model
@@ -82,9 +82,11 @@ def run_demo(
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    rows = []
+    rows, data = [], None
     for name, (recipe, own) in _variants(variants).items():
         cfg = load_config(recipe, [*own, *_overrides(full), *(overrides or [])])
+        # where the generated dataset lives: the commands that follow the demo need its lists
+        data = data or {k: str(v) for k, v in synthetic_paths(cfg.data, progress=progress).items()}
         run_dir = out / name.lower()
         _logger.info("== training %s (%s) ==", name, cfg.model.name)
         if _finished(run_dir, cfg):
@@ -96,6 +98,7 @@ def run_demo(
         rows.append(_measure(name, cfg, run_dir, out, progress))
     results = {
         "dataset": "synthetic temporal pairs (time-reversed motion families)",
+        "data": data,
         "protocol": "1 clip x centre crop, validation split",
         "seconds": round(time.perf_counter() - start, 1),
         "models": rows,
@@ -280,4 +283,9 @@ def format_results(results: dict) -> str:
         f"results: {results['output']}/results.json, results.png, curves_*.png, confusion_*.png "
         f"({results['seconds']:.0f} s)",
     ]
+    if results.get("data"):
+        lines.append(
+            f"dataset: {results['data']['root']} (train.txt, val.txt, classes.txt); checkpoints: "
+            f"{results['output']}/<model>/best.pt"
+        )
     return "\n".join(lines)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
+import os
+import random
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from torch import nn
 
 from timeshift.data.formats import VIDEO_EXTENSIONS, Annotations, SampleRecord, read_annotations
 from timeshift.engine.data import eval_dataset, eval_loader
-from timeshift.engine.metrics import classification_report
+from timeshift.engine.metrics import classification_report, json_dumps
 from timeshift.engine.plots import plot_confusion
 from timeshift.engine.runtime import inference_model
 from timeshift.engine.trainer import evaluate
@@ -62,6 +64,18 @@ def _meta(model: nn.Module, path) -> dict:
 
 
 def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, progress):
+    from timeshift.engine.data import UnmirroredViews, direction_protocol
+
+    # direction-sensitive labels, decided before any decoding: dense clips never wrap out of
+    # order, and mirrored 10-crop views are swapped back through the flip map (or refused)
+    dense, flip_map, mirrored = direction_protocol(
+        meta,
+        num_segments=model.num_segments,
+        crops=options.crops,
+        clips=options.clips,
+        dense=options.dense,
+        twice=options.twice,
+    )
     dataset = eval_dataset(
         ann,
         num_segments=model.num_segments,
@@ -73,7 +87,7 @@ def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, p
         crops=options.crops,
         full_res=options.full_res,
         twice=options.twice,
-        dense=options.dense,
+        dense=dense,
         observed=options.observed,
     )
     loader = eval_loader(dataset, batch_size=options.batch_size, workers=options.workers)
@@ -93,6 +107,9 @@ def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, p
             device=device,
             size=size,
         )
+    if flip_map is not None:
+        _logger.info("direction-sensitive classes: mirrored views scored through the flip map")
+        model = UnmirroredViews(model, mirrored=mirrored, flip_map=flip_map)
     return evaluate(model, loader, device=device, num_classes=model.num_classes, progress=progress)
 
 
@@ -111,6 +128,8 @@ def test_checkpoints(
     confusion.csv/png and predictions.json to ``output_dir`` when given."""
     if not checkpoints:
         raise ValueError("no checkpoint given")
+    if output_dir is not None:
+        check_writable(output_dir)  # before the work, not after an hour of evaluation
     options = options or TestOptions()
     torch_device = torch.device(device)
     models = [(path, load_model(path).to(torch_device).eval()) for path in checkpoints]
@@ -118,7 +137,9 @@ def test_checkpoints(
     for path, model in models[1:]:
         if _meta(model, path)["classes"] != classes:
             raise ValueError(f"{path} was trained on other classes than {checkpoints[0]}")
-    ann = read_annotations(data, root=root, classes=classes)
+    # labels from the checkpoint's classes (a folder's sub-folders by name); fails before any
+    # work on unlabelled (-1) lines or when most listed paths are missing
+    ann = read_annotations(data, root=root, classes=classes, labelled=True)
     if not ann.records:
         raise ValueError(f"{data}: no samples to test")
     bad = [r for r in ann.records if not 0 <= r.label < len(classes)]
@@ -136,6 +157,11 @@ def test_checkpoints(
         failed |= set(range(len(ann.records))) - set(result.indices.tolist())
         probabilities = full if probabilities is None else probabilities + full
     keep = torch.tensor([i not in failed for i in range(len(ann.records))])
+    if not keep.any():
+        raise ValueError(
+            f"{data}: no video of the {len(ann.records)} listed could be read (the log names "
+            "each one and its cause); nothing was evaluated"
+        )
     scores = probabilities[keep] / len(models)
     labels = torch.tensor([r.label for r in ann.records])[keep]
     report = classification_report(scores, labels, len(classes))
@@ -150,7 +176,11 @@ def test_checkpoints(
         "mean_class_accuracy": report["mean_class_accuracy"],
     }
     if output_dir is not None:
-        _write_test_outputs(Path(output_dir), summary, report, classes, ann, scores, keep)
+        try:
+            _write_test_outputs(Path(output_dir), summary, report, classes, ann, scores, keep)
+        except OSError as exc:  # a full disk: the evaluation is done, return it all the same
+            summary["output_error"] = f"could not write the outputs to {output_dir}: {exc}"
+            _logger.error("%s", summary["output_error"])
     summary["per_class"] = report["per_class"]
     summary["support"] = report["support"]
     summary["classes"] = classes
@@ -159,7 +189,7 @@ def test_checkpoints(
 
 def _write_test_outputs(out: Path, summary, report, classes, ann, scores, keep) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "metrics.json").write_text(json_dumps(summary, indent=2) + "\n")
     with open(out / "per_class.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["class_index", "class", "samples", "accuracy"])
@@ -190,7 +220,7 @@ def _write_test_outputs(out: Path, summary, report, classes, ann, scores, keep) 
         }
         for r, i, v in zip(records, top.indices.tolist(), top.values.tolist(), strict=True)
     ]
-    (out / "predictions.json").write_text(json.dumps(predictions, indent=1) + "\n")
+    (out / "predictions.json").write_text(json_dumps(predictions, indent=1) + "\n")
 
 
 EARLY_FRACTIONS = tuple(round(0.1 * k, 1) for k in range(1, 11))
@@ -220,6 +250,8 @@ def early_recognition(
     options = options or TestOptions()
     if not fractions or not all(0 < f <= 1 for f in fractions):
         raise ValueError(f"fractions must be in (0, 1], got {list(fractions)}")
+    if output_dir is not None:
+        check_writable(output_dir)
     rows = []
     for fraction in fractions:
         summary = test_checkpoints(
@@ -241,37 +273,95 @@ def early_recognition(
         )
         _logger.info("observed %3.0f%%: top-1 %.4f", 100 * fraction, summary["top1"])
     if output_dir is not None:
-        from timeshift.engine.plots import plot_early
-
-        out = Path(output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "early.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        (out / "early.json").write_text(json.dumps(rows, indent=2) + "\n")
-        label = ", ".join(Path(c).parent.name or Path(c).stem for c in checkpoints)
-        plot_early({label: rows}, out / "early.png")
+        try:
+            _write_early_outputs(Path(output_dir), rows, checkpoints)
+        except OSError as exc:  # the rows are computed: return them, say what was not written
+            error = f"could not write the outputs to {output_dir}: {exc}"
+            _logger.error("%s", error)
+            for row in rows:
+                row["output_error"] = error
     return rows
 
 
-def _expand(inputs: Sequence[str | Path]) -> list[SampleRecord]:
-    records = []
+def _write_early_outputs(out: Path, rows: list[dict], checkpoints) -> None:
+    from timeshift.engine.plots import plot_early
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "early.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "early.json").write_text(json_dumps(rows, indent=2) + "\n")
+    label = ", ".join(Path(c).parent.name or Path(c).stem for c in checkpoints)
+    plot_early({label: rows}, out / "early.png")
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and check a file can be written in it; raises ``OSError``
+    naming the folder (before any work whose result would have nowhere to go)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"cannot write to the output folder {folder} ({exc.strerror or exc}); choose "
+            "another --output or free the disk",
+        ) from exc
+    return folder
+
+
+def _expand(inputs: Sequence[str | Path]) -> list[tuple[str, str | None]]:
+    """``(path, error)`` per video to predict: folders searched for videos (or read as a frame
+    folder); an input that cannot be used gets its own error and never stops the others."""
+    entries: list[tuple[str, str | None]] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
-            if videos:
-                records += [SampleRecord(str(v), -1) for v in videos]
-            elif any(p.suffix.lower() in (".jpg", ".jpeg", ".png") for p in path.iterdir()):
-                records.append(SampleRecord(str(path), -1))  # a frame folder
+        try:
+            if path.is_dir():
+                videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
+                if videos:
+                    entries += [(str(v), _input_problem(v)) for v in videos]
+                elif any(p.suffix.lower() in (".jpg", ".jpeg", ".png") for p in path.iterdir()):
+                    entries.append((str(path), None))  # a frame folder
+                else:
+                    entries.append((str(item), f"no videos or frames in {path}"))
             else:
-                raise FileNotFoundError(f"no videos or frames in {path}")
-        elif path.exists():
-            records.append(SampleRecord(str(path), -1))
-        else:
-            raise FileNotFoundError(f"not found: {path}")
-    return records
+                entries.append((str(item), _input_problem(path)))
+        except OSError as exc:  # an unreadable folder
+            entries.append((str(item), f"{path}: cannot be read ({exc.strerror or exc})"))
+    return entries
+
+
+def _input_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a video, found without opening it (a FIFO would block)."""
+    if not path.exists():
+        return f"{path}: not found"
+    if not path.is_file():
+        return f"{path}: not a regular file (a FIFO, socket or device cannot be decoded)"
+    if not os.access(path, os.R_OK):
+        return f"{path}: permission denied"
+    return None
+
+
+def _decode_error(model, meta: dict, record: SampleRecord) -> str:
+    """The cause a video failed with (decoding ran in worker processes, which log it only):
+    decode it once more here and keep the message."""
+    dataset = eval_dataset(
+        Annotations([record], meta["classes"]),
+        num_segments=model.num_segments,
+        size=meta.get("input_size", 224),
+        scale_size=meta.get("scale_size"),
+        mean=meta.get("mean", (0.485, 0.456, 0.406)),
+        std=meta.get("std", (0.229, 0.224, 0.225)),
+    )
+    try:
+        dataset.load(0, random.Random(0))
+    except Exception as exc:  # any failure: its message is the result
+        return str(exc) or type(exc).__name__
+    return f"{record.path}: cannot be decoded"
 
 
 def predict_videos(
@@ -288,35 +378,44 @@ def predict_videos(
 ) -> list[dict]:
     """Top-k classes with softmax scores for every video (folders are searched for videos).
 
-    Decoding runs in ``workers`` processes; a video that cannot be read gets an ``error``
-    entry instead of predictions. ``backend`` and ``memory_format`` choose how the model runs
+    Decoding runs in ``workers`` processes. An input that is missing, unreadable or cannot be
+    decoded gets an ``error`` entry (with the cause) instead of predictions, and the others
+    are still predicted. ``backend`` and ``memory_format`` choose how the model runs
     (:func:`timeshift.engine.runtime.inference_model`; ``auto``: the fastest measured path).
     """
     model = load_model(checkpoint).to(torch.device(device)).eval()
     meta = _meta(model, checkpoint)
     classes = meta["classes"]
-    records = _expand(inputs)
-    ann = Annotations(records, classes)
-    result = _model_scores(
-        model,
-        meta,
-        ann,
-        TestOptions(
-            batch_size=batch_size, workers=workers, backend=backend, memory_format=memory_format
-        ),
-        torch.device(device),
-        progress,
-    )
-    found = dict(zip(result.indices.tolist(), result.scores.softmax(dim=1), strict=True))
+    entries = _expand(inputs)
+    records = [SampleRecord(path, -1) for path, error in entries if error is None]
+    found: dict[str, torch.Tensor] = {}
+    if records:
+        result = _model_scores(
+            model,
+            meta,
+            Annotations(records, classes),
+            TestOptions(
+                batch_size=batch_size,
+                workers=workers,
+                backend=backend,
+                memory_format=memory_format,
+            ),
+            torch.device(device),
+            progress,
+        )
+        scores = result.scores.softmax(dim=1)
+        found = {records[i].path: s for i, s in zip(result.indices.tolist(), scores, strict=True)}
     out = []
-    for i, record in enumerate(records):
-        if i not in found:
-            out.append({"path": record.path, "error": "cannot be decoded"})
+    for path, error in entries:
+        if error is None and path not in found:
+            error = _decode_error(model, meta, SampleRecord(path, -1))
+        if error is not None:
+            out.append({"path": path, "error": error})
             continue
-        values, indices = found[i].topk(min(top_k, len(classes)))
+        values, indices = found[path].topk(min(top_k, len(classes)))
         out.append(
             {
-                "path": record.path,
+                "path": path,
                 "top": [
                     {"label": classes[c], "index": int(c), "score": float(v)}
                     for c, v in zip(indices.tolist(), values.tolist(), strict=True)

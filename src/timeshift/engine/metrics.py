@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["ClassificationReport", "classification_report", "topk_accuracy"]
+__all__ = [
+    "ClassificationReport",
+    "classification_report",
+    "json_dumps",
+    "json_safe",
+    "topk_accuracy",
+]
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN / infinity replaced by ``None`` (containers copied, numpy and
+    0-d torch scalars turned into Python numbers): what strict JSON can hold."""
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # an undefined metric (no sample of a class): null, never bare NaN
+    return value
+
+
+def json_dumps(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that writes valid JSON only: NaN and infinities become ``null``."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
 
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)):

@@ -6,7 +6,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from timeshift.models.checkpoints import atomic_write
+
 __all__ = ["plot_confusion", "plot_curves", "plot_early"]
+
+
+def _save(plt, fig, path, *, dpi: int) -> None:
+    """Written atomically (a run killed mid-plot keeps its previous PNG, never half of one)."""
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def _pyplot():
@@ -38,8 +48,7 @@ def plot_curves(rows: Sequence[dict], path, *, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=110)
 
 
 def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path, *, title: str = "") -> None:
@@ -74,8 +83,7 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path, *, title
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=110)
 
 
 def plot_early(curves: dict[str, Sequence[dict]], path, *, title: str = "") -> None:
@@ -94,5 +102,4 @@ def plot_early(curves: dict[str, Sequence[dict]], path, *, title: str = "") -> N
     ax.legend()
     ax.set_title(title or "early recognition")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(plt, fig, path, dpi=120)

@@ -29,6 +29,7 @@ __all__ = [
     "exported_onnx",
     "inference_model",
     "model_digest",
+    "onnx_or_pytorch",
     "resolve_backend",
 ]
 
@@ -101,7 +102,12 @@ def exported_onnx(
     model: nn.Module, *, size: int, online: bool = False, drop_future: bool = False
 ) -> Path:
     """The cached ONNX export of ``model`` (offline with a dynamic batch, or online), made and
-    verified on first use."""
+    verified on first use.
+
+    A cached file is used only if its SHA-256 matches the one stored next to it when it was
+    written (``<file>.sha256``); an empty, truncated, corrupt or unhashed file is rebuilt.
+    Raises ``OSError`` when the cache folder cannot be written (see :func:`onnx_or_pytorch`).
+    """
     from timeshift.export import export_model
     from timeshift.export.exporter import EXPORT_FORMAT_VERSION
 
@@ -109,15 +115,81 @@ def exported_onnx(
     # the graph form is part of the key: exports made before the split offline graph are redone
     digest = model_digest(model, size, mode, drop_future, EXPORT_FORMAT_VERSION, "split-offline")
     path = cache_dir() / "onnx" / f"{digest}-{mode}-{size}.onnx"
-    if path.is_file():
-        _logger.info("onnxruntime: using the cached export %s", path)
-        return path
+    if path.exists():
+        problem = _cache_problem(path)
+        if problem is None:
+            _logger.info("onnxruntime: using the cached export %s", path)
+            return path
+        _logger.warning("onnxruntime: the cached export %s is %s; rebuilding it", path, problem)
+        _hash_file(path).unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     _logger.info("onnxruntime: exporting the model once (cached in %s)", path.parent)
     options = {"online": True, "drop_future": drop_future} if online else {"dynamic_batch": True}
-    # export_model writes to a temporary file and moves it into place once verified
+    # export_model writes to a temporary file, flushes it and moves it into place once verified;
+    # the hash is written last, so a file without one was never finished
     export_model(model, path, size=size, exporter="legacy", **options)
+    _write_hash(path)
     return path
+
+
+def _hash_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_hash(path: Path) -> None:
+    target = _hash_file(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(_sha256(path) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
+def _cache_problem(path: Path) -> str | None:
+    """Why a cached export cannot be trusted, or None."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return "empty"
+    try:
+        stored = _hash_file(path).read_text(encoding="utf-8").strip()
+    except OSError:
+        return "without its hash (an interrupted or older export)"
+    if stored != _sha256(path):
+        return "corrupt (its content does not match its hash)"
+    return None
+
+
+def onnx_or_pytorch(
+    model: nn.Module,
+    *,
+    backend: str,
+    size: int,
+    online: bool = False,
+    drop_future: bool = False,
+) -> Path | None:
+    """The cached ONNX export for the ``onnxruntime`` backend, or ``None`` to run PyTorch.
+
+    With ``backend="auto"`` anything that stops the export -- an unsupported model, a cache
+    folder that cannot be written, a full disk -- falls back to PyTorch with a warning; with
+    ``backend="onnxruntime"`` it raises.
+    """
+    try:
+        return exported_onnx(model, size=size, online=online, drop_future=drop_future)
+    except (OSError, RuntimeError, ValueError, TypeError) as exc:  # ExportError: RuntimeError
+        if backend != "auto":
+            raise
+        where = f" (cache: {cache_dir()}; set TIMESHIFT_CACHE)" if isinstance(exc, OSError) else ""
+        _logger.warning("onnxruntime: cannot export this model (%s)%s; running PyTorch", exc, where)
+        return None
 
 
 def inference_model(
@@ -142,13 +214,8 @@ def inference_model(
     chosen = resolve_backend(backend, device)
     model = model.to(torch.device(device)).eval()
     if chosen == "onnxruntime":
-        try:
-            path = exported_onnx(model, size=size)
-        except (RuntimeError, ValueError, TypeError) as exc:  # ExportError is a RuntimeError
-            if backend != "auto":
-                raise
-            _logger.warning("onnxruntime: cannot export this model (%s); running PyTorch", exc)
-        else:
+        path = onnx_or_pytorch(model, backend=backend, size=size)
+        if path is not None:
             threads = torch.get_num_threads()
             return OnnxClips(path, num_segments=model.num_segments, threads=threads)
         chosen = "eager"

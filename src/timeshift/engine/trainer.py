@@ -1,17 +1,24 @@
 """The training loop: explicit pieces (model, loader, optimiser, scaler) and a ``fit`` driver.
 
 ``fit`` runs single-process or under torchrun (DDP: DistributedSampler, optional SyncBN,
-rank-0-only logging and checkpoints). Every epoch it writes ``last.pt`` (and ``best.pt`` when
-validation top-1 improves) atomically in the library's own format -- ``timeshift.load_model``
+rank-0-only logging and checkpoints). Every epoch it writes ``best.pt`` (when validation top-1
+improves) and then ``last.pt`` atomically in the library's own format -- ``timeshift.load_model``
 rebuilds the model from either -- plus the optimiser, scheduler, scaler, epoch and torch RNG
 state, so that ``resume`` continues exactly where it stopped.
+
+``last.pt`` is the commit point of an epoch: ``metrics.jsonl`` and the plots are rewritten from
+its history after it, and a resume repairs what a kill left half done (a ``best.pt`` newer or
+older than the best epoch ``last.pt`` records, metrics rows of uncommitted epochs, temporary
+files of interrupted writes). Nothing is saved unless the weights, the optimiser state and the
+validation outputs are all finite.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
+import os
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,11 +30,12 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from timeshift.engine.config import to_dict
+from timeshift.engine.config import ConfigError, check_resume_config, to_dict
 from timeshift.engine.data import (
     build_eval_dataset,
     build_train_loader,
     build_val_loader,
+    direction_meta,
     load_split,
 )
 from timeshift.engine.distributed import (
@@ -36,14 +44,31 @@ from timeshift.engine.distributed import (
     cleanup,
     init_distributed,
     reduce_mean,
+    run_on_main,
+    wrap_ddp,
 )
-from timeshift.engine.metrics import classification_report
+from timeshift.engine.metrics import classification_report, json_dumps
 from timeshift.engine.optim import build_optimizer, build_scheduler
 from timeshift.engine.plots import plot_confusion, plot_curves
-from timeshift.models.checkpoints import load_checkpoint, read_checkpoint, save_model
+from timeshift.models.checkpoints import (
+    CheckpointError,
+    atomic_save,
+    atomic_write,
+    load_checkpoint,
+    read_checkpoint,
+    remove_stale_temporaries,
+    save_model,
+)
 from timeshift.models.registry import create_model
 
-__all__ = ["NonFiniteLossError", "evaluate", "fit", "train_one_epoch"]
+__all__ = [
+    "NonFiniteLossError",
+    "NonFiniteModelError",
+    "RunDirectoryError",
+    "evaluate",
+    "fit",
+    "train_one_epoch",
+]
 
 _logger = logging.getLogger(__name__)
 SINGLE_PROCESS = DistInfo()
@@ -53,6 +78,21 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; training stopped before writing a checkpoint."""
 
 
+class NonFiniteModelError(NonFiniteLossError):
+    """The weights, optimiser state or outputs became NaN or infinite while the loss was still
+    finite (a blow-up on the last step of an epoch); nothing of that epoch was saved."""
+
+
+class RunDirectoryError(RuntimeError):
+    """The run directory cannot be created or written."""
+
+
+# what a run directory holds, in the order an epoch writes it (last.pt commits the epoch)
+RUN_FILES = ("best.pt", "last.pt", "metrics.jsonl", "curves.png", "confusion.png")
+# the committed best.pt while a new one replaces it and until last.pt records the new one
+_PREVIOUS_BEST = ".best.pt.previous"
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -60,6 +100,7 @@ class EpochStats:
     lr: float
     clips_per_s: float
     seconds: float
+    probe: torch.Tensor | None = None  # a few clips of the last batch, to check the outputs
 
 
 @dataclass
@@ -157,6 +198,7 @@ def train_one_epoch(
         lr=optimizer.param_groups[0]["lr"],
         clips_per_s=seen * info.world_size / seconds,
         seconds=seconds,
+        probe=clips[:2].detach() if seen else None,
     )
 
 
@@ -267,32 +309,55 @@ def fit(
     resume: str | Path | None = None,
     device: str | None = None,
     progress: bool = True,
+    allow_config_change: bool = False,
 ) -> dict:
-    """Train ``cfg`` into ``output_dir``; returns the final metrics (rank 0)."""
+    """Train ``cfg`` into ``output_dir``.
+
+    Args:
+        resume: ``DIR/last.pt`` of an earlier run: continue it (repairing what a kill left
+            half done in its directory).
+        allow_config_change: resume even though ``cfg`` differs from the configuration the run
+            was trained with (see :func:`~timeshift.engine.config.check_resume_config`); the
+            new values apply from the next epoch. Otherwise a difference raises
+            :class:`~timeshift.engine.config.ConfigError` naming every changed key.
+
+    Returns:
+        the last epoch's metrics plus ``best_val_top1`` and ``output_dir`` on rank 0; ``{}``
+        on the other ranks of a torchrun (only rank 0 reports).
+
+    Raises:
+        RunDirectoryError: ``output_dir`` cannot be written (before any training).
+        NonFiniteLossError: the loss, or (:class:`NonFiniteModelError`) the weights or outputs,
+            became NaN/infinite; the last good checkpoint is kept.
+        CheckpointWriteError: a checkpoint could not be written (full disk); the previous one
+            is intact.
+    """
     torch_device = _device(device)
     info = init_distributed(torch_device)
     if info.enabled and torch_device.type == "cuda":
         torch_device = torch.device("cuda", info.local_rank)
     out = Path(output_dir)
     try:
-        return _fit(cfg, out, resume, torch_device, info, progress)
+        result = _fit(cfg, out, resume, torch_device, info, progress, allow_config_change)
+        return result if info.is_main else {}
     finally:
         cleanup()
 
 
-def _fit(cfg, out: Path, resume, device: torch.device, info: DistInfo, progress: bool) -> dict:
+def _fit(
+    cfg, out: Path, resume, device: torch.device, info: DistInfo, progress: bool, allow_change
+) -> dict:
     if not info.is_main:
         logging.getLogger("timeshift").setLevel(logging.WARNING)
     torch.manual_seed(cfg.train.seed)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        train_ann = load_split(cfg.data, "train", progress=progress)
-    if info.enabled:
-        torch.distributed.barrier()  # rank 0 may have generated the synthetic data
+    state = _read_resume(resume, cfg, allow_change) if resume else None
+    # rank 0 prepares the directory and may generate the synthetic data; its failure is
+    # every rank's (the others would otherwise wait for it forever)
+    train_ann = run_on_main(info, lambda: _prepare_main(cfg, out, state, progress))
     if not info.is_main:
         train_ann = load_split(cfg.data, "train", progress=False)
-    val_ann = (
-        load_split(cfg.data, "val", progress=False)
+    val_ann = (  # labelled by the training classes (a val folder maps its names to them)
+        load_split(cfg.data, "val", progress=False, classes=train_ann.classes)
         if cfg.data.val or cfg.data.format == "synthetic"
         else None
     )
@@ -334,29 +399,19 @@ def _fit(cfg, out: Path, resume, device: torch.device, info: DistInfo, progress:
     amp = bool(t.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
 
-    start_epoch, best, history = 0, -1.0, History()
-    if resume:
-        state = read_checkpoint(resume)
-        train_state = state.get("train_state")
-        if not train_state:
-            raise ValueError(f"{resume} has no training state (was it written by 'train'?)")
+    start_epoch, best, history = 0, {"top1": -1.0, "epoch": -1}, History()
+    if state is not None:
+        train_state = state["train_state"]
         load_checkpoint(model, state, source="timeshift")
-        optimizer.load_state_dict(train_state["optimizer"])
-        scheduler.load_state_dict(train_state["scheduler"])
+        _load_optimizer(optimizer, scheduler, train_state, t.optimizer, changed=state["changed"])
         scaler.load_state_dict(train_state["scaler"])
         start_epoch = train_state["epoch"] + 1
-        best = train_state["best_top1"]
+        best = {"top1": train_state["best_top1"], "epoch": _best_epoch(train_state)}
         history.rows = list(train_state["history"])
         _set_rng_state(train_state["rng"], device)
         _logger.info("resumed from %s at epoch %d", resume, start_epoch)
 
-    ddp = (
-        DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None
-        )
-        if info.enabled
-        else model
-    )
+    ddp = wrap_ddp(model, device=device, info=info) if info.enabled else model
     writer = _tensorboard(out) if info.is_main else None
     meta = {
         "classes": classes,
@@ -365,6 +420,7 @@ def _fit(cfg, out: Path, resume, device: torch.device, info: DistInfo, progress:
         "mean": list(cfg.data.mean),
         "std": list(cfg.data.std),
         "config": to_dict(cfg),
+        **direction_meta(cfg.data),  # lets 'test' keep mirrored/dense views direction-correct
     }
     if info.is_main:
         _logger.info(
@@ -406,6 +462,7 @@ def _fit(cfg, out: Path, resume, device: torch.device, info: DistInfo, progress:
             "skipped_samples": train_set.skipped,
         }
         last_epoch = epoch + 1 == t.epochs
+        ev = None
         if val_loader is not None and ((epoch + 1) % t.eval_every == 0 or last_epoch):
             ev = evaluate(
                 model,
@@ -421,6 +478,8 @@ def _fit(cfg, out: Path, resume, device: torch.device, info: DistInfo, progress:
                 val_top5=ev.report["top5"],
                 val_mean_class=ev.report["mean_class_accuracy"],
             )
+        # every rank holds the same weights and gathered scores: all of them stop together
+        _check_finite(model, optimizer, ev, stats.probe, epoch=epoch, committed=out / "last.pt")
         history.rows.append(row)
         if info.is_main:
             best = _end_of_epoch(
@@ -435,63 +494,281 @@ def _fit(cfg, out: Path, resume, device: torch.device, info: DistInfo, progress:
                 best,
                 meta,
                 writer,
-                ev if "val_top1" in row else None,
+                ev,
                 classes,
+                {"optimizer_name": t.optimizer, "steps_per_epoch": len(train_loader)},
             )
         if info.enabled:
             torch.distributed.barrier()
         result = row
     if writer is not None:
         writer.close()
-    result = {**result, "best_val_top1": best, "output_dir": str(out)}
+    result = {**result, "best_val_top1": best["top1"], "output_dir": str(out)}
     return result
 
 
-def _end_of_epoch(
-    out, model, optimizer, scheduler, scaler, device, row, history, best, meta, writer, ev, classes
-) -> float:
-    epoch = row["epoch"]
-    message = (
-        f"epoch {epoch}: loss {row['train_loss']:.4f}, train top-1 "
-        f"{row['train_top1']:.3f}, {row['clips_per_s']:.1f} clips/s"
+# -- resuming -----------------------------------------------------------------------------------
+def _read_resume(resume, cfg: DictConfig, allow_change: bool) -> dict:
+    """The checkpoint to resume from, after checking that ``cfg`` is the run's configuration."""
+    state = read_checkpoint(resume)
+    if not isinstance(state, dict) or not state.get("train_state"):
+        raise ValueError(f"{resume} has no training state (was it written by 'train'?)")
+    saved = (state.get("meta") or {}).get("config")
+    state["changed"] = []
+    if saved is None:
+        _logger.warning("%s records no configuration: cannot check it against this one", resume)
+    else:
+        try:
+            state["changed"] = check_resume_config(saved, cfg, allow_change=allow_change)
+        except ConfigError as exc:
+            raise ConfigError(f"{resume}: {exc}") from None
+    if state["changed"]:
+        _logger.warning(
+            "resuming %s with a changed configuration: %s", resume, "; ".join(state["changed"])
+        )
+    return state
+
+
+def _best_epoch(train_state: dict) -> int:
+    if "best_epoch" in train_state:
+        return train_state["best_epoch"]
+    # written before best_epoch was recorded: the first epoch that reached the best score
+    for row in train_state["history"]:
+        if row.get("val_top1", row["train_top1"]) == train_state["best_top1"]:
+            return row["epoch"]
+    return -1
+
+
+def _optimizer_kind(optimizer_state: dict) -> str:
+    groups = optimizer_state.get("param_groups") or [{}]
+    return "adamw" if "betas" in groups[0] else "sgd"
+
+
+def _load_optimizer(optimizer, scheduler, train_state: dict, name: str, *, changed) -> None:
+    """Restore the optimiser and schedule; with an allowed configuration change the new
+    hyperparameters (lr, momentum, weight decay, ...) replace the saved ones."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    saved_name = train_state.get("optimizer_name") or _optimizer_kind(train_state["optimizer"])
+    if saved_name != name:
+        _logger.warning(
+            "the optimiser changed (%s -> %s): its saved state does not apply; starting a "
+            "fresh optimiser state (momentum / moment estimates) at the schedule's position",
+            saved_name,
+            name,
+        )
+    else:
+        try:
+            optimizer.load_state_dict(train_state["optimizer"])
+        except (KeyError, ValueError) as exc:
+            if not changed:
+                raise CheckpointError(f"the saved optimiser state does not fit: {exc}") from exc
+            _logger.warning(
+                "the saved optimiser state does not fit the changed configuration (%s); "
+                "starting a fresh optimiser state",
+                exc,
+            )
+    scheduler.load_state_dict(train_state["scheduler"])
+    if not changed:
+        return
+    for group, new in zip(optimizer.param_groups, fresh, strict=True):
+        group.update(new)
+    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    step = scheduler.last_epoch
+    for group, base, factor in zip(
+        optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * factor(step)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+# -- the run directory --------------------------------------------------------------------------
+def _prepare_main(cfg: DictConfig, out: Path, state: dict | None, progress: bool):
+    _check_writable(out)
+    for name in RUN_FILES:
+        remove_stale_temporaries(out / name)
+    if state is not None:
+        _repair(out, state)
+    return load_split(cfg.data, "train", progress=progress)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise RunDirectoryError(
+            f"the run directory {out} cannot be written ({exc.strerror or exc}): choose "
+            "another --output, or make it writable"
+        ) from exc
+
+
+def _repair(out: Path, state: dict) -> None:
+    """Make ``out`` describe what ``state`` (its last.pt) committed, whatever a kill left."""
+    train_state = state["train_state"]
+    best_epoch = _best_epoch(train_state)
+    best, previous = out / "best.pt", out / _PREVIOUS_BEST
+    if best_epoch >= 0 and _epoch_of(best) != best_epoch:
+        if _epoch_of(previous) == best_epoch:  # killed before last.pt committed a new best
+            os.replace(previous, best)
+            _logger.warning(
+                "restored %s of epoch %d (a newer one was not committed)", best, best_epoch
+            )
+        elif best_epoch == train_state["epoch"]:  # the committed best is last.pt's model
+            payload = {k: v for k, v in state.items() if k not in ("train_state", "changed")}
+            atomic_save(payload, best)
+            _logger.warning("rewrote %s from last.pt (epoch %d)", best, best_epoch)
+        else:
+            _logger.warning(
+                "%s is not the best epoch (%d) that last.pt records and cannot be restored",
+                best,
+                best_epoch,
+            )
+    previous.unlink(missing_ok=True)
+    _write_metrics(out, train_state["history"])
+
+
+def _epoch_of(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    try:
+        return read_checkpoint(path)["meta"]["epoch"]
+    except (CheckpointError, KeyError, TypeError, ValueError, OSError):
+        return None  # unreadable: a kill cannot cause this (writes are atomic), but repair it
+
+
+def _write_metrics(out: Path, rows: list[dict]) -> None:
+    # rewritten from the committed history, never appended: no duplicate or uncommitted rows
+    text = "".join(json_dumps(row) + "\n" for row in rows)
+    atomic_write(out / "metrics.jsonl", lambda f: f.write(text.encode("utf-8")))
+
+
+# -- the end of an epoch ------------------------------------------------------------------------
+def _check_finite(model, optimizer, ev, probe, *, epoch: int, committed: Path) -> None:
+    """Raise :class:`NonFiniteModelError` unless weights, optimiser state and outputs are
+    finite: weights of 1e30 are finite but give NaN outputs, so both are checked."""
+    problem = _non_finite_tensor(model.state_dict().items(), "weight")
+    if problem is None:
+        tensors = (
+            (f"{key} of parameter {i}", v)
+            for i, s in enumerate(optimizer.state.values())
+            for key, v in s.items()
+        )
+        problem = _non_finite_tensor(tensors, "optimiser state")
+    if problem is None and ev is not None and not torch.isfinite(ev.scores).all():
+        problem = "the validation outputs"
+    if problem is None and ev is None and probe is not None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            outputs = model(probe)
+        model.train(was_training)
+        if not torch.isfinite(outputs).all():
+            problem = "the outputs on training clips"
+    if problem is None:
+        return
+    kept = (
+        f"the last good checkpoint is kept: {committed}"
+        if committed.is_file()
+        else "no checkpoint was written (the last good checkpoint is the starting point)"
     )
-    if "val_top1" in row:
-        message += f", val top-1 {row['val_top1']:.3f} top-5 {row['val_top5']:.3f}"
-    if row["skipped_samples"]:
-        message += f", {row['skipped_samples']} unreadable samples skipped so far"
-    _logger.info(message)
-    with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
+    raise NonFiniteModelError(
+        f"{problem} became NaN or infinite in epoch {epoch} (the training loss was finite): "
+        f"training stopped before saving (lower train.lr, set train.clip_grad, or check the "
+        f"data); {kept}"
+    )
+
+
+def _non_finite_tensor(named, what: str) -> str | None:
+    for name, value in named:
+        floating = torch.is_tensor(value) and value.is_floating_point()
+        if floating and not torch.isfinite(value).all():
+            return f"the {what} {name}"
+    return None
+
+
+def _end_of_epoch(
+    out,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    device,
+    row,
+    history,
+    best,
+    meta,
+    writer,
+    ev,
+    classes,
+    extra_state,
+) -> dict:
+    """Save the epoch: best.pt first (if improved), then last.pt, which commits it; then the
+    files derived from last.pt's history. Returns the best ``{"top1", "epoch"}``."""
+    epoch = row["epoch"]
+    top1 = row.get("val_top1", row["train_top1"])
+    improved = top1 > best["top1"]
+    if improved:
+        best = {"top1": top1, "epoch": epoch}
+    train_state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "best_top1": best["top1"],
+        "best_epoch": best["epoch"],
+        "history": history.rows,
+        "rng": _rng_state(device),
+        **extra_state,
+    }
+    epoch_meta = {**meta, "epoch": epoch, "top1": top1}
+    if improved:
+        _keep_previous_best(out)
+        save_model(model, out / "best.pt", meta=epoch_meta)
+    save_model(model, out / "last.pt", meta=epoch_meta, extra={"train_state": train_state})
+    (out / _PREVIOUS_BEST).unlink(missing_ok=True)
+    _write_metrics(out, history.rows)
+    _log_epoch(row, improved)
     if writer is not None:
         for key, value in row.items():
             if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
                 writer.add_scalar(f"epoch/{key}", value, epoch)
         writer.flush()
     plot_curves(history.rows, out / "curves.png")
-    top1 = row.get("val_top1", row["train_top1"])
-    improved = top1 > best
-    best = max(best, top1)
-    train_state = {
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "best_top1": best,
-        "history": history.rows,
-        "rng": _rng_state(device),
-    }
-    epoch_meta = {**meta, "epoch": epoch, "top1": top1}
-    save_model(model, out / "last.pt", meta=epoch_meta, extra={"train_state": train_state})
-    if improved:
-        save_model(model, out / "best.pt", meta=epoch_meta)
-        if ev is not None:
-            plot_confusion(
-                ev.report["confusion"],
-                classes,
-                out / "confusion.png",
-                title=f"validation, epoch {epoch}: top-1 {top1:.3f}",
-            )
+    if improved and ev is not None:
+        plot_confusion(
+            ev.report["confusion"],
+            classes,
+            out / "confusion.png",
+            title=f"validation, epoch {epoch}: top-1 {top1:.3f}",
+        )
     return best
+
+
+def _keep_previous_best(out: Path) -> None:
+    """Link the committed best.pt aside until last.pt records its successor: a kill in
+    between leaves it for the resume to restore (a hard link: no copy, no extra space)."""
+    best, previous = out / "best.pt", out / _PREVIOUS_BEST
+    previous.unlink(missing_ok=True)
+    if not best.is_file():
+        return
+    try:
+        os.link(best, previous)
+    except OSError:  # no hard links on this file system: a copy
+        atomic_write(previous, lambda f: f.write(best.read_bytes()))
+
+
+def _log_epoch(row: dict, improved: bool) -> None:
+    message = (
+        f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, train top-1 "
+        f"{row['train_top1']:.3f}, {row['clips_per_s']:.1f} clips/s"
+    )
+    if "val_top1" in row:
+        message += f", val top-1 {row['val_top1']:.3f} top-5 {row['val_top5']:.3f}"
+    if row["skipped_samples"]:
+        message += f", {row['skipped_samples']} unreadable samples skipped so far"
+    message += "; saved best.pt and last.pt" if improved else "; saved last.pt"
+    _logger.info(message)
 
 
 def _tensorboard(out: Path):

@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from timeshift.engine.metrics import json_dumps
+from timeshift.models.checkpoints import file_mode
 from timeshift.online.recognizer import OnlineModule
 
 __all__ = [
@@ -164,10 +166,7 @@ def export_model(
         fold_div=[s.fold_div for s in module.shifts] if online else None,
         graph=("split" if graph is not module else "concat") if format == "onnx" else None,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _temporary_next_to(path)
     try:
         with torch.no_grad():
             if format == "onnx":
@@ -180,6 +179,8 @@ def export_model(
             diff = 0.0
             if verify:
                 diff = _verify(module, runner, online, batch + dynamic_batch, size, atol, rtol)
+        _flush_to_disk(tmp)  # a crash after the rename must not leave an empty file in place
+        os.chmod(tmp, file_mode())  # mkstemp made it 0600: give it the mode open() would
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -188,6 +189,27 @@ def export_model(
         "exported %s (%s, %s): max |difference| to eager %.2e", path, format, meta["mode"], diff
     )
     return ExportResult(path, format, online, diff, inputs, outputs, meta)
+
+
+def _temporary_next_to(path: Path) -> Path:
+    """An empty temporary file in ``path``'s folder, made before the (slow) export so that a
+    folder that cannot be written is reported at once, by name."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"cannot write the export to the folder {path.parent} ({exc.strerror or exc}); "
+            "choose another output path",
+        ) from exc
+    os.close(fd)
+    return Path(tmp)
+
+
+def _flush_to_disk(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def _split_graph(module: nn.Module, split: bool | None, online: bool) -> nn.Module:
@@ -279,7 +301,7 @@ def _write_onnx_meta(path: Path, meta: dict) -> None:
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = META_KEY, json.dumps(meta)
+    entry.key, entry.value = META_KEY, json_dumps(meta)
     onnx.save(proto, str(path))
 
 
@@ -330,7 +352,7 @@ def _jit_quiet() -> Iterator[None]:
 def _export_torchscript(module, example, path, meta) -> None:
     with _jit_quiet():
         traced = torch.jit.trace(module, example, check_trace=False)
-        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_META: json_dumps(meta)})
 
 
 def _torchscript_runner(path: Path):

@@ -15,8 +15,16 @@ __all__ = ["OnnxOnlineRecognizer", "OnnxRecognizer"]
 
 
 def _as_numpy(x) -> np.ndarray:
+    """float32 frames for the graph. Other float types are converted (documented); integer
+    input is refused: it is raw pixels, which the model cannot use before normalisation."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(
+            f"expected float frames normalised with the model's mean and std (float32; other "
+            f"float types are converted), got {x.dtype}: raw pixels? normalise them first"
+        )
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -58,7 +66,23 @@ class OnnxRecognizer(_OnnxModel):
     mode = "offline"
 
     def __call__(self, video) -> torch.Tensor:
-        (logits,) = self.session.run(None, {self.input_names[0]: _as_numpy(video)})
+        clips = _as_numpy(video)
+        frames, size = self.meta["num_segments"], self.meta["input_size"]
+        expected = (frames, 3, size, size)
+        if clips.ndim != 5 or clips.shape[1:] != expected:
+            raise ValueError(
+                f"expected clips (N, T, C, H, W) with T={frames} (num_segments), C=3, "
+                f"H=W={size} (the exported size), got {tuple(clips.shape)}"
+            )
+        if clips.shape[0] == 0:  # onnxruntime cannot run an empty batch: nothing to compute
+            return torch.zeros(0, self.num_classes)
+        fixed = self.meta.get("batch")
+        if fixed is not None and clips.shape[0] != fixed:
+            raise ValueError(
+                f"{self.path} was exported for batches of {fixed} clip(s), got "
+                f"{clips.shape[0]}; export with --dynamic-batch to vary it"
+            )
+        (logits,) = self.session.run(None, {self.input_names[0]: clips})
         return torch.from_numpy(logits)
 
 
@@ -95,6 +119,8 @@ class OnnxOnlineRecognizer(_OnnxModel):
                 f"(the exported size), got {tuple(np.shape(frame))}"
             )
         n = frames.shape[0]
+        if n == 0:  # no stream: nothing to compute, the caches stay as they are
+            return torch.zeros(0, self.num_classes)
         fixed = self.meta.get("batch")
         if fixed is not None and n != fixed:
             raise ValueError(

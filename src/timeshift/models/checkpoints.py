@@ -29,11 +29,12 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -42,12 +43,16 @@ __all__ = [
     "FORMAT_VERSION",
     "SOURCES",
     "CheckpointError",
+    "CheckpointWriteError",
     "LoadReport",
     "atomic_save",
+    "atomic_write",
     "detect_source",
+    "file_mode",
     "load_checkpoint",
     "load_model",
     "read_checkpoint",
+    "remove_stale_temporaries",
     "save_model",
 ]
 
@@ -57,7 +62,7 @@ FORMAT_VERSION = 1
 SOURCES = ("auto", "timeshift", "tsm", "mmaction2", "blvnet", "torchvision")
 _WRAPPER_SEGMENTS = frozenset({"net", "block"})
 _CLASSIFIER_PREFIXES = ("fc.",)
-_MAX_LISTED = 20
+_MAX_LISTED = 3  # examples in an error: the counts say the rest
 
 
 class CheckpointError(RuntimeError):
@@ -77,24 +82,156 @@ class LoadReport:
 
 
 # -- writing ------------------------------------------------------------------------------------
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file next to ``path``, then rename it into place.
+try:  # writers lock their temporary file so that a cleaner never removes one being written
+    import fcntl
+except ImportError:  # Windows: no stale-temporary cleanup
+    fcntl = None
 
-    A crash mid-write leaves the previous file intact, never a truncated checkpoint.
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A file could not be written (full disk, read-only folder, ...); the file it was to
+    replace is intact and no temporary file is left behind. An ``OSError`` too (``errno``
+    is the cause's), for callers that catch those."""
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: ``0o666`` less the process umask (``mkstemp``
+    makes ``0o600`` files, which colleagues and services could not read)."""
+    return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # /proc tells the umask without changing it; os.umask() must set it, racing other threads
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _temporary_pattern(path: Path) -> re.Pattern:
+    # ".NAME.PID.RANDOM.tmp" (this version) or ".NAME.RANDOM.tmp" (earlier versions)
+    return re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)\.)?[A-Za-z0-9_]+\.tmp")
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writes of ``path`` left next to it.
+
+    Only files of :func:`atomic_write`'s own naming for this ``path`` are considered, and only
+    when no live writer holds them (the writer's process has ended and nobody holds the file's
+    lock). Returns the removed files.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if fcntl is None or not path.parent.is_dir():
+        return []
+    pattern = _temporary_pattern(path)
+    removed = []
+    for candidate in path.parent.iterdir():
+        match = pattern.fullmatch(candidate.name)
+        if match and _is_stale(candidate, match.group(1)):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+            _logger.info("removed %s, left by an interrupted write", candidate)
+    return removed
+
+
+def _is_stale(temporary: Path, pid: str | None) -> bool:
+    if pid is not None and _alive(int(pid)):
+        return False  # its writer may be between creating and locking it
+    try:
+        fd = os.open(temporary, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False  # a writer holds it
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk, rename it into
+    place: whatever instant the process dies, ``path`` is either the previous file or the new
+    one, never a truncated mix. The file gets the mode the umask gives (like ``open()``).
+
+    Raises:
+        CheckpointWriteError: the folder or the disk refused the write (the message names the
+            file and the cause); the previous ``path`` is intact and the temporary removed.
+    """
+    path = Path(path)
+    remove_stale_temporaries(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        prefix = f".{path.name}.{os.getpid()}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            if fcntl is not None:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            os.fchmod(f.fileno(), file_mode())
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports failed writes as these
+        Path(tmp).unlink(missing_ok=True)
+        raise _write_error(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_error(path: Path, exc: BaseException) -> CheckpointWriteError:
+    cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    try:
+        free = f", {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = ""
+    kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
+    error = CheckpointWriteError(f"cannot write {path} ({cause}{free}); {kept}")
+    error.errno = getattr(exc, "errno", None)
+    return error
+
+
+def _fsync_folder(folder: Path) -> None:
+    # the rename itself reaches the disk only when the folder is flushed
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot flush a folder
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` through :func:`atomic_write`: a crash mid-write leaves the previous file
+    intact, never a truncated checkpoint; a full disk raises :class:`CheckpointWriteError`."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_model(
@@ -131,18 +268,95 @@ def save_model(
 
 
 # -- reading ------------------------------------------------------------------------------------
+_EXPECTED = (
+    "expected a checkpoint: a torch.save file of tensors and plain containers (timeshift "
+    "train's last.pt/best.pt, or a state dict of a supported format)"
+)
+
+
 def read_checkpoint(path: str | os.PathLike) -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU with errors that name the file."""
+    """``torch.load(path, weights_only=True)`` on CPU with errors that name the file and say
+    what it is instead (an ONNX model, a TorchScript archive, text, empty, truncated, ...)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    problem = _not_a_checkpoint(path)
+    if problem:
+        raise CheckpointError(f"cannot read {path}: {problem}; {_EXPECTED}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling/zip errors come in many types
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {exc}. It must be a torch.save file loadable with "
-            "weights_only=True (tensors and plain containers only)"
-        ) from exc
+        # PyTorch's own text suggests weights_only=False, i.e. running arbitrary code from the
+        # file: never pass that on, say what the file holds instead
+        raise CheckpointError(f"cannot read {path}: {_load_failure(exc)}; {_EXPECTED}") from None
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """What ``path`` is when it cannot be a ``torch.save`` file (read from its first bytes)."""
+    import zipfile
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if size == 0:
+        return "the file is empty (0 bytes): an interrupted copy or download?"
+    if path.suffix.lower() == ".onnx" or _looks_like_onnx(head):
+        return (
+            "it is an ONNX model (a 'timeshift export' output, run with onnxruntime: "
+            "timeshift.export.OnnxRecognizer, or give it to 'stream')"
+        )
+    if head.startswith(b"PK"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return (
+                f"it is a truncated or corrupt zip archive ({size} bytes; a torch.save file cut "
+                "short by a full disk or an interrupted copy?)"
+            )
+        if any("/code/" in n or n.endswith("/constants.pkl") for n in names):
+            return (
+                "it is a TorchScript archive (torch.jit.save / 'timeshift export --format "
+                "torchscript'), which holds a compiled program, not weights; run it with "
+                "torch.jit.load"
+            )
+        if not any(n.endswith("data.pkl") for n in names):
+            return f"it is a zip archive without data.pkl ({len(names)} entries), not torch.save"
+        return None
+    if head[:1] == b"\x80":
+        return None  # a pickle (legacy torch.save): torch.load decides, errors explained below
+    if _is_text(head):
+        first = head.decode("utf-8", errors="replace").splitlines()[0][:60] if head else ""
+        return f"it is a text file (starts with {first!r})"
+    return f"it is not a PyTorch checkpoint (unknown content, first bytes {head[:8].hex(' ')})"
+
+
+def _looks_like_onnx(head: bytes) -> bool:
+    # an ONNX ModelProto starts with field 1 (ir_version, varint) and names its producer soon
+    return head[:1] == b"\x08" and (b"pytorch" in head or b"onnx" in head.lower())
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(c.isprintable() or c in "\r\n\t" for c in text)
+
+
+def _load_failure(exc: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` refused a pickle, without PyTorch's
+    advice."""
+    text = str(exc)
+    if isinstance(exc, EOFError) or "Ran out of input" in text or "truncated" in text:
+        return "it is a truncated pickle (the file ends too early)"
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    what = f", e.g. {unsafe[1]}" if unsafe else ""
+    return (
+        f"it is a pickle of Python objects other than tensors and plain containers{what} "
+        "(an unknown pickle); it is read with weights_only=True, which never runs code from a "
+        "file"
+    )
 
 
 def load_model(
@@ -150,26 +364,70 @@ def load_model(
     *,
     name: str | None = None,
     num_classes: int | None = None,
-    num_segments: int = 8,
+    num_segments: int | None = None,
+    max_params: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Rebuild a model saved by :func:`save_model` and load its weights (strictly).
+    """Rebuild a model saved by :func:`save_model` and load its weights (strictly), for
+    inference: every tensor of the model must come from the file, classifier included.
 
-    The stored ``meta`` is attached to the model as ``model.checkpoint_meta``. With ``name``
-    (and ``num_classes``), the model is built with ``create_model(name, ...)`` instead and the
-    weights are loaded from any supported format (reference TSM, MMAction2, ...); its
-    ``checkpoint_meta`` is then empty (no class names).
+    The stored ``meta`` is attached to the model as ``model.checkpoint_meta`` and what was
+    loaded as ``model.load_report``. With ``name`` (and ``num_classes``), the model is built
+    with ``create_model(name, ...)`` instead and the weights are loaded from any supported
+    format (reference TSM, MMAction2, ...); its ``checkpoint_meta`` is then empty (no class
+    names).
+
+    The model is first built on the meta device (no memory) and compared with the stored
+    weights: a config whose shapes do not match them, or a model above ``max_params``
+    parameters (default ``$TIMESHIFT_MAX_MODEL_PARAMS``, else 2e9), is refused before anything
+    is allocated.
+
+    Args:
+        num_segments: frames per clip; default the checkpoint's (8 with ``name``). Another
+            value rebuilds the model for that ``T``, which models whose weights do not depend
+            on ``T`` (TSN, TSM and the other shift modules, TAM) support.
+        max_params: refuse models with more parameters than this.
     """
-    from timeshift.models.registry import create_model
-
     if name is not None:
         if num_classes is None:
             raise ValueError(f"loading {path} into {name} needs num_classes")
-        model = create_model(name, num_classes=num_classes, num_segments=num_segments, **kwargs)
-        load_checkpoint(model, path)
-        model.checkpoint_meta = {}
-        return model
-    payload = read_checkpoint(path)
+        config = {"name": name, "num_classes": num_classes, "num_segments": num_segments or 8}
+        config["kwargs"] = kwargs
+        payload, source = read_checkpoint(path), "auto"
+        meta: dict = {}
+    else:
+        if kwargs or num_classes is not None:
+            given = sorted(kwargs) + (["num_classes"] if num_classes is not None else [])
+            raise ValueError(
+                f"{given} apply with name= only: a timeshift checkpoint rebuilds its model from "
+                "its stored config (fine-tune with train to change it)"
+            )
+        payload = read_checkpoint(path)
+        config = dict(_own_config(payload, path))
+        if num_segments is not None and num_segments != config["num_segments"]:
+            _logger.info(
+                "%s: built for %d frames per clip (the checkpoint's: %d)",
+                path,
+                num_segments,
+                config["num_segments"],
+            )
+            config["num_segments"] = num_segments
+        source, meta = "timeshift", dict(payload.get("meta", {}))
+    model = _checked_build(config, payload, source, str(path), max_params)
+    report = _load(model, payload, source, True, "error", str(path))
+    fresh = [k for k in report.initialised if not k.endswith("num_batches_tracked")]
+    if fresh:
+        raise CheckpointError(
+            f"{path} has no weights for {len(fresh)} tensors of {config['name']} (e.g. "
+            f"{', '.join(fresh[:3])}): it can initialise this model for training "
+            "(train's model.pretrained), not run it"
+        )
+    model.checkpoint_meta = meta
+    model.load_report = report
+    return model
+
+
+def _own_config(payload: Any, path: str | os.PathLike) -> Mapping:
     if not (isinstance(payload, Mapping) and payload.get("format") == "timeshift"):
         raise CheckpointError(
             f"{path} is not a timeshift checkpoint (no 'format': 'timeshift'); to load weights "
@@ -182,16 +440,71 @@ def load_model(
         raise CheckpointError(
             f"{path} has format_version {version}; this timeshift reads up to {FORMAT_VERSION}"
         )
-    config = payload["config"]
-    model = create_model(
-        config["name"],
-        num_classes=config["num_classes"],
-        num_segments=config["num_segments"],
-        **config.get("kwargs", {}),
-    )
-    load_checkpoint(model, payload, source="timeshift")
-    model.checkpoint_meta = dict(payload.get("meta", {}))
-    return model
+    config = payload.get("config")
+    if not isinstance(config, Mapping) or not {"name", "num_classes", "num_segments"} <= set(
+        config
+    ):
+        raise CheckpointError(f"{path}: its 'config' lacks name/num_classes/num_segments")
+    return config
+
+
+DEFAULT_MAX_PARAMS = 2_000_000_000
+
+
+def _max_params(requested: int | None) -> tuple[int, str]:
+    if requested is not None:
+        return int(requested), "max_params"
+    value = os.environ.get("TIMESHIFT_MAX_MODEL_PARAMS")
+    if not value:
+        return DEFAULT_MAX_PARAMS, "TIMESHIFT_MAX_MODEL_PARAMS"
+    try:
+        return int(float(value)), "TIMESHIFT_MAX_MODEL_PARAMS"
+    except ValueError:
+        raise ValueError(
+            f"TIMESHIFT_MAX_MODEL_PARAMS={value!r} is not a number (e.g. 2e9)"
+        ) from None
+
+
+def _checked_build(
+    config: Mapping, payload: Any, source: str, origin: str, max_params: int | None
+) -> nn.Module:
+    """``create_model(**config)``, after the same model built on the meta device (shapes, no
+    memory) was found small enough and matching the stored weights."""
+    from timeshift.models.registry import create_model
+
+    def build() -> nn.Module:
+        try:
+            return create_model(
+                config["name"],
+                num_classes=config["num_classes"],
+                num_segments=config["num_segments"],
+                **config.get("kwargs", {}),
+            )
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{origin}: cannot build {config['name']} with {config['num_classes']} classes, "
+                f"{config['num_segments']} frames and options {dict(config.get('kwargs', {}))}: "
+                f"{exc}"
+            ) from exc
+
+    with torch.device("meta"):
+        skeleton = build()
+    params = sum(p.numel() for p in skeleton.parameters())
+    limit, knob = _max_params(max_params)
+    if params > limit:
+        raise CheckpointError(
+            f"{origin}: its config ({config['name']}, {config['num_classes']} classes) builds a "
+            f"model of {params:,} parameters ({params * 4 / 2**30:.1f} GiB in float32), above "
+            f"the limit of {limit:,}; nothing was allocated. If this is intended, raise the "
+            f"limit ({knob}, e.g. TIMESHIFT_MAX_MODEL_PARAMS={params})"
+        )
+    # raises CheckpointError on any shape that does not fit, still without allocating
+    _plan(skeleton, payload, source=source, strict=True, head_mismatch="error", origin=origin)
+    return build()
+
+
+# prefixes a wrapper adds to every key: DataParallel/DDP ("module."), torch.compile ("_orig_mod.")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def _state_dict_of(payload: Any, origin: str) -> dict[str, torch.Tensor]:
@@ -203,7 +516,17 @@ def _state_dict_of(payload: Any, origin: str) -> dict[str, torch.Tensor]:
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{origin}: the state dict holds no tensors")
-    return tensors
+    return _unwrapped(tensors)
+
+
+def _unwrapped(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the prefixes that wrappers put on every key, however nested (a
+    compiled DDP model saves ``module._orig_mod.backbone...``), whatever the source format."""
+    while True:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)
+        if prefix is None:
+            return state
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
 
 
 def detect_source(payload: Any) -> str:
@@ -397,12 +720,16 @@ def _listing(title: str, keys: list[str]) -> str:
     return f"\n  {title} ({len(keys)}): {shown}{more}"
 
 
+HEAD_MISMATCH = ("drop", "error")
+
+
 def load_checkpoint(
     model: nn.Module,
     checkpoint: str | os.PathLike | Mapping,
     *,
     source: str = "auto",
     strict: bool = True,
+    head_mismatch: str = "drop",
 ) -> LoadReport:
     """Load weights from any supported format into ``model``.
 
@@ -415,16 +742,54 @@ def load_checkpoint(
             torchvision weights, a classifier with another class count, and new non-local
             blocks or temporal aggregation modules when initialising from 2D weights are
             expected and never an error).
+        head_mismatch: a classifier for another class count: ``"drop"`` it (the model's
+            classifier keeps its fresh initialisation, with a warning naming both counts:
+            fine-tuning initialisation) or ``"error"`` (loading a model to run it;
+            :func:`load_model` does this).
 
     Returns:
         A :class:`LoadReport`.
     """
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     origin = str(checkpoint) if isinstance(checkpoint, str | os.PathLike) else "checkpoint"
     payload = (
         read_checkpoint(checkpoint) if isinstance(checkpoint, str | os.PathLike) else checkpoint
     )
+    return _load(model, payload, source, strict, head_mismatch, origin)
+
+
+def _load(model, payload, source, strict, head_mismatch, origin) -> LoadReport:
+    report, mapped = _plan(
+        model, payload, source=source, strict=strict, head_mismatch=head_mismatch, origin=origin
+    )
+    model.load_state_dict(mapped, strict=False)
+    report.loaded = sorted(mapped)
+    # our own checkpoints load silently; conversions from other formats are worth a line
+    (_logger.debug if report.source == "timeshift" else _logger.info)(
+        "loaded %d tensors from %s (%s format); %d left initialised, %d dropped",
+        len(mapped),
+        origin,
+        report.source,
+        len(report.initialised),
+        len(report.dropped),
+    )
+    return report
+
+
+def _plan(
+    model: nn.Module,
+    payload: Any,
+    *,
+    source: str,
+    strict: bool,
+    head_mismatch: str,
+    origin: str,
+) -> tuple[LoadReport, dict[str, torch.Tensor]]:
+    """Which checkpoint tensor goes to which model key; raises on anything that does not fit.
+    Reads only shapes of ``model``, so a model on the meta device can be checked for free."""
+    if source not in SOURCES:
+        raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if head_mismatch not in HEAD_MISMATCH:
+        raise ValueError(f"head_mismatch must be one of {HEAD_MISMATCH}, got {head_mismatch!r}")
     if source == "auto":
         source = detect_source(payload)
     report = LoadReport(source=source)
@@ -445,7 +810,7 @@ def load_checkpoint(
         if key is None:
             unexpected.append(canon)
         elif target[key].shape != value.shape and not _inflatable(target[key], value):
-            if key.startswith(_CLASSIFIER_PREFIXES):
+            if key.startswith(_CLASSIFIER_PREFIXES) and _other_class_count(target[key], value):
                 report.dropped.append(canon)
             else:
                 mismatched.append(
@@ -453,14 +818,6 @@ def load_checkpoint(
                 )
         else:
             mapped[key] = value
-    if any(k.startswith(_CLASSIFIER_PREFIXES) for k in report.dropped):
-        log = _logger.info if source == "torchvision" else _logger.warning
-        log(
-            "%s: classifier shape differs from the model's (%d classes); it was not loaded and "
-            "keeps its fresh initialisation",
-            origin,
-            getattr(model, "num_classes", -1),
-        )
 
     missing = [k for k in target if k not in mapped]
     allowed_missing = [k for k in missing if _may_stay_initialised(k, source, report)]
@@ -468,24 +825,57 @@ def load_checkpoint(
     report.initialised = allowed_missing
     if mismatched or (strict and (missing or unexpected)):
         raise CheckpointError(
-            f"{origin} ({source} format) does not fit {type(model).__name__}"
-            + (_listing("shape mismatches", mismatched) if mismatched else "")
-            + _listing("missing in checkpoint", missing)
-            + _listing("unexpected in checkpoint", unexpected)
+            _mismatch_summary(model, payload, source, origin, mismatched, missing, unexpected)
         )
+    if any(k.startswith(_CLASSIFIER_PREFIXES) for k in report.dropped):
+        _classifier_dropped(model, incoming, source, origin, head_mismatch)
     report.missing, report.unexpected = missing, unexpected
-    model.load_state_dict(mapped, strict=False)
-    report.loaded = sorted(mapped)
-    # our own checkpoints load silently; conversions from other formats are worth a line
-    (_logger.debug if source == "timeshift" else _logger.info)(
-        "loaded %d tensors from %s (%s format); %d left initialised, %d dropped",
-        len(mapped),
-        origin,
-        source,
-        len(report.initialised),
-        len(report.dropped),
+    return report, mapped
+
+
+def _other_class_count(target: torch.Tensor, value: torch.Tensor) -> bool:
+    """A classifier tensor for another number of classes over the same features (a different
+    feature width is another architecture, not a class count)."""
+    return target.dim() == value.dim() and target.shape[1:] == value.shape[1:]
+
+
+def _classifier_dropped(model, incoming, source, origin, head_mismatch) -> None:
+    stored = next((v.shape[0] for k, v in incoming.items() if k.startswith("fc.")), None)
+    ours = getattr(model, "num_classes", None)
+    counts = f"the checkpoint's classifier has {stored} classes, the model {ours} classes"
+    if head_mismatch == "error":
+        raise CheckpointError(
+            f"{origin}: {counts}. To run it, build the model with num_classes={stored} "
+            f"(--num-classes {stored}); to fine-tune on {ours} classes, initialise from it "
+            "(train's model.pretrained), which starts a new classifier"
+        )
+    log = _logger.info if source == "torchvision" else _logger.warning
+    log("%s: %s; it was not loaded and keeps its fresh initialisation", origin, counts)
+
+
+def _architecture(payload: Any) -> str | None:
+    """The architecture a checkpoint names, if it names one (our config, the reference's arch)."""
+    if not isinstance(payload, Mapping):
+        return None
+    config = payload.get("config")
+    if isinstance(config, Mapping) and config.get("name"):
+        return str(config["name"])
+    arch = payload.get("arch")
+    return str(arch) if isinstance(arch, str) else None
+
+
+def _mismatch_summary(model, payload, source, origin, mismatched, missing, unexpected) -> str:
+    theirs = _architecture(payload)
+    ours = (getattr(model, "config", None) or {}).get("name") or type(model).__name__
+    stored = f"{source} format" + (f", architecture {theirs}" if theirs else "")
+    return (
+        f"{origin} ({stored}) does not fit the model {ours}: {len(mismatched)} shape "
+        f"mismatches, {len(missing)} tensors missing in the checkpoint, {len(unexpected)} "
+        "unexpected; is it a checkpoint of another architecture or model size?"
+        + (_listing("shape mismatches", mismatched) if mismatched else "")
+        + (_listing("missing in checkpoint", missing) if missing else "")
+        + (_listing("unexpected in checkpoint", unexpected) if unexpected else "")
     )
-    return report
 
 
 def _inflatable(target: torch.Tensor, value: torch.Tensor) -> bool:

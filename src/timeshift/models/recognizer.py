@@ -105,35 +105,47 @@ class Recognizer(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if torch.jit.is_tracing():  # sizes are traced values here, and comparing them warns
             return
-        if x.dim() != 5:
-            raise ValueError(f"expected a clip batch (N, T, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.num_segments:
-            raise ValueError(
-                f"expected T={self.num_segments} frames per clip (the model's num_segments), "
-                f"got {x.shape[1]} in shape {tuple(x.shape)}"
+        expected = f"(N, T, C, H, W) with T={self.num_segments} (num_segments), C={self.in_chans}"
+        if x.dim() != 5 or x.shape[1] != self.num_segments or x.shape[2] != self.in_chans:
+            raise ValueError(f"expected a clip batch {expected}, got shape {tuple(x.shape)}")
+        dtype = self._dtype()
+        if x.dtype != dtype and not (x.is_floating_point() and torch.is_autocast_enabled()):
+            hint = (
+                "raw pixels: normalise them first (timeshift.data transforms: /255, mean, std)"
+                if not x.is_floating_point()
+                else f"convert with clips.to({dtype})"
             )
-        if x.shape[2] != self.in_chans:
-            raise ValueError(
-                f"expected {self.in_chans} channels per frame, got {x.shape[2]} in shape "
-                f"{tuple(x.shape)}; input layout is (N, T, C, H, W)"
+            raise TypeError(
+                f"expected {str(dtype).removeprefix('torch.')} clips (the model's parameter "
+                f"dtype), got {str(x.dtype).removeprefix('torch.')}; {hint}"
             )
 
+    def _dtype(self) -> torch.dtype:
+        param = next(self.parameters(), None)
+        return param.dtype if param is not None else torch.get_default_dtype()
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, T, C, H, W)`` -> feature maps ``(N, T', F, h, w)`` (``T' < T`` if pooled)."""
+        """``(N, T, C, H, W)`` -> feature maps ``(N, T', F, h, w)`` (``T' < T`` if pooled).
+
+        An empty batch (``N = 0``) gives empty features (``T'`` then reads as ``T``)."""
         self._check_input(x)
         n = x.shape[0]
         frames = x.flatten(0, 1)
         if self.channels_last:
             frames = frames.contiguous(memory_format=torch.channels_last)
         feats = self.backbone.forward_features(frames)
-        return feats.view(n, feats.shape[0] // n, *feats.shape[1:])
+        if torch.jit.is_tracing() or n:  # traced sizes cannot be tested (a warning)
+            return feats.view(n, feats.shape[0] // n, *feats.shape[1:])
+        # an empty batch has no frames to count T' from
+        return feats.reshape(0, self.num_segments, *feats.shape[1:])
 
     def _segment_logits(self, feats: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         n, t = feats.shape[:2]
         pooled = feats.flatten(0, 1).mean(dim=(2, 3))
+        # unflatten, not view(n, t, -1): -1 is ambiguous for an empty batch
         if pre_logits:
-            return pooled.view(n, t, -1)
-        return self.fc(self.dropout(pooled)).view(n, t, -1)
+            return pooled.unflatten(0, (n, t))
+        return self.fc(self.dropout(pooled)).unflatten(0, (n, t))
 
     def forward_head(self, feats: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         """Feature maps ``(N, T', F, h, w)`` -> logits ``(N, K)`` (or pooled features)."""
@@ -144,6 +156,11 @@ class Recognizer(nn.Module):
         return self._segment_logits(self.forward_features(x), pre_logits=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing() and x.shape[0] == 0:
+            # an empty batch has empty logits; not every module (non-local) takes zero frames
+            self._check_input(x)
+            width = self.num_classes or self.num_features
+            return torch.zeros(0, width, dtype=self._dtype(), device=x.device)
         return self.forward_head(self.forward_features(x))
 
     def extra_repr(self) -> str:
