@@ -247,9 +247,13 @@ def special_files(root: Path) -> dict[str, Path]:
     os.mkfifo(root / "fifo.mp4")
     (root / "folder.mp4").mkdir()
     (root / "device.mp4").symlink_to("/dev/zero")
-    sock = socket.socket(socket.AF_UNIX)
-    sock.bind(str(root / "socket.mp4"))  # the file stays after the socket closes
-    sock.close()
+    cwd = os.getcwd()
+    os.chdir(root)  # a relative name: socket paths are limited to about 100 bytes
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind("socket.mp4")  # the file stays after the socket closes
+    finally:
+        os.chdir(cwd)
     return {p.stem: p for p in sorted(root.iterdir())}
 
 

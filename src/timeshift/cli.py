@@ -13,7 +13,7 @@ from timeshift.bench.commands import add_bench_parser
 __all__ = ["main"]
 
 
-def json_dumps(value, **kwargs) -> str:
+def _json_dumps(value, **kwargs) -> str:
     """Strict JSON (NaN -> null) for ``--json`` output."""
     from timeshift.engine.metrics import json_dumps as dumps
 
@@ -191,7 +191,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         )
         output_error = next((r["output_error"] for r in rows if "output_error" in r), None)
         if args.json:
-            print(json_dumps(rows))
+            print(_json_dumps(rows))
         else:
             print("early recognition: accuracy after observing the first part of each video")
             print(f"  {'observed':>8} {'top-1':>7} {'top-5':>7}")
@@ -210,7 +210,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.json:
-        print(json_dumps(summary))
+        print(_json_dumps(summary))
     else:
         _print_test(summary)
         if args.output and "output_error" not in summary:
@@ -244,7 +244,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.json:
-        print(json_dumps(results, indent=1))
+        print(_json_dumps(results, indent=1))
     else:
         for item in results:
             print(item["path"])

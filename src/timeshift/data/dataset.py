@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from timeshift.data.decode import DEFAULT_TEMPLATE, VideoDecodeError, open_video
+from timeshift.data.decode import max_frame_pixels as max_frame_pixels_limit
 from timeshift.data.formats import Annotations, SampleRecord
 from timeshift.data.sampling import segment_indices
 
@@ -22,6 +23,8 @@ _logger = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
 _MAX_WORKER_SLOTS = 256
+# decoded frames kept by ``cache=True``, per process: beyond it videos are decoded every time
+DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -60,6 +63,10 @@ class VideoDataset(Dataset):
         cache: keep every decoded video in memory (all its frames) so that later epochs skip
             decoding; for small datasets of short videos (the synthetic one). Each DataLoader
             worker holds its own cache: use persistent workers.
+        cache_bytes: most bytes of decoded frames the cache holds (per process); a video that
+            does not fit is decoded every time instead (logged once), never cut.
+        max_frame_pixels: refuse videos whose frames are larger (``width * height``): a small
+            file can ask for gigabytes. ``None``: ``TIMESHIFT_MAX_FRAME_PIXELS`` or 4096x4096.
 
     Returns (per item):
         ``(clip, label)``: ``clip`` is ``(T, C, H, W)``, or ``(V, T, C, H, W)`` when several
@@ -84,6 +91,8 @@ class VideoDataset(Dataset):
         max_retries: int = 20,
         observed: float = 1.0,
         cache: bool = False,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        max_frame_pixels: int | None = None,
     ) -> None:
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
@@ -111,6 +120,11 @@ class VideoDataset(Dataset):
         self.start_index = start_index
         self.max_retries = max_retries
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self.cache_bytes = cache_bytes
+        self._cached_bytes = 0
+        self._cache_full_reported = False
+        # checked now: a bad value is a configuration error, not an unreadable sample
+        self.max_frame_pixels = max_frame_pixels_limit(max_frame_pixels)
         # one counter slot per worker process (slot 0: the main process), in shared memory
         self._skips = torch.zeros(_MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
         # which records were already reported as unreadable, shared by all workers
@@ -134,12 +148,12 @@ class VideoDataset(Dataset):
         return int(self._skips.sum())
 
     def _open(self, record: SampleRecord):
-        kwargs = {}
+        kwargs = {"max_frame_pixels": self.max_frame_pixels}
         backend = self.backend or ("frames" if Path(record.path).is_dir() else "pyav")
         if backend == "pyav" and get_worker_info() is not None:
-            kwargs = {"threads": 1}  # workers already use every core
+            kwargs["threads"] = 1  # workers already use every core
         if backend == "frames":
-            kwargs = dict(template=self.frame_template, start_index=self.start_index)
+            kwargs.update(template=self.frame_template, start_index=self.start_index)
             if record.num_frames is not None:
                 kwargs["num_frames"] = record.offset + record.num_frames
         return open_video(record.path, backend=backend, **kwargs)
@@ -165,19 +179,49 @@ class VideoDataset(Dataset):
             clips = self._sample(len(cached), rng)
             return cached, {i: i for i in range(len(cached))}, clips
         with self._open(record) as reader:
-            available = reader.num_frames - record.offset
-            count = min(record.num_frames or available, available)
-            if count < 1:
-                raise VideoDecodeError(record.path, f"no frames after offset {record.offset}")
-            clips = self._sample(count, rng)
-            if self._cache is not None:
-                # keep the whole (short) video: later epochs sample from memory
-                frames = reader.get_frames(range(record.offset, record.offset + count))
-                self._cache[index] = frames
-                return frames, {i: i for i in range(count)}, clips
-            wanted = sorted({i for clip in clips for i in clip})
-            frames = reader.get_frames([record.offset + i for i in wanted])
+            while True:
+                listed = reader.num_frames
+                try:
+                    return self._decode_from(reader, index, rng)
+                except VideoDecodeError:
+                    # the reader found that the last frames do not decode (a damaged tail)
+                    # and lowered its count: sample again within the frames that do
+                    if reader.num_frames >= listed:
+                        raise
+
+    def _decode_from(self, reader, index: int, rng: random.Random):
+        record = self.records[index]
+        available = reader.num_frames - record.offset
+        count = min(record.num_frames or available, available)
+        if count < 1:
+            raise VideoDecodeError(record.path, f"no frames after offset {record.offset}")
+        clips = self._sample(count, rng)
+        if self._cache is not None and self._fits_cache(record, reader, count):
+            # keep the whole (short) video: later epochs sample from memory
+            frames = reader.get_frames(range(record.offset, record.offset + count))
+            self._cache[index] = frames
+            self._cached_bytes += frames.nbytes
+            return frames, {i: i for i in range(count)}, clips
+        wanted = sorted({i for clip in clips for i in clip})
+        frames = reader.get_frames([record.offset + i for i in wanted])
         return frames, {i: k for k, i in enumerate(wanted)}, clips
+
+    def _fits_cache(self, record: SampleRecord, reader, count: int) -> bool:
+        height, width = reader.size
+        size = count * height * width * 3
+        if self._cached_bytes + size <= self.cache_bytes:
+            return True
+        if not self._cache_full_reported:
+            self._cache_full_reported = True
+            _logger.warning(
+                "the decoded-frame cache is full (%d of %d bytes; %s needs %d): videos that "
+                "do not fit are decoded every time (raise cache_bytes to keep more)",
+                self._cached_bytes,
+                self.cache_bytes,
+                record.path,
+                size,
+            )
+        return False
 
     def load(self, index: int, rng: random.Random):
         """Decode and transform one record (no error handling): ``(views, label)``."""

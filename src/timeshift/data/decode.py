@@ -13,6 +13,11 @@ Backends:
 
 Readers are context managers that close their handles. Each DataLoader worker opens its own
 reader per sample, so nothing is shared across processes.
+
+Limits (no input may hang the library or make it allocate without bound): only regular files are
+opened (a FIFO, socket or device named ``*.mp4`` would block or read forever), and frames larger
+than :func:`max_frame_pixels` (``TIMESHIFT_MAX_FRAME_PIXELS``, default 4096 x 4096) are refused
+before they are decoded.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import bisect
 import logging
 import os
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +34,16 @@ import numpy as np
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_MAX_FRAME_PIXELS",
+    "MAX_FRAME_PIXELS_ENV",
     "FrameFolderReader",
     "OpenCVReader",
     "PyAVReader",
     "VideoDecodeError",
     "VideoReader",
+    "check_frame_size",
+    "check_regular_file",
+    "max_frame_pixels",
     "open_video",
 ]
 
@@ -40,6 +51,12 @@ _logger = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "img_{:05d}.jpg"
 BACKENDS = ("pyav", "opencv", "frames")
+MAX_FRAME_PIXELS_ENV = "TIMESHIFT_MAX_FRAME_PIXELS"
+# 16.8 Mpx (4K DCI is 8.8 Mpx): a decoded RGB frame of this size is 48 MiB; a tiny file of
+# 8000x8000 frames would otherwise cost gigabytes per sample
+DEFAULT_MAX_FRAME_PIXELS = 4096 * 4096
+# a file whose demux pass shows a damaged tail is verified by decoding from its last keyframes
+_TAIL_KEYFRAMES = 3
 
 
 class VideoDecodeError(RuntimeError):
@@ -54,6 +71,92 @@ class VideoDecodeError(RuntimeError):
     def __reduce__(self):
         # rebuilt with both arguments in the main process when raised in a DataLoader worker
         return (type(self), (self.path, self.cause))
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "a special file")
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Raise :class:`VideoDecodeError` unless ``path`` is a regular file (symlinks followed).
+
+    Opening a FIFO blocks until a writer appears, and a device or socket can be read forever,
+    so every reader checks this before handing the path to FFmpeg, OpenCV or Pillow.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise VideoDecodeError(path, "file not found") from None
+    except OSError as exc:
+        raise VideoDecodeError(path, f"cannot access the file: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(mode):
+        raise VideoDecodeError(
+            path, f"not a regular file but {_file_kind(mode)}; videos and frames must be files"
+        )
+
+
+def max_frame_pixels(limit: int | None = None) -> int:
+    """The largest frame (``width * height``) a reader decodes: ``limit`` when given, else the
+    ``TIMESHIFT_MAX_FRAME_PIXELS`` environment variable, else :data:`DEFAULT_MAX_FRAME_PIXELS`."""
+    if limit is not None:
+        source, given = "max_frame_pixels", limit
+        value = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+    else:
+        given = os.environ.get(MAX_FRAME_PIXELS_ENV, "").strip()
+        if not given:
+            return DEFAULT_MAX_FRAME_PIXELS
+        source = MAX_FRAME_PIXELS_ENV
+        try:
+            value = int(given)
+        except ValueError:
+            value = None
+    if value is None or value < 1:
+        raise ValueError(
+            f"{source} must be a positive whole number of pixels per frame (e.g. "
+            f"{DEFAULT_MAX_FRAME_PIXELS} for 4096x4096), got {given!r}"
+        )
+    return value
+
+
+def check_frame_size(path: str | os.PathLike, width: int, height: int, limit: int) -> None:
+    """Raise :class:`VideoDecodeError` when ``width x height`` frames exceed ``limit`` pixels
+    (before any is decoded: a small file can ask for gigabytes)."""
+    pixels = int(width) * int(height)
+    if pixels <= limit:
+        return
+    try:
+        file_size = f"a {_human(os.path.getsize(path))} file with "
+    except OSError:
+        file_size = ""
+    raise VideoDecodeError(
+        path,
+        f"{file_size}{width}x{height} frames ({pixels:,} pixels, {_human(3 * pixels)} per "
+        f"decoded RGB frame) is over the limit of {limit:,} pixels per frame; raise it with "
+        f"max_frame_pixels=... or the environment variable {MAX_FRAME_PIXELS_ENV}={pixels} "
+        "if this video is expected",
+    )
+
+
+def _human(size: float) -> str:
+    if size < 1000:
+        return f"{size:.0f} bytes"
+    for unit in ("kB", "MB", "GB"):
+        size /= 1000
+        if size < 1000 or unit == "GB":
+            break
+    return f"{size:.1f} {unit}"
+
+
+def _limit(value: int | None) -> int:
+    # the readers' keyword argument of the same name hides the module function
+    return max_frame_pixels(value)
 
 
 def _require(module: str, extra: str = "video"):
@@ -108,9 +211,24 @@ class VideoReader(ABC):
         n = self.num_frames
         bad = [i for i in indices if not 0 <= i < n]
         if bad:
-            raise IndexError(f"{self.path}: frame indices {bad[:5]} outside [0, {n})")
+            raise self._range_error(bad, n)
         frames = self._read(sorted(set(indices)))
         return np.stack([frames[i] for i in indices])
+
+    def _range_error(self, bad: list[int], n: int) -> Exception:
+        return IndexError(f"{self.path}: frame indices {bad[:5]} outside [0, {n})")
+
+    def get_timestamps(self, indices: Sequence[int]) -> np.ndarray:
+        """Presentation times in seconds of the frames at ``indices``, from the first frame.
+
+        Backends that know each frame's own timestamp (PyAV) return it, so variable-frame-rate
+        videos get their true times; the others return ``index / fps`` (NaN without ``fps``).
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        n = self.num_frames
+        if indices.size and not ((indices >= 0) & (indices < n)).all():
+            raise IndexError(f"{self.path}: frame indices outside [0, {n})")
+        return indices / self.fps if self.fps else np.full(indices.shape, np.nan)
 
     def close(self) -> None:  # noqa: B027 - readers without handles need nothing
         pass
@@ -142,19 +260,36 @@ class PyAVReader(VideoReader):
     * counting mode (missing, duplicated or made-up timestamps, raw streams): frames are
       counted in decode order from the start of the file.
 
+    ``num_frames`` counts frames that decode: the demuxer lists every packet the container
+    indexes, even those a truncated file no longer holds (an MP4 with its index at the front),
+    so a file whose demux pass shows a damaged tail (a corrupt or missing packet, a demux
+    error) is decoded once from its last keyframes to find its last decodable frame. A decode
+    failure found later, while reading, lowers ``num_frames`` to the frames before it.
+
     Args:
-        path: video file.
+        path: video file (a regular file: FIFOs and devices are refused, they would block).
         threads: decoder threads; 0 lets FFmpeg choose (slice threading, which keeps no frames
             in flight across seeks).
         max_decode_factor: a ``get_frames`` call that decodes more than this many times the
             video's frame count (plus a margin) without reaching its targets is stuck and fails.
+        max_frame_pixels: refuse frames larger than this (``width * height``); ``None``:
+            :func:`max_frame_pixels` (environment variable or default).
     """
 
     backend = "pyav"
 
-    def __init__(self, path, *, threads: int = 0, max_decode_factor: float = 3.0) -> None:
+    def __init__(
+        self,
+        path,
+        *,
+        threads: int = 0,
+        max_decode_factor: float = 3.0,
+        max_frame_pixels: int | None = None,
+    ) -> None:
         super().__init__(path)
         self._av = _require("av")
+        self._max_pixels = _limit(max_frame_pixels)
+        check_regular_file(self.path)
         self._max_decode_factor = max_decode_factor
         self._threads = threads
         self._container = None
@@ -180,6 +315,12 @@ class PyAVReader(VideoReader):
             self._container.close()
             raise VideoDecodeError(self.path, "no video stream")
         self._stream = self._container.streams.video[0]
+        context = self._stream.codec_context
+        try:
+            check_frame_size(self.path, context.width, context.height, self._max_pixels)
+        except VideoDecodeError:
+            self._container.close()
+            raise
         self._stream.thread_type = "SLICE"
         if self._threads:
             self._stream.thread_count = self._threads
@@ -189,19 +330,28 @@ class PyAVReader(VideoReader):
 
     def _build_index(self) -> None:
         packets = []  # (pts, dts, keyframe)
+        file_size = os.path.getsize(self.path)
+        damaged = False  # signs that the last packets may not decode
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0 or packet.is_discard:
                     continue  # flush packets; packets an MP4 edit list drops
                 packets.append((packet.pts, packet.dts, packet.is_keyframe))
+                end = packet.pos + packet.size if packet.pos is not None else 0
+                damaged = damaged or packet.is_corrupt or end > file_size
         except self._av.FFmpegError as exc:
             if not packets:
                 raise VideoDecodeError(self.path, f"cannot read packets: {exc}") from exc
             _logger.warning(
                 "%s: stream ends early (%s); using %d frames", self.path, exc, len(packets)
             )
+            damaged = True
         if not packets:
             raise VideoDecodeError(self.path, "no video frames")
+        self._listed = len(packets)
+        # the container's own frame count (MP4 indexes every sample up front) above what the
+        # file still holds: it was cut
+        damaged = damaged or self._stream.frames > len(packets)
         self._count = len(packets)
         pts = [p for p, _, _ in packets]
         self._counting = any(p is None for p in pts) or len(set(pts)) != len(pts)
@@ -221,6 +371,42 @@ class PyAVReader(VideoReader):
             self._seek_by = "pts"
         # the demux pass left the container at its end: the first request repositions it
         self._frames_iter = None
+        if damaged and not self._counting:
+            self._verify_tail()
+
+    def _verify_tail(self) -> None:
+        """Lower the count to the last frame that decodes, decoding from the last keyframes
+        (stepping back while a whole group of pictures fails)."""
+        claimed = self._count
+        last = None
+        for k in reversed(self._keyframes[-_TAIL_KEYFRAMES:]):
+            last = self._last_decodable(k)
+            if last is not None and last >= k:
+                break
+        self._frames_iter = None
+        if last is None:
+            return  # nothing decodes near the end: reading will find where decoding stops
+        self._count = last + 1
+        if self._count < claimed:
+            _logger.warning(
+                "%s: only the first %d of %d frames decode (truncated or corrupt tail); "
+                "using %d frames",
+                self.path,
+                self._count,
+                claimed,
+                self._count,
+            )
+
+    def _last_decodable(self, keyframe: int) -> int | None:
+        """Index of the last frame decoded from ``keyframe`` on before the decoder stops."""
+        last = None
+        try:
+            self._seek(keyframe)
+            while self._next_frame() is not None:
+                last = self._position
+        except (VideoDecodeError, _Unreliable):
+            pass
+        return last
 
     @property
     def num_frames(self) -> int:
@@ -230,6 +416,23 @@ class PyAVReader(VideoReader):
     def fps(self) -> float | None:
         rate = self._stream.average_rate or self._stream.guessed_rate
         return float(rate) if rate else None
+
+    def _range_error(self, bad: list[int], n: int) -> Exception:
+        if min(bad) >= 0 and max(bad) < self._listed:  # listed by the container, undecodable
+            return VideoDecodeError(
+                self.path,
+                f"frames {bad[:5]} do not decode: only the first {n} of the {self._listed} "
+                "frames the container lists do (truncated or corrupt file)",
+            )
+        return super()._range_error(bad, n)
+
+    def get_timestamps(self, indices: Sequence[int]) -> np.ndarray:
+        if self._counting:  # no trustworthy timestamps: the nominal frame rate
+            return super().get_timestamps(indices)
+        indices = np.asarray(indices, dtype=np.int64)
+        super().get_timestamps(indices)  # range check
+        stamps = np.asarray(self._pts, dtype=np.float64)[indices] - self._pts[0]
+        return stamps * float(self._stream.time_base)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -261,6 +464,8 @@ class PyAVReader(VideoReader):
             raise VideoDecodeError(
                 self.path, f"decoding failed after frame {self._position}: {exc}"
             ) from exc
+        # a stream may change resolution mid-way: check every frame, not only the header
+        check_frame_size(self.path, frame.width, frame.height, self._max_pixels)
         if self._counting:
             self._position += 1
             return frame
@@ -329,19 +534,41 @@ class PyAVReader(VideoReader):
             if self._pending is not None:
                 frame, self._pending = self._pending, None
             else:
-                frame = self._next_frame()
+                try:
+                    frame = self._next_frame()
+                except VideoDecodeError:
+                    self._stopped_at(target)
+                    raise
                 self._budget -= 1
                 if frame is None or self._budget < 0:
                     why = "decoder stopped" if frame is None else "decoding makes no progress"
+                    claimed = self.num_frames
+                    if frame is None:
+                        self._stopped_at(target)
                     raise VideoDecodeError(
                         self.path,
                         f"{why} at frame {self._position} before reaching frame {target} of "
-                        f"{self.num_frames} (truncated or corrupt file?)",
+                        f"{claimed} (truncated or corrupt file?)",
                     )
             if self._position == target:
                 return frame
             if self._position > target:
                 raise _Unreliable  # even decode timestamps could not land before the target
+
+    def _stopped_at(self, target: int) -> None:
+        """Decoding stopped before ``target``: frames from there on do not decode (on this
+        path), so the count drops to the frames before; a caller can sample again within it."""
+        position = self._position
+        if position is not None and 0 <= position < target and position + 1 < self._count:
+            _logger.warning(
+                "%s: decoding stops after frame %d of %d; using %d frames",
+                self.path,
+                position,
+                self._count,
+                position + 1,
+            )
+            self._count = position + 1
+        self._frames_iter = None
 
     def close(self) -> None:
         self._frames_iter = None
@@ -354,17 +581,29 @@ class OpenCVReader(VideoReader):
 
     OpenCV's frame count comes from container metadata, which can be wrong, so the true count
     is found by grabbing through the file the first time ``num_frames`` is asked for.
+
+    Args:
+        path: video file (a regular file: FIFOs and devices are refused, they would block).
+        max_frame_pixels: refuse frames larger than this (``width * height``); ``None``:
+            :func:`max_frame_pixels` (environment variable or default).
     """
 
     backend = "opencv"
 
-    def __init__(self, path) -> None:
+    def __init__(self, path, *, max_frame_pixels: int | None = None) -> None:
         super().__init__(path)
         self._cv2 = _require("cv2")
-        if not Path(self.path).is_file():
-            raise VideoDecodeError(self.path, "file not found")
+        self._max_pixels = _limit(max_frame_pixels)
+        check_regular_file(self.path)
         self._cap = None
         self._open()
+        width = int(self._cap.get(self._cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(self._cap.get(self._cv2.CAP_PROP_FRAME_HEIGHT))
+        try:  # before the first frame is decoded
+            check_frame_size(self.path, width, height, self._max_pixels)
+        except VideoDecodeError:
+            self.close()
+            raise
         self._count: int | None = None
         self._fps = float(self._cap.get(self._cv2.CAP_PROP_FPS)) or None
         if not self._cap.grab():
@@ -376,6 +615,12 @@ class OpenCVReader(VideoReader):
             self.close()
             raise VideoDecodeError(self.path, "cannot decode the first frame")
         self._size = (first.shape[0], first.shape[1])
+        if not width * height:  # no size in the header: the first frame tells
+            try:
+                check_frame_size(self.path, first.shape[1], first.shape[0], self._max_pixels)
+            except VideoDecodeError:
+                self.close()
+                raise
 
     def _open(self) -> None:
         if self._cap is not None:
@@ -438,6 +683,8 @@ class FrameFolderReader(VideoReader):
         num_frames: frame count if known (e.g. from a list file); otherwise consecutive files
             are counted.
         fps: frame rate to report, if known.
+        max_frame_pixels: refuse images larger than this (``width * height``), checked from
+            the image header before decoding; ``None``: :func:`max_frame_pixels`.
     """
 
     backend = "frames"
@@ -450,10 +697,12 @@ class FrameFolderReader(VideoReader):
         start_index: int = 1,
         num_frames: int | None = None,
         fps: float | None = None,
+        max_frame_pixels: int | None = None,
     ) -> None:
         super().__init__(path)
         if not Path(self.path).is_dir():
             raise VideoDecodeError(self.path, "frame folder not found")
+        self._max_pixels = _limit(max_frame_pixels)
         self.template = template
         self.start_index = start_index
         self._fps = fps
@@ -492,12 +741,16 @@ class FrameFolderReader(VideoReader):
         from PIL import Image
 
         file = self._file(index)
+        if not file.exists():
+            raise VideoDecodeError(file, f"frame {index} missing")
+        check_regular_file(file)  # a FIFO named img_00001.jpg would block Image.open
         try:
-            with Image.open(file) as image:
+            with Image.open(file) as image:  # reads the header only
+                check_frame_size(file, *image.size, self._max_pixels)
                 return np.asarray(image.convert("RGB"))
         except FileNotFoundError as exc:
             raise VideoDecodeError(file, f"frame {index} missing") from exc
-        except OSError as exc:
+        except (OSError, Image.DecompressionBombError) as exc:
             raise VideoDecodeError(file, f"cannot decode image: {exc}") from exc
 
     def _read(self, targets: list[int]) -> dict[int, np.ndarray]:
@@ -511,17 +764,16 @@ def open_video(path: str | os.PathLike, *, backend: str | None = None, **kwargs)
         path: a video file (mp4, webm, avi, mkv, ...) or a folder of frame images.
         backend: ``"pyav"`` (default for files), ``"opencv"``, or ``"frames"`` (default for
             folders).
-        **kwargs: backend options (``threads`` for pyav; ``template``, ``start_index``,
-            ``num_frames``, ``fps`` for frames).
+        **kwargs: backend options (``max_frame_pixels`` for all; ``threads`` for pyav;
+            ``template``, ``start_index``, ``num_frames``, ``fps`` for frames).
 
     Raises:
-        VideoDecodeError: the file cannot be opened or holds no frames.
+        VideoDecodeError: the file cannot be opened, is not a regular file (a FIFO, socket or
+            device), holds no frames, or its frames are over the size limit.
     """
     if backend is None:
         backend = "frames" if Path(path).is_dir() else "pyav"
     if backend == "pyav":
-        if not Path(path).exists():
-            raise VideoDecodeError(path, "file not found")
         return PyAVReader(path, **kwargs)
     if backend == "opencv":
         return OpenCVReader(path, **kwargs)

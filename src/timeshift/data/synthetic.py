@@ -12,7 +12,8 @@ video -- colours, size, speed, start position, a textured background and per-fra
 Videos are real encoded files (H.264 through PyAV, MPEG-4 Part 2 where x264 is missing) with
 list files in the MMAction2 video-list format (``path label``) and a class-name file, so the
 whole decoding pipeline is exercised. Generation is deterministic given the seed: each video's
-draws depend only on (seed, split, class, index).
+draws depend only on (seed, split, class, index), and the encoding gives the same file on any
+machine (see :func:`write_video`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,21 @@ FAMILY_SHAPES = {
     "orbit": "ring",
     "stretch": "cross",
 }
-FORMAT_VERSION = 3
+# 4: machine-independent encoding (numpy colour conversion, CPU-independent x264)
+FORMAT_VERSION = 4
+
+# Encoders pick CPU-specific code paths (SIMD) that are not bit-exact with each other: the same
+# frames encoded on two machines decoded up to 39 grey levels apart. x264's CPU-independent
+# mode on one thread and FFmpeg's integer DCTs give the same stream on every machine.
+ENCODER_OPTIONS = {
+    "libx264": {
+        "crf": "18",
+        "preset": "veryfast",
+        "threads": "1",
+        "x264-params": "cpu-independent=1:sliced-threads=0",
+    },
+    "mpeg4": {"threads": "1", "flags": "+bitexact", "dct": "int", "idct": "int"},
+}
 
 
 def class_names(families: Sequence[str] | None = None) -> list[str]:
@@ -216,17 +231,42 @@ def render_clip(
     return out[::-1].copy() if reverse else out
 
 
+def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """``(T, H, W, 3)`` uint8 RGB (even H, W) to ``(T, 3H/2, W)`` planar YUV 4:2:0 (BT.601,
+    limited range, what decoders assume for untagged video), in integer arithmetic: the same
+    bytes on every machine, unlike FFmpeg's SIMD colour conversion."""
+    rgb = frames.astype(np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+
+    def block_sum(x: np.ndarray) -> np.ndarray:  # 2x2 blocks: chroma at half resolution
+        return x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2]
+
+    u = ((block_sum(-38 * r - 74 * g + 112 * b) + 512) >> 10) + 128
+    v = ((block_sum(112 * r - 94 * g - 18 * b) + 512) >> 10) + 128
+    t, h, w = y.shape
+    out = np.empty((t, h * 3 // 2, w), dtype=np.uint8)
+    out[:, :h] = y
+    out[:, h : h + h // 4] = u.reshape(t, h // 4, w)
+    out[:, h + h // 4 :] = v.reshape(t, h // 4, w)
+    return out
+
+
 def write_video(
     path: str | os.PathLike, frames: np.ndarray, *, fps: int = 8, codec: str | None = None
 ) -> str:
     """Encode ``(T, H, W, 3)`` uint8 RGB frames (even H, W) to a video file with PyAV.
 
     ``codec=None`` picks H.264 (libx264) when available, else MPEG-4 Part 2. Returns the codec.
+    The same frames give the same file on any machine: colours are converted in integer
+    arithmetic and the encoders run with CPU-independent settings (:data:`ENCODER_OPTIONS`).
     """
     import av
 
     if codec is None:
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"frame height and width must be even for yuv420p, got {frames.shape}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial{path.suffix}")
@@ -234,17 +274,34 @@ def write_video(
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
-        else:
+        if codec == "mpeg4":
             stream.bit_rate = 2_000_000
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+        stream.options = dict(ENCODER_OPTIONS.get(codec, {"threads": "1"}))
+        for image in rgb_to_yuv420p(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="yuv420p")):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
     os.replace(tmp, path)  # a crash never leaves a half-written video under the final name
     return codec
+
+
+def _read_meta(root: Path) -> dict:
+    try:
+        return json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _written_by(root: Path, meta: dict) -> bool:
+    """Whether the videos in ``root`` come from a run with this spec and format version (a
+    missing ``meta.json``: a first run that was interrupted, whose videos are complete)."""
+    previous = _read_meta(root)
+    if not previous:
+        return not (root / "meta.json").exists()
+    # what a video's content depends on (not how many videos there are)
+    keys = ("format_version", "size", "frames", "fps", "seed", "families")
+    return all(previous.get(k) == meta[k] for k in keys)
 
 
 def _video_seed(seed: int, split: str, label: int, index: int) -> np.random.SeedSequence:
@@ -274,6 +331,14 @@ def make_synthetic(
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     names = class_names(spec.families)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        **spec.__dict__,
+        "families": list(spec.families),
+        "classes": names,
+    }
+    # videos already there are reused only if an earlier run wrote them the same way
+    reuse = _written_by(root, meta)
     jobs = []
     for split, per_class in (("train", spec.videos_per_class), ("val", spec.val_videos_per_class)):
         for label, name in enumerate(names):
@@ -287,7 +352,7 @@ def make_synthetic(
         jobs, desc="synthetic videos", disable=None if progress else True, unit="video"
     ):
         family = spec.families[label // 2]
-        if not (root / rel).is_file():
+        if not (reuse and (root / rel).is_file()):
             rng = np.random.default_rng(_video_seed(spec.seed, split, label, k))
             clip = render_clip(
                 family, reverse=bool(label % 2), rng=rng, size=spec.size, frames=spec.frames
@@ -297,13 +362,8 @@ def make_synthetic(
     for split, rows in lines.items():
         (root / f"{split}.txt").write_text("\n".join(rows) + "\n")
     (root / "classes.txt").write_text("\n".join(names) + "\n")
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "codec": codec,
-        **spec.__dict__,
-        "families": list(spec.families),
-        "classes": names,
-    }
+    previous = _read_meta(root) if codec is None else {}  # every video was reused
+    meta["codec"] = codec or previous.get("codec")
     (root / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     _logger.info(
         "synthetic dataset: %d train + %d val videos, %d classes in %s",

@@ -27,7 +27,7 @@ from timeshift.data.formats import (
     require_labels,
 )
 from timeshift.data.sampling import segment_indices
-from timeshift.data.synthetic import SyntheticSpec, make_synthetic
+from timeshift.data.synthetic import FORMAT_VERSION, SyntheticSpec, make_synthetic
 from timeshift.data.transforms import eval_transforms, mirrored_views, train_transforms
 from timeshift.engine.distributed import DistInfo
 
@@ -83,7 +83,7 @@ def synthetic_paths(data: DictConfig, *, progress: bool = True) -> dict[str, Pat
     )
     families = "all" if not s.families else "-".join(spec.families)
     name = (
-        f"synthetic-v3-{families}-n{spec.videos_per_class}-{spec.val_videos_per_class}"
+        f"synthetic-v{FORMAT_VERSION}-{families}-n{spec.videos_per_class}-{spec.val_videos_per_class}"
         f"-s{spec.size}-f{spec.frames}-seed{spec.seed}"
     )
     root = Path(s.cache_dir).expanduser() / name

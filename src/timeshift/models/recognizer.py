@@ -106,8 +106,18 @@ class Recognizer(nn.Module):
         if torch.jit.is_tracing():  # sizes are traced values here, and comparing them warns
             return
         expected = f"(N, T, C, H, W) with T={self.num_segments} (num_segments), C={self.in_chans}"
-        if x.dim() != 5 or x.shape[1] != self.num_segments or x.shape[2] != self.in_chans:
-            raise ValueError(f"expected a clip batch {expected}, got shape {tuple(x.shape)}")
+        if x.dim() != 5:
+            wrong = f"a {x.dim()}-D tensor"
+        elif x.shape[1] != self.num_segments:
+            wrong = f"{x.shape[1]} frames per clip"
+        elif x.shape[2] != self.in_chans:
+            wrong = f"{x.shape[2]} channels per frame, not {self.in_chans} channels"
+        else:
+            wrong = ""
+        if wrong:
+            raise ValueError(
+                f"expected a clip batch {expected}, got {wrong} (shape {tuple(x.shape)})"
+            )
         dtype = self._dtype()
         if x.dtype != dtype and not (x.is_floating_point() and torch.is_autocast_enabled()):
             hint = (

@@ -21,7 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from timeshift.data.decode import VideoDecodeError, _require
+from timeshift.data.decode import (
+    VideoDecodeError,
+    _require,
+    check_frame_size,
+    check_regular_file,
+    max_frame_pixels,
+)
 from timeshift.data.transforms import eval_transforms
 
 __all__ = [
@@ -41,37 +47,72 @@ URL_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://", 
 # -- sources ------------------------------------------------------------------------------------
 @dataclass
 class FrameSource:
-    """Frames in order as ``(H, W, 3)`` uint8 RGB arrays; ``fps`` when the source knows it."""
+    """Frames in order as ``(H, W, 3)`` uint8 RGB arrays; ``fps`` when the source knows it.
+
+    ``frames`` may also yield ``(image, seconds)`` pairs: the frame's own presentation time
+    from the start of the stream (what the built-in sources do, so that variable-frame-rate
+    videos get true times); plain images are timed ``index / fps``.
+    """
 
     name: str
-    frames: Iterator[np.ndarray]
+    frames: Iterator[np.ndarray | tuple[np.ndarray, float | None]]
     fps: float | None
     close: Callable[[], None] = lambda: None
 
+    def timed(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        """``(image, seconds from the first frame)``; ``None`` when the time is unknown."""
+        for index, item in enumerate(self.frames):
+            image, seconds = item if isinstance(item, tuple) else (item, None)
+            if seconds is None and self.fps:
+                seconds = index / self.fps
+            yield image, seconds
+
     def __iter__(self) -> Iterator[np.ndarray]:
-        return self.frames
+        return (image for image, _ in self.timed())
 
 
-def open_source(source: str | int) -> FrameSource:
+def open_source(source: str | int, *, max_frame_pixels: int | None = None) -> FrameSource:
     """A video file, a camera index (``0``, ``"1"``) or a stream URL (``rtsp://...``).
 
     Files and URLs are decoded with PyAV (FFmpeg) when installed, else OpenCV; cameras with
-    OpenCV.
+    OpenCV. A file must be a regular file (a FIFO or device would block or never end), and
+    frames larger than ``max_frame_pixels`` (default: ``TIMESHIFT_MAX_FRAME_PIXELS`` or
+    4096x4096) are refused.
     """
     text = str(source)
+    limit = _pixel_limit(max_frame_pixels)
     if text.isdigit():
-        return _opencv_source(int(text), f"camera {text}")
+        return _opencv_source(int(text), f"camera {text}", limit)
     is_url = text.lower().startswith(URL_SCHEMES)
-    if not is_url and not Path(text).is_file():
-        raise FileNotFoundError(f"video not found: {text}")
+    if not is_url:
+        if not Path(text).exists():
+            raise FileNotFoundError(f"video not found: {text}")
+        check_regular_file(text)
     try:
         import av  # noqa: F401
     except ImportError:
-        return _opencv_source(text, text)
-    return _pyav_source(text)
+        return _opencv_source(text, text, limit)
+    return _pyav_source(text, limit)
 
 
-def _pyav_source(path: str) -> FrameSource:
+_pixel_limit = max_frame_pixels  # the keyword argument of the same name hides the function
+
+
+class _Clock:
+    """Seconds since the first frame from each frame's own timestamp."""
+
+    def __init__(self) -> None:
+        self.origin: float | None = None
+
+    def __call__(self, seconds: float | None) -> float | None:
+        if seconds is None:
+            return None
+        if self.origin is None:
+            self.origin = seconds
+        return seconds - self.origin
+
+
+def _pyav_source(path: str, limit: int) -> FrameSource:
     import av
 
     try:
@@ -79,33 +120,55 @@ def _pyav_source(path: str) -> FrameSource:
         stream = container.streams.video[0]
     except (av.FFmpegError, IndexError, OSError) as exc:
         raise VideoDecodeError(path, f"cannot open as a video ({exc})") from exc
+    try:
+        check_frame_size(path, stream.codec_context.width, stream.codec_context.height, limit)
+    except VideoDecodeError:
+        container.close()
+        raise
     stream.thread_type = "AUTO"
     rate = stream.average_rate or stream.guessed_rate
     fps = float(rate) if rate else None
+    clock = _Clock()
 
-    def frames() -> Iterator[np.ndarray]:
+    def frames() -> Iterator[tuple[np.ndarray, float | None]]:
         try:
             for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
+                check_frame_size(path, frame.width, frame.height, limit)
+                # the frame's own time: variable-frame-rate videos are not index / fps
+                yield frame.to_ndarray(format="rgb24"), clock(frame.time)
         except av.FFmpegError as exc:
             raise VideoDecodeError(path, f"decoding failed ({exc})") from exc
 
     return FrameSource(path, frames(), fps, container.close)
 
 
-def _opencv_source(source: str | int, name: str) -> FrameSource:
+def _opencv_source(source: str | int, name: str, limit: int) -> FrameSource:
     cv2 = _require("cv2")
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         raise VideoDecodeError(name, "cannot be opened (OpenCV)")
+    width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+    height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    try:
+        check_frame_size(name, width, height, limit)
+    except VideoDecodeError:
+        capture.release()
+        raise
     fps = capture.get(cv2.CAP_PROP_FPS) or None
+    clock = _Clock()
 
-    def frames() -> Iterator[np.ndarray]:
+    def frames() -> Iterator[tuple[np.ndarray, float | None]]:
         while True:
             ok, bgr = capture.read()
             if not ok:
                 return
-            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            check_frame_size(name, bgr.shape[1], bgr.shape[0], limit)
+            seconds = None
+            if not isinstance(source, int):  # cameras report no reliable position
+                # after a read, the position is the frame's own presentation time
+                msec = capture.get(cv2.CAP_PROP_POS_MSEC)
+                seconds = clock(msec / 1000) if msec is not None and msec >= 0 else None
+            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), seconds
 
     return FrameSource(name, frames(), fps, capture.release)
 
@@ -286,9 +349,10 @@ def run_stream(
         output: write every frame, annotated, to this video file.
         show: show the annotated frames in a window (q or Esc stops).
         max_frames: stop after reading this many frames.
-        on_frame: called with a record for every processed frame: ``frame``, ``time``,
-            ``label``/``index``/``score`` (smoothed), ``raw_label``/``raw_score`` (this
-            frame), ``latency_ms``.
+        on_frame: called with a record for every processed frame: ``frame``, ``time``
+            (seconds from the first frame, from the frame's own timestamp where the source
+            has one), ``label``/``index``/``score`` (smoothed), ``raw_label``/``raw_score``
+            (this frame), ``latency_ms``.
     """
     if every < 1:
         raise ValueError(f"--every must be >= 1, got {every}")
@@ -304,7 +368,7 @@ def run_stream(
     try:
         if show:
             window = _Window(f"timeshift: {src.name}")
-        for index, image in enumerate(src):
+        for index, (image, seconds) in enumerate(src.timed()):
             if max_frames is not None and index >= max_frames:
                 break
             summary.frames_read += 1
@@ -326,7 +390,7 @@ def run_stream(
                 raw = int(probs.argmax())
                 record = {
                     "frame": index,
-                    "time": round(index / src.fps, 3) if src.fps else None,
+                    "time": round(seconds, 3) if seconds is not None else None,
                     "label": name,
                     "index": label,
                     "score": round(score, 4),
