@@ -125,7 +125,11 @@ def test_checkpoints(
 ) -> dict:
     """Evaluate one checkpoint, or several averaged by score (an ensemble: softmax
     probabilities averaged, e.g. TSM 8f + 16f). Writes metrics.json, per_class.csv,
-    confusion.csv/png and predictions.json to ``output_dir`` when given."""
+    confusion.csv/png and predictions.json to ``output_dir`` when given.
+
+    ``output_dir`` is checked for writing before any work (``OSError`` naming it); if writing
+    the files fails anyway, the summary is still returned, with ``output_error`` saying what
+    was not written. Raises ``ValueError`` when no video could be read (nothing to score)."""
     if not checkpoints:
         raise ValueError("no checkpoint given")
     if output_dir is not None:
