@@ -178,6 +178,19 @@ def test_recognizer_refuses_other_dtypes_clearly(dtype):
         _tiny()(x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.uint8])
+def test_online_recognizer_refuses_other_dtypes_clearly(dtype):
+    from timeshift import OnlineRecognizer
+
+    model = timeshift.create_model(
+        "tsm_resnet_tiny", num_classes=3, num_segments=T, direction="unidirectional"
+    )
+    online = OnlineRecognizer(model.eval())
+    with pytest.raises(TypeError, match=r"expected float32 frames .* got "):
+        online.step(torch.zeros(3, S, S, dtype=dtype))
+    assert online.step(torch.zeros(3, S, S)).shape == (3,)  # nothing was cached by the refusal
+
+
 def test_recognizer_shape_errors_name_the_expected_shape():
     model = _tiny()
     for shape in [(T, 3, S, S), (1, T + 1, 3, S, S), (1, T, 1, S, S)]:

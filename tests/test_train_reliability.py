@@ -379,6 +379,19 @@ def _dead_pid() -> int:
     return child.pid
 
 
+def test_export_removes_what_a_killed_export_left(tmp_path):
+    """A killed export leaves a full-size temporary next to its target, like a killed save."""
+    from timeshift.export import export_model
+
+    stale = tmp_path / f".m.ts.{_dead_pid()}.k1l2.tmp"
+    stale.write_bytes(b"x" * 1000)
+    live = tmp_path / f".m.ts.{os.getpid()}.a1b2.tmp"  # a concurrent export of this process
+    live.write_bytes(b"x")
+    model = timeshift.create_model("tsm_resnet_tiny", num_classes=2, num_segments=4)
+    export_model(model, tmp_path / "m.ts", format="torchscript", size=32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.ts", live.name])
+
+
 def test_atomic_save_removes_only_its_own_stale_temporaries(tmp_path):
     dead = _dead_pid()
     stale = [f".c.pt.{dead}.abcd1234.tmp", ".c.pt.abcd1234.tmp"]  # dead writer; older naming

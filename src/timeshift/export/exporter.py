@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from timeshift.engine.metrics import json_dumps
-from timeshift.models.checkpoints import file_mode
+from timeshift.models.checkpoints import file_mode, remove_stale_temporaries
 from timeshift.online.recognizer import OnlineModule
 
 __all__ = [
@@ -196,7 +196,11 @@ def _temporary_next_to(path: Path) -> Path:
     folder that cannot be written is reported at once, by name."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        # the naming of atomic_write (".NAME.PID.RANDOM.tmp"): what a killed export leaves is
+        # recognised and removed by the next write of the same file, while a live one's is kept
+        remove_stale_temporaries(path)
+        prefix = f".{path.name}.{os.getpid()}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OSError(
             exc.errno,

@@ -7,7 +7,23 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Recognizer"]
+__all__ = ["Recognizer", "check_input_dtype"]
+
+
+def check_input_dtype(x: torch.Tensor, dtype: torch.dtype, *, what: str) -> None:
+    """Raise a ``TypeError`` naming the expected dtype unless ``x`` has the model's ``dtype``
+    (any float passes under autocast)."""
+    if x.dtype == dtype or (x.is_floating_point() and torch.is_autocast_enabled()):
+        return
+    hint = (
+        "raw pixels: normalise them first (timeshift.data transforms: /255, mean, std)"
+        if not x.is_floating_point()
+        else f"convert with {what}.to({dtype})"
+    )
+    raise TypeError(
+        f"expected {str(dtype).removeprefix('torch.')} {what} (the model's parameter dtype), "
+        f"got {str(x.dtype).removeprefix('torch.')}; {hint}"
+    )
 
 
 class Recognizer(nn.Module):
@@ -118,17 +134,7 @@ class Recognizer(nn.Module):
             raise ValueError(
                 f"expected a clip batch {expected}, got {wrong} (shape {tuple(x.shape)})"
             )
-        dtype = self._dtype()
-        if x.dtype != dtype and not (x.is_floating_point() and torch.is_autocast_enabled()):
-            hint = (
-                "raw pixels: normalise them first (timeshift.data transforms: /255, mean, std)"
-                if not x.is_floating_point()
-                else f"convert with clips.to({dtype})"
-            )
-            raise TypeError(
-                f"expected {str(dtype).removeprefix('torch.')} clips (the model's parameter "
-                f"dtype), got {str(x.dtype).removeprefix('torch.')}; {hint}"
-            )
+        check_input_dtype(x, self._dtype(), what="clips")
 
     def _dtype(self) -> torch.dtype:
         param = next(self.parameters(), None)

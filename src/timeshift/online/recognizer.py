@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from timeshift.models.recognizer import check_input_dtype
 from timeshift.ops.aggregation import TemporalAggregation
 from timeshift.ops.inflate import InflatedConv
 from timeshift.ops.pool import TemporalPool
@@ -270,6 +271,9 @@ class OnlineRecognizer:
         if frames.dim() != 4:
             raise ValueError(f"expected a frame (C, H, W) or frames (N, C, H, W), got "
                              f"{tuple(frame.shape)}")  # fmt: skip
+        param = next(self.module.parameters(), None)
+        if param is not None:
+            check_input_dtype(frames, param.dtype, what="frames")
         key = (frames.shape[0], *frames.shape[2:])
         if self.cache is None:
             self.cache = self.module.init_caches(*key, device=frames.device, dtype=frames.dtype)
