@@ -472,12 +472,12 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, dataset, monkeypa
     recipe = tmp_path / "recipe.yaml"
     OmegaConf.save(_cfg(dataset), recipe)
     assert main(["train", str(recipe), "--output", str(blocker / "run"), "--no-progress"]) == 2
-    assert "cannot be written" in capsys.readouterr().err
+    assert "cannot write to the run directory" in capsys.readouterr().err
 
     def read_only(*args, **kwargs):
         raise PermissionError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(trainer.tempfile, "TemporaryFile", read_only)
+    monkeypatch.setattr(checkpoints.tempfile, "TemporaryFile", read_only)
     with pytest.raises(trainer.RunDirectoryError, match="Read-only file system"):
         fit(_cfg(dataset), tmp_path / "run", progress=False)
 

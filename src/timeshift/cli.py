@@ -518,7 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("test", help="evaluate checkpoints on a labelled list or folder")
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="list file (videos or rawframes) or folder")
-    p.add_argument("--root", help="folder the list's paths are relative to")
+    p.add_argument(
+        "--root", help="folder the list's paths are relative to (default: the list's folder)"
+    )
     p.add_argument("--clips", type=int, default=1)
     p.add_argument("--crops", type=int, choices=(1, 3, 10), default=1)
     p.add_argument("--full-res", action="store_true", help="crop at the resized size (256)")

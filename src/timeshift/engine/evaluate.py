@@ -7,7 +7,6 @@ import logging
 import os
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from timeshift.engine.metrics import classification_report, json_dumps
 from timeshift.engine.plots import plot_confusion
 from timeshift.engine.runtime import inference_model
 from timeshift.engine.trainer import evaluate
+from timeshift.models.checkpoints import check_writable as _check_writable
 from timeshift.models.checkpoints import load_model
 
 __all__ = [
@@ -301,20 +301,10 @@ def _write_early_outputs(out: Path, rows: list[dict], checkpoints) -> None:
 
 
 def check_writable(folder: str | Path) -> Path:
-    """Create ``folder`` if needed and check a file can be written in it; raises ``OSError``
-    naming the folder (before any work whose result would have nowhere to go)."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise OSError(
-            exc.errno,
-            f"cannot write to the output folder {folder} ({exc.strerror or exc}); choose "
-            "another --output or free the disk",
-        ) from exc
-    return folder
+    """The ``--output`` folder of ``test``, checked before the work, not after an hour of it."""
+    return _check_writable(
+        folder, what="output folder", hint="; choose another --output or free the disk"
+    )
 
 
 def _expand(inputs: Sequence[str | Path]) -> list[tuple[str, str | None]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from timeshift.models.checkpoints import (
     CheckpointError,
     atomic_save,
     atomic_write,
+    check_writable,
     load_checkpoint,
     read_checkpoint,
     remove_stale_temporaries,
@@ -593,14 +593,11 @@ def _prepare_main(cfg: DictConfig, out: Path, state: dict | None, progress: bool
 
 def _check_writable(out: Path) -> None:
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
+        check_writable(
+            out, what="run directory", hint=": choose another --output, or make it writable"
+        )
     except OSError as exc:
-        raise RunDirectoryError(
-            f"the run directory {out} cannot be written ({exc.strerror or exc}): choose "
-            "another --output, or make it writable"
-        ) from exc
+        raise RunDirectoryError(exc.strerror) from exc
 
 
 def _repair(out: Path, state: dict) -> None:

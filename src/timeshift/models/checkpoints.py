@@ -47,6 +47,7 @@ __all__ = [
     "LoadReport",
     "atomic_save",
     "atomic_write",
+    "check_writable",
     "detect_source",
     "file_mode",
     "load_checkpoint",
@@ -164,6 +165,21 @@ def _alive(pid: int) -> bool:
     except OSError:  # exists, owned by someone else
         return True
     return True
+
+
+def check_writable(folder: str | os.PathLike, *, what: str = "folder", hint: str = "") -> Path:
+    """Create ``folder`` if needed and check that a file can be written in it, before any work
+    whose result would have nowhere to go; raises ``OSError`` naming the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise OSError(
+            exc.errno, f"cannot write to the {what} {folder} ({exc.strerror or exc}){hint}"
+        ) from exc
+    return folder
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
