@@ -319,6 +319,25 @@ def test_resume_with_another_optimizer(tmp_path, dataset, epoch0, caplog):
     assert "betas" in groups[0]  # AdamW's state now
 
 
+def test_resume_with_another_step_count_per_epoch(tmp_path, dataset, epoch0):
+    """The same configuration over a list that grew (or another number of processes) takes
+    another number of steps per epoch: the per-iteration schedule would resume elsewhere."""
+    run = _copy(epoch0, tmp_path)
+    listed = Path(dataset["train"])
+    original = listed.read_text()
+    try:
+        listed.write_text(original * 2)  # 8 entries, batches of 2: 4 steps instead of 2
+        with pytest.raises(ConfigError, match=r"steps per epoch: 2 -> 4"):
+            fit(_cfg(dataset), run, resume=run / "last.pt", progress=False)
+        fit(_cfg(dataset), run, resume=run / "last.pt", progress=False, allow_config_change=True)
+    finally:
+        listed.write_text(original)
+    state = read_checkpoint(run / "last.pt")["train_state"]
+    # epoch 1 started at step 1 x 4 and ran 4 steps: the schedule's end, not half-way
+    assert state["epoch"] == 1 and state["steps_per_epoch"] == 4
+    assert state["scheduler"]["last_epoch"] == 8
+
+
 def test_resume_config_rules(dataset):
     saved = to_dict(_cfg(dataset))
     # bookkeeping keys may change freely

@@ -403,7 +403,17 @@ def _fit(
     if state is not None:
         train_state = state["train_state"]
         load_checkpoint(model, state, source="timeshift")
-        _load_optimizer(optimizer, scheduler, train_state, t.optimizer, changed=state["changed"])
+        # another step count per epoch (the data or the number of processes changed) would put
+        # the per-iteration schedule elsewhere than the epoch it resumes at
+        position = _schedule_position(resume, train_state, len(train_loader), info, allow_change)
+        _load_optimizer(
+            optimizer,
+            scheduler,
+            train_state,
+            t.optimizer,
+            changed=state["changed"] or position is not None,
+            position=position,
+        )
         scaler.load_state_dict(train_state["scaler"])
         start_epoch = train_state["epoch"] + 1
         best = {"top1": train_state["best_top1"], "epoch": _best_epoch(train_state)}
@@ -496,7 +506,11 @@ def _fit(
                 writer,
                 ev,
                 classes,
-                {"optimizer_name": t.optimizer, "steps_per_epoch": len(train_loader)},
+                {
+                    "optimizer_name": t.optimizer,
+                    "steps_per_epoch": len(train_loader),
+                    "world_size": info.world_size,
+                },
             )
         if info.enabled:
             torch.distributed.barrier()
@@ -544,9 +558,34 @@ def _optimizer_kind(optimizer_state: dict) -> str:
     return "adamw" if "betas" in groups[0] else "sgd"
 
 
-def _load_optimizer(optimizer, scheduler, train_state: dict, name: str, *, changed) -> None:
+def _schedule_position(resume, train_state: dict, steps: int, info: DistInfo, allow_change):
+    """``None`` when the run takes as many steps per epoch as before; otherwise the schedule
+    step that the resumed epoch starts at with the new count (if allowed: else a refusal)."""
+    saved = train_state.get("steps_per_epoch")
+    if saved is None or saved == steps:
+        return None
+    processes = train_state.get("world_size", "?")
+    change = (
+        f"steps per epoch: {saved} -> {steps} (processes: {processes} -> {info.world_size}; "
+        "the training data or the number of processes changed)"
+    )
+    if not allow_change:
+        raise ConfigError(
+            f"{resume}: cannot resume: {change}, so the learning-rate schedule would not "
+            "continue where the run stopped. Resume with the same data and processes, or allow "
+            "the change (timeshift train --allow-config-change): the schedule then continues "
+            "from the resumed epoch's position with the new step count"
+        )
+    _logger.warning("resuming %s with %s", resume, change)
+    return (train_state["epoch"] + 1) * steps
+
+
+def _load_optimizer(
+    optimizer, scheduler, train_state: dict, name: str, *, changed, position: int | None = None
+) -> None:
     """Restore the optimiser and schedule; with an allowed configuration change the new
-    hyperparameters (lr, momentum, weight decay, ...) replace the saved ones."""
+    hyperparameters (lr, momentum, weight decay, ...) replace the saved ones, and ``position``
+    (another step count per epoch) moves the schedule to that step."""
     fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     saved_name = train_state.get("optimizer_name") or _optimizer_kind(train_state["optimizer"])
     if saved_name != name:
@@ -568,6 +607,8 @@ def _load_optimizer(optimizer, scheduler, train_state: dict, name: str, *, chang
                 exc,
             )
     scheduler.load_state_dict(train_state["scheduler"])
+    if position is not None:
+        scheduler.last_epoch = position
     if not changed:
         return
     for group, new in zip(optimizer.param_groups, fresh, strict=True):
