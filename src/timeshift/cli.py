@@ -338,6 +338,7 @@ def _stream_recognizer(args: argparse.Namespace):
 
     from timeshift.engine.runtime import onnx_or_pytorch, resolve_backend
     from timeshift.export import OnnxOnlineRecognizer
+    from timeshift.models.preprocessing import resolve_input_config
     from timeshift.online import OnlineRecognizer
 
     if Path(args.checkpoint).suffix == ".onnx":
@@ -351,10 +352,7 @@ def _stream_recognizer(args: argparse.Namespace):
             "its clip length (with --model it sets the num_segments the model is built with)"
         )
     model = _load_checkpoint_arg(args).eval()
-    meta = dict(model.checkpoint_meta)
-    meta.setdefault("input_size", args.size or 224)
-    if args.size:
-        meta["input_size"] = args.size
+    meta = {**model.checkpoint_meta, **resolve_input_config(model, input_size=args.size).as_meta()}
     backend = resolve_backend("onnxruntime" if args.onnx else args.backend, "cpu")
     path = None
     if backend != "eager":  # a cache or disk that cannot be written: PyTorch under auto
@@ -372,6 +370,7 @@ def _stream_recognizer(args: argparse.Namespace):
 
 
 def cmd_stream(args: argparse.Namespace) -> int:
+    from timeshift.models.preprocessing import resolve_input_config
     from timeshift.online.stream import run_stream
 
     jsonl = open(args.jsonl, "w", encoding="utf-8") if args.jsonl else None  # noqa: SIM115
@@ -392,14 +391,15 @@ def cmd_stream(args: argparse.Namespace) -> int:
 
     try:
         recognizer, meta, backend = _stream_recognizer(args)
+        inputs = resolve_input_config(meta=meta)
         summary = run_stream(
             args.source,
             recognizer,
-            input_size=meta["input_size"],
+            input_size=inputs.input_size,
             classes=meta.get("classes"),
-            scale_size=meta.get("scale_size"),
-            mean=meta.get("mean") or (0.485, 0.456, 0.406),
-            std=meta.get("std") or (0.229, 0.224, 0.225),
+            scale_size=inputs.scale_size,
+            mean=inputs.mean,
+            std=inputs.std,
             every=args.every,
             smooth=args.smooth,
             margin=args.margin,

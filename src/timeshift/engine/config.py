@@ -17,6 +17,8 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from timeshift.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "RESUME_FREE_KEYS",
     "Config",
@@ -81,8 +83,8 @@ class DataConfig:
     on_error: str = "skip"
     cache: bool = False  # keep decoded videos in memory (small datasets of short videos)
     frame_template: str = "img_{:05d}.jpg"
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 

@@ -28,7 +28,13 @@ from timeshift.data.formats import (
 )
 from timeshift.data.sampling import segment_indices
 from timeshift.data.synthetic import FORMAT_VERSION, SyntheticSpec, make_synthetic
-from timeshift.data.transforms import eval_transforms, mirrored_views, train_transforms
+from timeshift.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transforms,
+    mirrored_views,
+    train_transforms,
+)
 from timeshift.engine.distributed import DistInfo
 
 __all__ = [
@@ -401,8 +407,8 @@ def eval_dataset(
     num_segments: int,
     size: int = 224,
     scale_size: int | None = None,
-    mean=(0.485, 0.456, 0.406),
-    std=(0.229, 0.224, 0.225),
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
     clips: int = 1,
     crops: int = 1,
     full_res: bool = False,

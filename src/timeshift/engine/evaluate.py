@@ -24,6 +24,7 @@ from timeshift.engine.runtime import inference_model
 from timeshift.engine.trainer import evaluate
 from timeshift.models.checkpoints import check_writable as _check_writable
 from timeshift.models.checkpoints import load_model
+from timeshift.models.preprocessing import InputConfig, resolve_input_config
 
 __all__ = [
     "EARLY_FRACTIONS",
@@ -57,10 +58,20 @@ class TestOptions:
 
 
 def _meta(model: nn.Module, path) -> dict:
-    meta = getattr(model, "checkpoint_meta", {}) or {}
+    meta = model.checkpoint_meta
     if not meta.get("classes"):
         raise ValueError(f"{path} stores no class names (meta.classes); save it with 'train'")
     return meta
+
+
+def _preprocessing(inputs: InputConfig) -> dict:
+    """``eval_dataset``'s preprocessing arguments for a model's input configuration."""
+    return {
+        "size": inputs.input_size,
+        "scale_size": inputs.scale_size,
+        "mean": inputs.mean,
+        "std": inputs.std,
+    }
 
 
 def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, progress):
@@ -76,13 +87,11 @@ def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, p
         dense=options.dense,
         twice=options.twice,
     )
+    inputs = resolve_input_config(model, meta=meta)
     dataset = eval_dataset(
         ann,
         num_segments=model.num_segments,
-        size=meta.get("input_size", 224),
-        scale_size=meta.get("scale_size"),
-        mean=meta.get("mean", (0.485, 0.456, 0.406)),
-        std=meta.get("std", (0.229, 0.224, 0.225)),
+        **_preprocessing(inputs),
         clips=options.clips,
         crops=options.crops,
         full_res=options.full_res,
@@ -97,9 +106,8 @@ def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, p
         # the online model streams frame by frame in PyTorch
         model = StreamedClips(model, drop_future=options.drop_future)
     else:
-        size = meta.get("input_size", 224)
-        if options.full_res:  # crops at the resized size (see test_transform)
-            size = meta.get("scale_size") or size * 256 // 224
+        # full resolution crops at the resized size (see eval_transforms)
+        size = inputs.scale_size if options.full_res else inputs.input_size
         model = inference_model(
             model,
             backend=options.backend,
@@ -346,10 +354,7 @@ def _decode_error(model, meta: dict, record: SampleRecord) -> str:
     dataset = eval_dataset(
         Annotations([record], meta["classes"]),
         num_segments=model.num_segments,
-        size=meta.get("input_size", 224),
-        scale_size=meta.get("scale_size"),
-        mean=meta.get("mean", (0.485, 0.456, 0.406)),
-        std=meta.get("std", (0.229, 0.224, 0.225)),
+        **_preprocessing(resolve_input_config(model, meta=meta)),
     )
     try:
         dataset.load(0, random.Random(0))

@@ -59,6 +59,7 @@ from timeshift.models.checkpoints import (
     remove_stale_temporaries,
     save_model,
 )
+from timeshift.models.preprocessing import default_scale_size
 from timeshift.models.registry import create_model
 
 __all__ = [
@@ -426,7 +427,7 @@ def _fit(
     meta = {
         "classes": classes,
         "input_size": cfg.data.size,
-        "scale_size": cfg.data.scale_size or cfg.data.size * 256 // 224,
+        "scale_size": cfg.data.scale_size or default_scale_size(cfg.data.size),
         "mean": list(cfg.data.mean),
         "std": list(cfg.data.std),
         "config": to_dict(cfg),

@@ -32,6 +32,7 @@ from torch import nn
 
 from timeshift.engine.metrics import json_dumps
 from timeshift.models.checkpoints import file_mode, remove_stale_temporaries
+from timeshift.models.preprocessing import resolve_input_config
 from timeshift.online.recognizer import OnlineModule
 
 __all__ = [
@@ -84,8 +85,8 @@ def _example_inputs(module, online: bool, batch: int, size: int, frames: int, ge
 
 
 def _model_meta(model: nn.Module, online: bool, size: int, dynamic_batch: bool, batch: int):
-    checkpoint = dict(getattr(model, "checkpoint_meta", {}) or {})
-    config = dict(getattr(model, "config", {}) or {})
+    checkpoint = dict(getattr(model, "checkpoint_meta", None) or {})  # a user's module: none
+    config = dict(getattr(model, "config", None) or {})
     return {
         "format_version": EXPORT_FORMAT_VERSION,
         "mode": "online" if online else "offline",
@@ -93,10 +94,7 @@ def _model_meta(model: nn.Module, online: bool, size: int, dynamic_batch: bool, 
         "config": config,
         "num_classes": model.num_classes,
         "num_segments": model.num_segments,
-        "input_size": size,
-        "scale_size": checkpoint.get("scale_size"),
-        "mean": list(checkpoint.get("mean", (0.485, 0.456, 0.406))),
-        "std": list(checkpoint.get("std", (0.229, 0.224, 0.225))),
+        **resolve_input_config(model, input_size=size).as_meta(),
         "classes": checkpoint.get("classes"),
         "batch": None if dynamic_batch else batch,
     }
@@ -147,7 +145,7 @@ def export_model(
     if exporter not in ("dynamo", "legacy"):
         raise ValueError(f"unknown ONNX exporter {exporter!r}; expected 'dynamo' or 'legacy'")
     path = Path(path)
-    size = size or (getattr(model, "checkpoint_meta", {}) or {}).get("input_size") or 224
+    size = size or resolve_input_config(model).input_size
     if any(p.device.type != "cpu" for p in model.parameters()):
         model = copy.deepcopy(model).cpu()  # export and verification run on the CPU
     model = model.eval()

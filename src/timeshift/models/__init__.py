@@ -7,6 +7,7 @@ from timeshift.models.checkpoints import (
     load_model,
     save_model,
 )
+from timeshift.models.preprocessing import InputConfig, resolve_input_config
 from timeshift.models.recognizer import Recognizer
 from timeshift.models.registry import (
     ModelInfo,
@@ -23,6 +24,7 @@ from timeshift.models import blvnet, i3d, stsm, vsn  # noqa: F401  isort: skip
 
 __all__ = [
     "CheckpointError",
+    "InputConfig",
     "LoadReport",
     "ModelInfo",
     "Recognizer",
@@ -34,6 +36,7 @@ __all__ = [
     "model_info",
     "register_model",
     "register_temporal_layer",
+    "resolve_input_config",
     "save_model",
     "temporalize",
 ]

@@ -58,6 +58,9 @@ class Recognizer(nn.Module):
             raise ValueError(f"num_segments must be >= 1, got {num_segments}")
         # filled in by create_model so that checkpoints can rebuild the model
         self.config: dict[str, Any] | None = None
+        # what the checkpoint it was loaded from says (classes, input size, normalisation, ...);
+        # filled in by load_model, read through timeshift.models.resolve_input_config
+        self.checkpoint_meta: dict[str, Any] = {}
         self.backbone = backbone
         self.num_segments = num_segments
         self.num_features = int(backbone.num_features)

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from timeshift.models.backbones import add_non_local, create_backbone
+from timeshift.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from timeshift.models.recognizer import Recognizer
 from timeshift.models.temporalize import temporalize
 from timeshift.ops.pool import pooled_segments
@@ -25,9 +26,6 @@ __all__ = [
     "model_info",
     "register_model",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from timeshift.data.decode import (
     check_regular_file,
     max_frame_pixels,
 )
-from timeshift.data.transforms import eval_transforms
+from timeshift.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms
 
 __all__ = [
     "FrameSource",
@@ -327,8 +327,8 @@ def run_stream(
     input_size: int,
     classes: Sequence[str] | None = None,
     scale_size: int | None = None,
-    mean: Sequence[float] = (0.485, 0.456, 0.406),
-    std: Sequence[float] = (0.229, 0.224, 0.225),
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
     every: int = 1,
     smooth: int = 8,
     margin: float = 0.1,
