@@ -7,6 +7,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module: tiny models gain nothing from intra-op threads, and on a
+    busy 2-core machine OpenMP workers waiting for a core cost more than the work (child
+    processes take the parent's thread count too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _export_cache(tmp_path_factory):
     """Cached ONNX exports (the onnxruntime backend) go to a temporary folder, not ~/.cache."""

@@ -1,7 +1,6 @@
 """`timeshift.bench.memory`: peak training memory measured in child processes, as ratios."""
 
 import pytest
-import torch
 
 from timeshift.bench.memory import benchmark_memory, measure_training_memory, plot_memory
 
@@ -20,16 +19,6 @@ FIELDS = {
     "rss_peak_mib",
     "seconds",
 }
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Children take the parent's thread count; one thread keeps tiny models fast on a busy
-    machine (OpenMP workers waiting for a core cost more than the work)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
