@@ -21,12 +21,12 @@ import json
 import logging
 from pathlib import Path
 
+from timeshift.bench.charts import grouped_bars
 from timeshift.bench.complexity import model_complexity
-from timeshift.bench.plots import grouped_bars
 from timeshift.engine.config import load_config
-from timeshift.engine.data import load_split
-from timeshift.engine.evaluate import TestOptions, early_recognition, test_checkpoints
-from timeshift.engine.plots import plot_early
+from timeshift.engine.evaluate import EvalOptions, early_recognition, evaluate_checkpoints
+from timeshift.engine.figures import plot_early
+from timeshift.engine.loaders import load_split
 from timeshift.engine.trainer import fit
 from timeshift.models.checkpoints import load_model
 
@@ -65,13 +65,15 @@ def main() -> None:
         val = load_split(cfg.data, "val", progress=False)
         val_list = run / "val_list.txt"
         val_list.write_text("".join(f"{r.path} {r.label}\n" for r in val.records))
-        options = TestOptions(batch_size=cfg.eval.batch_size, workers=cfg.data.workers)
-        offline = test_checkpoints([checkpoint], val_list, options=options, progress=progress)
+        options = EvalOptions(batch_size=cfg.eval.batch_size, workers=cfg.data.workers)
+        offline = evaluate_checkpoints([checkpoint], val_list, options=options, progress=progress)
         bidirectional = "offline" in name
-        online_options = TestOptions(
+        online_options = EvalOptions(
             **{**options.__dict__, "online": True, "drop_future": bidirectional}
         )
-        online = test_checkpoints([checkpoint], val_list, options=online_options, progress=progress)
+        online = evaluate_checkpoints(
+            [checkpoint], val_list, options=online_options, progress=progress
+        )
         curves[name] = early_recognition([checkpoint], val_list, options=options, progress=progress)
         model = load_model(checkpoint)
         c = model_complexity(model, frames=cfg.model.num_segments, input_size=cfg.data.size)

@@ -17,9 +17,8 @@ import torch
 import timeshift
 from test_checkpoints import _to_reference_tsm
 from timeshift.cli import main
-from timeshift.engine import runtime
-from timeshift.engine.evaluate import predict_videos
-from timeshift.engine.evaluate import test_checkpoints as evaluate_checkpoints
+from timeshift.engine import backend as runtime
+from timeshift.engine.evaluate import evaluate_checkpoints, predict_videos
 from timeshift.engine.metrics import json_dumps
 from timeshift.export import read_export_meta
 from timeshift.models.checkpoints import CheckpointError, load_model, read_checkpoint
@@ -90,9 +89,9 @@ def test_test_with_no_readable_video_fails_clearly(files, tmp_path, capsys):
 
 
 def _eager_options(**kwargs):
-    from timeshift.engine.evaluate import TestOptions
+    from timeshift.engine.evaluate import EvalOptions
 
-    return TestOptions(workers=0, backend="eager", **kwargs)
+    return EvalOptions(workers=0, backend="eager", **kwargs)
 
 
 # -- item 7: output folders, NaN in JSON ---------------------------------------------------------

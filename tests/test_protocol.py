@@ -26,7 +26,8 @@ from timeshift.data.formats import (
 )
 from timeshift.engine import evaluate as evaluate_module
 from timeshift.engine.config import Config
-from timeshift.engine.data import (
+from timeshift.engine.distributed import DistInfo
+from timeshift.engine.loaders import (
     UnmirroredViews,
     build_eval_dataset,
     build_train_loader,
@@ -35,7 +36,6 @@ from timeshift.engine.data import (
     direction_protocol,
     load_split,
 )
-from timeshift.engine.distributed import DistInfo
 
 from conftest import write_test_video
 
@@ -83,7 +83,7 @@ LEVELS = [30.0, 110.0, 190.0, 250.0]
 
 @pytest.fixture
 def stand_in(monkeypatch):
-    """``test_checkpoints`` loads the given stand-in instead of reading the checkpoint."""
+    """``evaluate_checkpoints`` loads the given stand-in instead of reading the checkpoint."""
     chosen = {}
 
     def fake_load_model(path, **kwargs):
@@ -98,12 +98,11 @@ def stand_in(monkeypatch):
     return use
 
 
-# bound under other names: pytest would collect test_checkpoints / TestOptions as tests
-run_test = evaluate_module.test_checkpoints
+run_test = evaluate_module.evaluate_checkpoints
 
 
 def _options(**kwargs):
-    return evaluate_module.TestOptions(
+    return evaluate_module.EvalOptions(
         batch_size=2, workers=0, backend="eager", memory_format="contiguous", **kwargs
     )
 

@@ -125,7 +125,7 @@ def test_user_mobilenet_like_blocks():
 def test_every_second_block_for_deep_layer3():
     net = temporalize(UserResNet(blocks=(3, 4, 23, 3)), num_segments=8)
     assert len(_shifts(net)) == 2 + 2 + 12 + 2
-    net = temporalize(UserResNet(blocks=(3, 4, 6, 3)), num_segments=8, every=3)
+    net = temporalize(UserResNet(blocks=(3, 4, 6, 3)), num_segments=8, block_stride=3)
     assert len(_shifts(net)) == 1 + 2 + 2 + 1
 
 

@@ -553,7 +553,7 @@ def test_rank0_failure_stops_every_rank(tmp_path):
 def test_plots_are_replaced_atomically(tmp_path, monkeypatch):
     from matplotlib.figure import Figure
 
-    from timeshift.engine.plots import plot_curves
+    from timeshift.engine.figures import plot_curves
 
     rows = [{"epoch": 0, "train_loss": 1.0, "train_top1": 0.5, "val_top1": 0.5}]
     plot_curves(rows, tmp_path / "curves.png")

@@ -101,7 +101,7 @@ def test_vsn_resnet50_block_structure():
 def test_vsn_resnet101_shifts_all_other_blocks():
     assert _per_stage(_meta("vsn_resnet101")) == [(1, 2), (1, 3), (1, 22), (1, 2)]
     # the reference TSM pattern for deep ResNets (every 2nd block) is an option
-    assert _per_stage(_meta("vsn_resnet101", every=2))[2] == (1, 11)
+    assert _per_stage(_meta("vsn_resnet101", block_stride=2))[2] == (1, 11)
 
 
 @pytest.mark.parametrize(

@@ -162,9 +162,9 @@ def _print_test(summary: dict) -> None:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from timeshift.engine.evaluate import TestOptions, early_recognition, test_checkpoints
+    from timeshift.engine.evaluate import EvalOptions, early_recognition, evaluate_checkpoints
 
-    options = TestOptions(
+    options = EvalOptions(
         clips=args.clips,
         crops=args.crops,
         full_res=args.full_res,
@@ -200,7 +200,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             if args.output and not output_error:
                 print(f"early.csv, early.json, early.png in {args.output}")
         return _output_status(output_error)
-    summary = test_checkpoints(
+    summary = evaluate_checkpoints(
         checkpoints,
         args.data,
         root=args.root,
@@ -336,7 +336,7 @@ def _stream_recognizer(args: argparse.Namespace):
     PyTorch or on onnxruntime (exported once and cached)."""
     from pathlib import Path
 
-    from timeshift.engine.runtime import onnx_or_pytorch, resolve_backend
+    from timeshift.engine.backend import onnx_or_pytorch, resolve_backend
     from timeshift.export import OnnxOnlineRecognizer
     from timeshift.models.preprocessing import resolve_input_config
     from timeshift.online import OnlineRecognizer
@@ -447,7 +447,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_runtime_args(p: argparse.ArgumentParser, *, online: bool = False) -> None:
-    from timeshift.engine.runtime import BACKENDS, FORMATS
+    from timeshift.engine.backend import BACKENDS, FORMATS
 
     backends = ("auto", "eager", "onnxruntime") if online else BACKENDS
     p.add_argument(

@@ -71,8 +71,8 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
+    from timeshift.bench.charts import plot_flops
     from timeshift.bench.flops import benchmark_flops, paper_comparison
-    from timeshift.bench.plots import plot_flops
     from timeshift.bench.report import markdown_table, write_report
 
     rows = benchmark_flops(
@@ -119,7 +119,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def _speed(args: argparse.Namespace, suite: str) -> int:
-    from timeshift.bench.plots import plot_speed
+    from timeshift.bench.charts import plot_speed
     from timeshift.bench.speed import ModelSpec, benchmark_speed
 
     specs = [ModelSpec(name, args.frames) for name in args.models]
@@ -162,8 +162,8 @@ def cmd_throughput(args: argparse.Namespace) -> int:
 
 
 def cmd_shift_overhead(args: argparse.Namespace) -> int:
+    from timeshift.bench.charts import plot_overhead
     from timeshift.bench.overhead import PAPER_CPU_OVERHEAD, TARGET, benchmark_shift_overhead
-    from timeshift.bench.plots import plot_overhead
     from timeshift.bench.report import markdown_table, write_report
     from timeshift.bench.shift_speed import TARGETS, benchmark_shift, plot_shift_benchmark
 
@@ -238,7 +238,7 @@ def cmd_shift_overhead(args: argparse.Namespace) -> int:
 
 
 def cmd_vs_3d(args: argparse.Namespace) -> int:
-    from timeshift.bench.plots import plot_vs_3d
+    from timeshift.bench.charts import plot_vs_3d
     from timeshift.bench.speed import VS3D_PAPER, benchmark_vs_3d
 
     rows = benchmark_vs_3d(
@@ -398,8 +398,8 @@ def cmd_shift(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
+    from timeshift.bench.charts import grouped_bars
     from timeshift.bench.data_speed import benchmark_data
-    from timeshift.bench.plots import grouped_bars
 
     result = benchmark_data(samples=args.samples, backend=args.backend)
     title = f"data pipeline vs raw decode ({result['video']}, {args.backend}, 1 process)"

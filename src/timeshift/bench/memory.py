@@ -70,6 +70,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from timeshift._plotting import pyplot, save_png
 from timeshift.models.registry import create_model
 
 __all__ = [
@@ -374,10 +375,7 @@ def benchmark_memory(
 def plot_memory(rows: Sequence[Mapping], path, title: str) -> None:
     """One stacked bar per measured row (parameters, input clip, training peak), labelled with
     the total and the peak ratio; rows with an ``error`` are left out. Saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in rows if "error" not in r]
     labels = [f"{r['model']}\n{r['frames']} frames\n{r['memory_format']}" for r in rows]
@@ -401,8 +399,7 @@ def plot_memory(rows: Sequence[Mapping], path, title: str) -> None:
     ax.margins(y=0.15)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 
 from timeshift.models.checkpoints import load_checkpoint
 from timeshift.models.registry import create_model
-from timeshift.online.recognizer import OnlineRecognizer
+from timeshift.online.online_model import OnlineRecognizer
 
 __all__ = ["TARGET_RATIO", "benchmark_online", "plot_online_benchmark"]
 
@@ -130,7 +130,7 @@ def benchmark_online(
 
 
 def plot_online_benchmark(rows: Sequence[dict], path) -> None:
-    from timeshift.bench.plots import grouped_bars
+    from timeshift.bench.charts import grouped_bars
 
     groups = [f"{r['model'][4:]}\n{r['backend']}\n{r['memory_format']}" for r in rows]
     grouped_bars(

@@ -124,7 +124,7 @@ TARGETS = {"contiguous": 1.10, "channels_last": 1.25}
 
 def plot_shift_benchmark(rows: list[dict], path) -> None:
     """Bar chart of the median milliseconds per (allocator, memory format)."""
-    from timeshift.bench.plots import grouped_bars
+    from timeshift.bench.charts import grouped_bars
 
     variants = [v for v in ("clone", "shift", "shift_pytorch", "reference") if f"{v}_ms" in rows[0]]
     shape = "x".join(map(str, rows[0]["shape"]))

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import torch
 
+from timeshift._plotting import pyplot, save_png
 from timeshift.bench.complexity import model_complexity
 from timeshift.engine.config import load_config, to_dict
-from timeshift.engine.data import load_split, synthetic_paths
-from timeshift.engine.evaluate import TestOptions, measure_latency, test_checkpoints
+from timeshift.engine.evaluate import EvalOptions, evaluate_checkpoints, measure_latency
+from timeshift.engine.loaders import load_split, synthetic_paths
 from timeshift.engine.trainer import fit
 from timeshift.models.checkpoints import load_model
 
@@ -136,10 +137,10 @@ def _measure(name: str, cfg, run_dir: Path, out: Path, progress: bool) -> dict:
     paths = load_split(cfg.data, "val", progress=False)
     val_list = run_dir / "val_list.txt"
     val_list.write_text("".join(f"{r.path} {r.label}\n" for r in paths.records))
-    summary = test_checkpoints(
+    summary = evaluate_checkpoints(
         [run_dir / "last.pt"],
         val_list,
-        options=TestOptions(batch_size=cfg.eval.batch_size, workers=cfg.data.workers),
+        options=EvalOptions(batch_size=cfg.eval.batch_size, workers=cfg.data.workers),
         output_dir=run_dir / "test",
         progress=progress,
     )
@@ -168,7 +169,7 @@ def _measure(name: str, cfg, run_dir: Path, out: Path, progress: bool) -> dict:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    from timeshift.bench.plots import grouped_bars
+    from timeshift.bench.charts import grouped_bars
 
     grouped_bars(
         [r["name"] for r in rows],
@@ -224,10 +225,7 @@ def _with_latencies(out: Path, results: dict) -> dict:
 
 def _plot_costs(rows: list[dict], path: Path) -> None:
     """Top-1 against MACs and against latency, one labelled point per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, key, label in (
@@ -244,8 +242,7 @@ def _plot_costs(rows: list[dict], path: Path) -> None:
     axes[1].legend(loc="lower right", fontsize=8)
     fig.suptitle("temporal modules on the synthetic dataset: accuracy vs cost")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def format_results(results: dict) -> str:

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from timeshift.data.formats import VIDEO_EXTENSIONS, Annotations, SampleRecord, read_annotations
-from timeshift.engine.data import eval_dataset, eval_loader
+from timeshift.engine.backend import inference_model
+from timeshift.engine.figures import plot_confusion
+from timeshift.engine.loaders import eval_dataset, eval_loader
 from timeshift.engine.metrics import classification_report, json_dumps
-from timeshift.engine.plots import plot_confusion
-from timeshift.engine.runtime import inference_model
 from timeshift.engine.trainer import evaluate
 from timeshift.models.checkpoints import check_writable as _check_writable
 from timeshift.models.checkpoints import load_model
@@ -28,18 +28,18 @@ from timeshift.models.preprocessing import InputConfig, resolve_input_config
 
 __all__ = [
     "EARLY_FRACTIONS",
-    "TestOptions",
+    "EvalOptions",
     "early_recognition",
+    "evaluate_checkpoints",
     "measure_latency",
     "predict_videos",
-    "test_checkpoints",
 ]
 
 _logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TestOptions:
+class EvalOptions:
     """The test protocol: 1 clip x centre crop for efficiency tables; several clips x 3 crops at
     full resolution for accuracy tables."""
 
@@ -53,7 +53,7 @@ class TestOptions:
     observed: float = 1.0  # sample from the first part of each video only (early recognition)
     online: bool = False  # stream each clip frame by frame through the online model
     drop_future: bool = False  # with online: a bidirectional model, future channels zeroed
-    backend: str = "auto"  # auto, eager, compile, onnxruntime (timeshift.engine.runtime)
+    backend: str = "auto"  # auto, eager, compile, onnxruntime (timeshift.engine.backend)
     memory_format: str = "auto"  # auto (channels_last), contiguous, channels_last
 
 
@@ -74,8 +74,8 @@ def _preprocessing(inputs: InputConfig) -> dict:
     }
 
 
-def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, progress):
-    from timeshift.engine.data import UnmirroredViews, direction_protocol
+def _model_scores(model, meta, ann: Annotations, options: EvalOptions, device, progress):
+    from timeshift.engine.loaders import UnmirroredViews, direction_protocol
 
     # direction-sensitive labels, decided before any decoding: dense clips never wrap out of
     # order, and mirrored 10-crop views are swapped back through the flip map (or refused)
@@ -121,12 +121,12 @@ def _model_scores(model, meta, ann: Annotations, options: TestOptions, device, p
     return evaluate(model, loader, device=device, num_classes=model.num_classes, progress=progress)
 
 
-def test_checkpoints(
+def evaluate_checkpoints(
     checkpoints: Sequence[str | Path],
     data: str | Path,
     *,
     root: str | Path | None = None,
-    options: TestOptions | None = None,
+    options: EvalOptions | None = None,
     output_dir: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -142,7 +142,7 @@ def test_checkpoints(
         raise ValueError("no checkpoint given")
     if output_dir is not None:
         check_writable(output_dir)  # before the work, not after an hour of evaluation
-    options = options or TestOptions()
+    options = options or EvalOptions()
     torch_device = torch.device(device)
     models = [(path, load_model(path).to(torch_device).eval()) for path in checkpoints]
     classes = _meta(models[0][1], checkpoints[0])["classes"]
@@ -244,7 +244,7 @@ def early_recognition(
     *,
     fractions: Sequence[float] = EARLY_FRACTIONS,
     root: str | Path | None = None,
-    options: TestOptions | None = None,
+    options: EvalOptions | None = None,
     output_dir: str | Path | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -259,14 +259,14 @@ def early_recognition(
     """
     import dataclasses
 
-    options = options or TestOptions()
+    options = options or EvalOptions()
     if not fractions or not all(0 < f <= 1 for f in fractions):
         raise ValueError(f"fractions must be in (0, 1], got {list(fractions)}")
     if output_dir is not None:
         check_writable(output_dir)
     rows = []
     for fraction in fractions:
-        summary = test_checkpoints(
+        summary = evaluate_checkpoints(
             checkpoints,
             data,
             root=root,
@@ -296,7 +296,7 @@ def early_recognition(
 
 
 def _write_early_outputs(out: Path, rows: list[dict], checkpoints) -> None:
-    from timeshift.engine.plots import plot_early
+    from timeshift.engine.figures import plot_early
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "early.csv", "w", newline="", encoding="utf-8") as f:
@@ -380,7 +380,7 @@ def predict_videos(
     Decoding runs in ``workers`` processes. An input that is missing, unreadable or cannot be
     decoded gets an ``error`` entry (with the cause) instead of predictions, and the others
     are still predicted. ``backend`` and ``memory_format`` choose how the model runs
-    (:func:`timeshift.engine.runtime.inference_model`; ``auto``: the fastest measured path).
+    (:func:`timeshift.engine.backend.inference_model`; ``auto``: the fastest measured path).
     """
     model = load_model(checkpoint).to(torch.device(device)).eval()
     meta = _meta(model, checkpoint)
@@ -393,7 +393,7 @@ def predict_videos(
             model,
             meta,
             Annotations(records, classes),
-            TestOptions(
+            EvalOptions(
                 batch_size=batch_size,
                 workers=workers,
                 backend=backend,

@@ -30,13 +30,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from timeshift.engine.config import ConfigError, check_resume_config, to_dict
-from timeshift.engine.data import (
-    build_eval_dataset,
-    build_train_loader,
-    build_val_loader,
-    direction_meta,
-    load_split,
-)
 from timeshift.engine.distributed import (
     DistInfo,
     all_gather_tensors,
@@ -46,9 +39,16 @@ from timeshift.engine.distributed import (
     run_on_main,
     wrap_ddp,
 )
+from timeshift.engine.figures import plot_confusion, plot_curves
+from timeshift.engine.loaders import (
+    build_eval_dataset,
+    build_train_loader,
+    build_val_loader,
+    direction_meta,
+    load_split,
+)
 from timeshift.engine.metrics import classification_report, json_dumps
 from timeshift.engine.optim import build_optimizer, build_scheduler
-from timeshift.engine.plots import plot_confusion, plot_curves
 from timeshift.models.checkpoints import (
     CheckpointError,
     atomic_save,

@@ -7,7 +7,7 @@ from timeshift.export.exporter import (
     export_model,
     read_export_meta,
 )
-from timeshift.export.runtime import OnnxOnlineRecognizer, OnnxRecognizer
+from timeshift.export.onnx_models import OnnxOnlineRecognizer, OnnxRecognizer
 
 __all__ = [
     "EXPORT_FORMAT_VERSION",

@@ -33,7 +33,7 @@ from torch import nn
 from timeshift.engine.metrics import json_dumps
 from timeshift.models.checkpoints import file_mode, remove_stale_temporaries
 from timeshift.models.preprocessing import resolve_input_config
-from timeshift.online.recognizer import OnlineModule
+from timeshift.online.online_model import OnlineModule
 
 __all__ = [
     "EXPORT_FORMAT_VERSION",

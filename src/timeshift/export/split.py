@@ -32,7 +32,7 @@ from torch import nn
 
 from timeshift.models.backbones.mobilenet_v2 import ConvBNAct, InvertedResidual, MobileNetV2
 from timeshift.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
-from timeshift.online.recognizer import OnlineModule, OnlineShift
+from timeshift.online.online_model import OnlineModule, OnlineShift
 from timeshift.ops.shift import TemporalShift, shift_offsets, temporal_shift
 
 __all__ = ["SplitClips", "SplitStream", "split_clips", "split_stream"]

@@ -42,7 +42,14 @@ BLVNET_PAPER = (
 # options of the shift that make no sense for a model without shift modules
 _SHIFT_ONLY = ("fold_div", "direction", "inplace")
 # options of temporalize/build_recognizer that the bLVNet architecture fixes itself
-_BLVNET_FIXED = (*_SHIFT_ONLY, "place", "temporal_pool", "every", "non_local", "temporal_layer")
+_BLVNET_FIXED = (
+    *_SHIFT_ONLY,
+    "place",
+    "temporal_pool",
+    "block_stride",
+    "non_local",
+    "temporal_layer",
+)
 
 
 class TemporalAggregationWrapper(nn.Module):

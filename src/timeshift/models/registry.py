@@ -98,6 +98,9 @@ def create_model(name: str, *, num_classes: int, num_segments: int, **kwargs: An
     Returns:
         A :class:`~timeshift.models.Recognizer` whose ``config`` rebuilds it.
     """
+    if "every" in kwargs:  # its name before 0.2: older checkpoints carry it
+        kwargs = dict(kwargs)
+        kwargs["block_stride"] = kwargs.pop("every")
     model = _entrypoint(name)(num_classes=num_classes, num_segments=num_segments, **kwargs)
     model.config = {
         "name": name,
@@ -136,7 +139,7 @@ def build_recognizer(
     non_local: bool = False,
     dropout: float = 0.5,
     partial_bn: bool = False,
-    every: int | None = None,
+    block_stride: int | None = None,
     **backbone_kwargs: Any,
 ) -> Recognizer:
     """Backbone by name -> optional temporal modules -> optional non-local -> Recognizer."""
@@ -152,7 +155,7 @@ def build_recognizer(
             direction=direction,
             inplace=inplace,
             temporal_pool=temporal_pool,
-            every=every,
+            block_stride=block_stride,
         )
         if temporal_pool:
             pooled = pooled_segments(num_segments)
@@ -168,7 +171,7 @@ def build_recognizer(
     )
 
 
-_SHIFT_OPTIONS = ("place", "fold_div", "direction", "inplace", "temporal_pool", "every")
+_SHIFT_OPTIONS = ("place", "fold_div", "direction", "inplace", "temporal_pool", "block_stride")
 
 
 def _tsn(backbone: str, **kwargs: Any) -> Recognizer:

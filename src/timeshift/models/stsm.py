@@ -63,7 +63,7 @@ def build_stsm(
     alpha: float = 3 / 8,
     dims: str = "T+H+W",
     place: str = "residual",
-    every: int | None = None,
+    block_stride: int | None = None,
     temporal_pool: bool = False,
     non_local: bool = False,
     dropout: float = 0.5,
@@ -78,7 +78,7 @@ def build_stsm(
         num_segments: frames per clip ``T``.
         alpha: fraction of the channels shifted (3/8 in the paper).
         dims: shift parts, one of ``timeshift.ops.st_shift.DIMS`` (``"T+H+W"`` in the paper).
-        place, every, temporal_pool: as for :func:`~timeshift.temporalize`.
+        place, block_stride, temporal_pool: as for :func:`~timeshift.temporalize`.
         non_local: add the TSM non-local blocks (the paper's "STSM+TSN+NL").
         dropout, partial_bn: Recognizer options.
         **backbone_kwargs: backbone options such as ``width_mult``.
@@ -92,7 +92,7 @@ def build_stsm(
         num_segments=num_segments,
         temporal_layer="stshift",
         place=place,
-        every=every,
+        block_stride=block_stride,
         temporal_pool=temporal_pool,
         alpha=alpha,
         dims=dims,

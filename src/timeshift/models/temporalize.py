@@ -147,7 +147,7 @@ def temporalize(
     direction: str = "bidirectional",
     inplace: bool = False,
     temporal_pool: bool = False,
-    every: int | None = None,
+    block_stride: int | None = None,
     **layer_options,
 ) -> nn.Module:
     """Insert a temporal op into the residual blocks of a 2D CNN, in place.
@@ -162,7 +162,7 @@ def temporalize(
             included.
         fold_div, direction, inplace: options of the shift (passed to the factory).
         temporal_pool: max-pool time by 2 before ``layer2`` (ResNets); later ops see ``T/2``.
-        every: op in every k-th block of each stage; default 1, or 2 for ResNets whose layer3
+        block_stride: op in every k-th block of each stage; default 1, or 2 for ResNets whose layer3
             has >= 23 blocks (ResNet-101/152), as the reference.
         **layer_options: extra options for a non-shift factory.
 
@@ -191,7 +191,7 @@ def temporalize(
             "torchvision-style ResNet blocks (conv1 + downsample inside nn.Sequential stages) "
             "or MobileNetV2 InvertedResidual blocks (use_res_connect + conv)"
         )
-    step = every or _block_step(stages)
+    step = block_stride or _block_step(stages)
     pool_before = _pool_stage(backbone, stages) if temporal_pool else None
     segments = num_segments
     wrapped = 0

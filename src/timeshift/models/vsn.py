@@ -150,7 +150,7 @@ def add_video_shuffle(
     groups: int | None = None,
     shift: bool = True,
     fold_div: int = 8,
-    every: int = 1,
+    block_stride: int = 1,
 ) -> nn.Module:
     """Make a ResNet backbone a VSN, in place.
 
@@ -167,7 +167,7 @@ def add_video_shuffle(
         groups: channel groups per frame of the shuffle (``None`` = ``T``).
         shift: residual temporal shift in the blocks without video shuffle.
         fold_div: ``C // fold_div`` channels shift in each direction (8 = TSM's 1/4).
-        every: shift every k-th block of a stage (counted from its first block).
+        block_stride: shift every k-th block of a stage (counted from its first block).
 
     Returns:
         The same ``backbone``, modified.
@@ -175,8 +175,8 @@ def add_video_shuffle(
     counts = _per_stage(shuffle_blocks)
     if block not in BLOCK_KINDS:
         raise ValueError(f"unknown video shuffle block {block!r}; expected one of {BLOCK_KINDS}")
-    if every < 1:
-        raise ValueError(f"every must be >= 1, got {every}")
+    if block_stride < 1:
+        raise ValueError(f"block_stride must be >= 1, got {block_stride}")
     shuffled = shifted = 0
     for stage_name, count in zip(_STAGES, counts, strict=True):
         stage = getattr(backbone, stage_name, None)
@@ -197,7 +197,7 @@ def add_video_shuffle(
                     stage[index], num_segments=num_segments, kind=block, groups=groups
                 )
                 shuffled += 1
-            elif shift and index % every == 0:
+            elif shift and index % block_stride == 0:
                 stage[index].conv1 = TemporalShift(
                     stage[index].conv1, num_segments, fold_div=fold_div
                 )
@@ -216,7 +216,7 @@ def build_vsn(
     groups: int | None = None,
     shift: bool = True,
     fold_div: int = 8,
-    every: int = 1,
+    block_stride: int = 1,
     dropout: float = 0.5,
     partial_bn: bool = False,
     **backbone_kwargs: Any,
@@ -228,7 +228,7 @@ def build_vsn(
         backbone: a bottleneck ResNet name (``resnet50``, ``resnet101``, ...).
         num_classes: classifier outputs.
         num_segments: frames per clip ``T``; the shuffles regroup over these ``T`` frames.
-        block, shuffle_blocks, groups, shift, fold_div, every: see :func:`add_video_shuffle`.
+        block, shuffle_blocks, groups, shift, fold_div, block_stride: see :func:`add_video_shuffle`.
             Ablations of the paper: ``block="headtail"`` (Table 7), ``shuffle_blocks`` (Table
             8), ``shift=False`` for video shuffle alone (Table 9).
         dropout, partial_bn: Recognizer options (the paper trains with dropout 0.8 and partial
@@ -239,7 +239,7 @@ def build_vsn(
     if given:
         raise TypeError(
             f"VSN models do not take {given}: they use the residual bi-directional shift "
-            "(options: block, shuffle_blocks, groups, shift, fold_div, every)"
+            "(options: block, shuffle_blocks, groups, shift, fold_div, block_stride)"
         )
     net = create_backbone(backbone, num_classes=0, **backbone_kwargs)
     add_video_shuffle(
@@ -250,7 +250,7 @@ def build_vsn(
         groups=groups,
         shift=shift,
         fold_div=fold_div,
-        every=every,
+        block_stride=block_stride,
     )
     return Recognizer(
         net,

@@ -1,6 +1,6 @@
 """Online (streaming) recognition."""
 
-from timeshift.online.recognizer import (
+from timeshift.online.online_model import (
     OnlineModule,
     OnlineRecognizer,
     OnlineShift,

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from timeshift.engine import runtime
-from timeshift.engine.runtime import (
+from timeshift.engine import backend as runtime
+from timeshift.engine.backend import (
     OnnxClips,
     exported_onnx,
     inference_model,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from timeshift._plotting import pyplot, save_png
+
 __all__ = ["grouped_bars", "plot_flops", "plot_overhead", "plot_speed", "plot_vs_3d"]
 
 
@@ -16,10 +18,7 @@ def grouped_bars(
     title: str,
 ) -> None:
     """One group of bars per entry of ``groups``, one bar per series, saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = list(series)
     width = 0.8 / max(len(names), 1)
@@ -33,17 +32,13 @@ def grouped_bars(
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_flops(rows: Sequence[Mapping], path, title: str) -> None:
     """One horizontal bar per model (MACs per clip), coloured by family, parameters in the
     label; models sorted by MACs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = sorted(rows, key=lambda r: r["gmacs"])
     families = sorted({r["family"] for r in rows})
@@ -64,8 +59,7 @@ def plot_flops(rows: Sequence[Mapping], path, title: str) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colours[f]) for f in families]
     ax.legend(handles, families, fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _wrap(title: str, width: int = 100) -> str:
@@ -74,19 +68,10 @@ def _wrap(title: str, width: int = 100) -> str:
     return textwrap.fill(title, width)
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_speed(rows: Sequence[Mapping], path, title: str, *, throughput: bool = False) -> None:
     """One horizontal bar per contender (model | backend | format): median ms per batch with
     the p10-p90 range as an error bar, or clips/s with ``throughput``."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in rows if "error" not in r]
     labels = [f"{r['model']} | {r['backend']} | {r['memory_format']}" for r in rows]
     if throughput:
@@ -114,14 +99,13 @@ def plot_speed(rows: Sequence[Mapping], path, title: str, *, throughput: bool = 
     ax.set_title(_wrap(title), fontsize=9)
     ax.margins(x=0.2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_overhead(rows: Sequence[Mapping], path, title: str, paper: Mapping[str, float]) -> None:
     """The TSM paper's Figure 2a: latency overhead over the 2D baseline (%) against the shifted
     proportion, one line per placement and memory format, the paper's CPU points beside."""
-    plt = _pyplot()
+    plt = pyplot()
     order = ["0", "1/8", "1/4", "1/2", "all"]
     fig, ax = plt.subplots(figsize=(7, 4))
     lines = sorted({(r["place"], r["memory_format"]) for r in rows if r.get("place") != "none"})
@@ -143,13 +127,12 @@ def plot_overhead(rows: Sequence[Mapping], path, title: str, paper: Mapping[str,
     ax.set_title(_wrap(title), fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_vs_3d(rows: Sequence[Mapping], path, title: str) -> None:
     """The TSM paper's Table 5 as two panels: batch-1 latency and clips/s per model."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in rows if "error" not in r]
     names = [r["model"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.8), sharey=True)
@@ -167,5 +150,4 @@ def plot_vs_3d(rows: Sequence[Mapping], path, title: str) -> None:
     left.invert_yaxis()
     fig.suptitle(_wrap(title), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_png(fig, path)

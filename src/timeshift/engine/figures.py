@@ -6,31 +6,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from timeshift.models.checkpoints import atomic_write
+from timeshift._plotting import pyplot, save_png
 
 __all__ = ["plot_confusion", "plot_curves", "plot_early"]
 
 
-def _save(plt, fig, path, *, dpi: int) -> None:
-    """Written atomically (a run killed mid-plot keeps its previous PNG, never half of one)."""
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
-    finally:
-        plt.close(fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_curves(rows: Sequence[dict], path, *, title: str = "") -> None:
     """Loss (left) and accuracy (right) per epoch from metrics rows."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train loss")
@@ -48,12 +31,12 @@ def plot_curves(rows: Sequence[dict], path, *, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(plt, fig, path, dpi=110)
+    save_png(fig, path, dpi=110)
 
 
 def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path, *, title: str = "") -> None:
     """Row-normalised confusion matrix (rows: true class, columns: predicted)."""
-    plt = _pyplot()
+    plt = pyplot()
     confusion = np.asarray(confusion, dtype=float)
     rows = confusion.sum(axis=1, keepdims=True)
     normalised = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
@@ -83,13 +66,13 @@ def plot_confusion(confusion: np.ndarray, classes: Sequence[str], path, *, title
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
     fig.tight_layout()
-    _save(plt, fig, path, dpi=110)
+    save_png(fig, path, dpi=110)
 
 
 def plot_early(curves: dict[str, Sequence[dict]], path, *, title: str = "") -> None:
     """Top-1 against the observed fraction of each video, one line per model (rows from
     :func:`~timeshift.engine.evaluate.early_recognition`)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, rows in curves.items():
         ax.plot(
@@ -102,4 +85,4 @@ def plot_early(curves: dict[str, Sequence[dict]], path, *, title: str = "") -> N
     ax.legend()
     ax.set_title(title or "early recognition")
     fig.tight_layout()
-    _save(plt, fig, path, dpi=120)
+    save_png(fig, path, dpi=120)
