@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --constraint constraints.txt
 
-.PHONY: demo test lint install install-dev bench clean
+.PHONY: demo test test-fast lint install install-dev bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,12 @@ lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# everything (what CI runs); test-fast leaves out the few long end-to-end tests marked slow
 test: install-dev lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
+
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_shift.py

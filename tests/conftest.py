@@ -1,3 +1,6 @@
+import re
+import warnings
+
 import pytest
 import torch
 
@@ -142,3 +145,63 @@ def decode_all(path) -> list[int]:
 
     with av.open(str(path)) as container:
         return [identify(f.to_ndarray(format="rgb24")[None])[0] for f in container.decode(video=0)]
+
+
+# -- checkpoints in the reference layouts, and ONNX round trips (shared by several modules) --
+
+
+def randomise(model):
+    """Non-trivial BN statistics and weights, so that a wrong mapping or a missed buffer shows."""
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(
+                    torch.rand_like(t) + 0.5 if "running_var" in name else torch.randn_like(t) * 0.1
+                )
+    return model
+
+
+def to_reference_tsm(state, *, fc="module.new_fc."):
+    out = {}
+    for k, v in state.items():
+        out[fc + k[3:] if k.startswith("fc.") else "module.base_model." + k[len("backbone.") :]] = v
+    return {"epoch": 10, "arch": "resnet50", "state_dict": out, "best_prec1": 71.2}
+
+
+def to_reference_mobilenet(state):
+    """torchvision-layout MobileNetV2 keys -> the reference TSM archs/mobilenet_v2.py layout."""
+    expand = {"0.0": "0", "0.1": "1", "1.0": "3", "1.1": "4", "2": "6", "3": "7"}
+    no_expand = {"0.0": "0", "0.1": "1", "1": "3", "2": "4"}
+    out = {}
+    for k, v in state.items():
+        shifted = ".conv.0.net." in k
+        k = k.replace(".net.", ".")
+        m = re.match(r"(backbone\.features\.(\d+)\.conv\.)(\d(?:\.\d)?)\.([a-z_]+)$", k)
+        if m:
+            is_expand = f"backbone.features.{m.group(2)}.conv.3.weight" in state
+            index = (expand if is_expand else no_expand)[m.group(3)]
+            k = f"{m.group(1)}{index}.{'net.' if shifted and index == '0' else ''}{m.group(4)}"
+        out[k] = v
+    return out
+
+
+def onnx_roundtrip(module, example, fresh, tmp_path):
+    """Export ``module`` with a dynamic first dimension and run it on ``fresh`` in
+    onnxruntime."""
+    import onnxruntime as ort
+
+    path = tmp_path / "op.onnx"
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["x"],
+            output_names=["y"],
+            dynamo=False,
+            dynamic_axes={"x": {0: "nt"}, "y": {0: "nt"}},
+        )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": fresh.numpy()})
+    return torch.from_numpy(got)

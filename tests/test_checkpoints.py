@@ -10,22 +10,13 @@ import timeshift
 from timeshift.models.backbones import create_backbone
 from timeshift.models.checkpoints import CheckpointError, detect_source
 
+from conftest import randomise, to_reference_mobilenet, to_reference_tsm
+
 CLIP = (2, 4, 3, 32, 32)
 
 
 def _model(name="tsm_resnet_tiny", classes=5, **kwargs):
     return timeshift.create_model(name, num_classes=classes, num_segments=4, **kwargs).eval()
-
-
-def _randomise(model):
-    # make BN statistics and affine parameters non-trivial so that a wrong mapping shows
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(
-                    torch.rand_like(t) + 0.5 if "running_var" in name else torch.randn_like(t) * 0.1
-                )
-    return model
 
 
 def _same_outputs(a, b):
@@ -35,7 +26,7 @@ def _same_outputs(a, b):
 
 
 def test_own_format_round_trip(tmp_path):
-    model = _randomise(_model(direction="unidirectional", dropout=0.3))
+    model = randomise(_model(direction="unidirectional", dropout=0.3))
     path = timeshift.save_model(model, tmp_path / "m.pt", meta={"classes": ["a", "b"]})
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
     loaded = timeshift.load_model(path).eval()
@@ -66,17 +57,10 @@ def test_save_model_needs_config():
         timeshift.save_model(torch.nn.Linear(2, 2), "x.pt")
 
 
-def _to_reference_tsm(state, *, fc="module.new_fc."):
-    out = {}
-    for k, v in state.items():
-        out[fc + k[3:] if k.startswith("fc.") else "module.base_model." + k[len("backbone.") :]] = v
-    return {"epoch": 10, "arch": "resnet50", "state_dict": out, "best_prec1": 71.2}
-
-
 @pytest.mark.parametrize("name", ["tsm_resnet_tiny", "tsm_resnet_nl_tiny"])
 def test_reference_tsm_format(tmp_path, name):
-    source = _randomise(_model(name))
-    ckpt = _to_reference_tsm(source.state_dict())
+    source = randomise(_model(name))
+    ckpt = to_reference_tsm(source.state_dict())
     assert "module.base_model.layer1.0.conv1.net.weight" in ckpt["state_dict"]
     torch.save(ckpt, tmp_path / "ref.pth.tar")
     target = _model(name)
@@ -86,16 +70,16 @@ def test_reference_tsm_format(tmp_path, name):
 
 
 def test_reference_dropout_zero_classifier_name(tmp_path):
-    source = _randomise(_model())
-    ckpt = _to_reference_tsm(source.state_dict(), fc="module.base_model.fc.")
+    source = randomise(_model())
+    ckpt = to_reference_tsm(source.state_dict(), fc="module.base_model.fc.")
     target = _model()
     timeshift.load_checkpoint(target, ckpt)
     assert _same_outputs(source, target)
 
 
 def test_tsn_and_tsm_cross_loading():
-    tsn = _randomise(_model("tsn_resnet_tiny"))
-    ckpt = _to_reference_tsm(tsn.state_dict())
+    tsn = randomise(_model("tsn_resnet_tiny"))
+    ckpt = to_reference_tsm(tsn.state_dict())
     assert not any(".net." in k for k in ckpt["state_dict"])
     tsm = _model("tsm_resnet_tiny")
     timeshift.load_checkpoint(tsm, ckpt)
@@ -109,40 +93,23 @@ def test_tsn_and_tsm_cross_loading():
 
 
 def test_classifier_with_other_class_count_is_dropped(caplog):
-    source = _randomise(_model(classes=7))
+    source = randomise(_model(classes=7))
     target = _model(classes=3)
     fc_before = target.fc.weight.clone()
     with caplog.at_level(logging.WARNING):
-        report = timeshift.load_checkpoint(target, _to_reference_tsm(source.state_dict()))
+        report = timeshift.load_checkpoint(target, to_reference_tsm(source.state_dict()))
     assert "classifier" in caplog.text
     assert set(report.dropped) == {"fc.weight", "fc.bias"}
     assert torch.equal(target.fc.weight, fc_before)
     assert torch.equal(target.backbone.conv1.weight, source.backbone.conv1.weight)
 
 
-def _to_reference_mobilenet(state):
-    """torchvision-layout MobileNetV2 keys -> the reference TSM archs/mobilenet_v2.py layout."""
-    expand = {"0.0": "0", "0.1": "1", "1.0": "3", "1.1": "4", "2": "6", "3": "7"}
-    no_expand = {"0.0": "0", "0.1": "1", "1": "3", "2": "4"}
-    out = {}
-    for k, v in state.items():
-        shifted = ".conv.0.net." in k
-        k = k.replace(".net.", ".")
-        m = re.match(r"(backbone\.features\.(\d+)\.conv\.)(\d(?:\.\d)?)\.([a-z_]+)$", k)
-        if m:
-            is_expand = f"backbone.features.{m.group(2)}.conv.3.weight" in state
-            index = (expand if is_expand else no_expand)[m.group(3)]
-            k = f"{m.group(1)}{index}.{'net.' if shifted and index == '0' else ''}{m.group(4)}"
-        out[k] = v
-    return out
-
-
 def test_reference_mobilenet_layout():
-    source = _randomise(_model("tsm_mobilenet_v2_tiny"))
-    ref_state = _to_reference_mobilenet(source.state_dict())
+    source = randomise(_model("tsm_mobilenet_v2_tiny"))
+    ref_state = to_reference_mobilenet(source.state_dict())
     assert "backbone.features.1.conv.3.weight" in ref_state  # t=1 block, pw-linear conv
     assert any(re.match(r"backbone\.features\.\d+\.conv\.0\.net\.weight", k) for k in ref_state)
-    ckpt = _to_reference_tsm(ref_state)
+    ckpt = to_reference_tsm(ref_state)
     target = _model("tsm_mobilenet_v2_tiny")
     timeshift.load_checkpoint(target, ckpt)
     assert _same_outputs(source, target)
@@ -164,7 +131,7 @@ def _to_mmaction2(state):
 
 
 def test_mmaction2_format(tmp_path):
-    source = _randomise(_model("tsm_resnet_tiny"))
+    source = randomise(_model("tsm_resnet_tiny"))
     ckpt = _to_mmaction2(source.state_dict())
     assert "backbone.layer1.0.conv1.conv.net.weight" in ckpt["state_dict"]
     assert "backbone.conv1.bn.weight" in ckpt["state_dict"]
@@ -183,7 +150,7 @@ def test_mmaction2_format(tmp_path):
     ],
 )
 def test_torchvision_imagenet_initialisation(backbone, model):
-    net2d = _randomise(create_backbone(backbone, num_classes=1000))
+    net2d = randomise(create_backbone(backbone, num_classes=1000))
     target = _model(model)
     fc_before = target.fc.weight.clone()
     report = timeshift.load_checkpoint(target, net2d.state_dict())
@@ -240,7 +207,7 @@ def test_unreadable_and_unsafe_files(tmp_path):
     with pytest.raises(CheckpointError, match="weights_only=True"):
         timeshift.load_checkpoint(_model(), unsafe)
     with pytest.raises(CheckpointError, match="not a timeshift checkpoint"):
-        torch.save(_to_reference_tsm(_model().state_dict()), tmp_path / "ref.pt")
+        torch.save(to_reference_tsm(_model().state_dict()), tmp_path / "ref.pt")
         timeshift.load_model(tmp_path / "ref.pt")
 
 
@@ -253,9 +220,9 @@ def test_detect_source_errors():
 
 def test_reference_online_demo_format():
     """Bare MobileNetV2 state dict of the reference online demo: features.N.conv.K, classifier.*"""
-    source = _randomise(_model("tsm_mobilenet_v2_tiny", direction="unidirectional"))
+    source = randomise(_model("tsm_mobilenet_v2_tiny", direction="unidirectional"))
     demo = {}
-    for k, v in _to_reference_mobilenet(source.state_dict()).items():
+    for k, v in to_reference_mobilenet(source.state_dict()).items():
         k = k.replace(".net.", ".")
         demo["classifier." + k[3:] if k.startswith("fc.") else k.removeprefix("backbone.")] = v
     assert "features.3.conv.0.weight" in demo and "classifier.weight" in demo
@@ -284,7 +251,7 @@ def _nl_to_mmaction2(state):
 
 
 def test_mmaction2_non_local_format():
-    source = _randomise(_model("tsm_resnet_nl_tiny"))
+    source = randomise(_model("tsm_resnet_nl_tiny"))
     with torch.no_grad():
         for name, p in source.named_parameters():
             if name.endswith(".nl.W.0.bias"):
@@ -298,7 +265,7 @@ def test_mmaction2_non_local_format():
 
 
 def test_torchvision_classifier_kept_when_classes_match():
-    net2d = _randomise(create_backbone("mobilenet_v2_tiny", num_classes=5))
+    net2d = randomise(create_backbone("mobilenet_v2_tiny", num_classes=5))
     target = _model("tsn_mobilenet_v2_tiny", classes=5)
     report = timeshift.load_checkpoint(target, net2d.state_dict())
     assert not report.dropped

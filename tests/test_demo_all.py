@@ -3,9 +3,12 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from timeshift.engine.demo import ALL_VARIANTS, format_results, run_demo
 
 
+@pytest.mark.slow
 def test_every_temporal_module_beats_tsn_on_the_order_sensitive_classes(tmp_path):
     overrides = [
         "train.epochs=12",

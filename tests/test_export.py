@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import timeshift
-from test_checkpoints import _randomise, _to_reference_tsm
 from timeshift.cli import main
 from timeshift.export import (
     ExportError,
@@ -18,13 +17,15 @@ from timeshift.export import (
 )
 from timeshift.export import exporter as exporter_module
 
+from conftest import randomise, to_reference_tsm
+
 T, S = 4, 32
 NETS = ["tsm_resnet_tiny", "tsm_mobilenet_v2_tiny"]
 
 
 def _model(name, direction="unidirectional"):
     model = timeshift.create_model(name, num_classes=5, num_segments=T, direction=direction)
-    model = _randomise(model).eval()
+    model = randomise(model).eval()
     model.checkpoint_meta = {"classes": list("abcde"), "input_size": S}
     return model
 
@@ -160,7 +161,7 @@ def test_cli_export_of_a_timeshift_checkpoint(tmp_path, capsys):
 
 def test_cli_export_of_a_reference_checkpoint(tmp_path, capsys):
     source = _model("tsm_resnet_tiny", "bidirectional")
-    torch.save(_to_reference_tsm(source.state_dict()), tmp_path / "ref.pth.tar")
+    torch.save(to_reference_tsm(source.state_dict()), tmp_path / "ref.pth.tar")
     args = [
         "export",
         str(tmp_path / "ref.pth.tar"),

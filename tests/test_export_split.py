@@ -6,10 +6,11 @@ import pytest
 import torch
 
 import timeshift
-from test_checkpoints import _randomise
 from timeshift.export import ExportError, OnnxOnlineRecognizer, OnnxRecognizer, export_model
 from timeshift.export.split import split_clips, split_stream
 from timeshift.online import OnlineModule
+
+from conftest import randomise
 
 T, S = 4, 32
 
@@ -17,7 +18,7 @@ T, S = 4, 32
 def _model(name, **kwargs):
     kwargs.setdefault("direction", "unidirectional")
     model = timeshift.create_model(name, num_classes=5, num_segments=T, **kwargs)
-    return _randomise(model).eval()
+    return randomise(model).eval()
 
 
 CASES = {  # basic blocks; bottlenecks with a downsample in every stage; inverted residuals

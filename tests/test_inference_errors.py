@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import timeshift
-from test_checkpoints import _to_reference_tsm
 from timeshift.cli import main
 from timeshift.engine import backend as runtime
 from timeshift.engine.evaluate import evaluate_checkpoints, predict_videos
@@ -23,7 +22,7 @@ from timeshift.engine.metrics import json_dumps
 from timeshift.export import read_export_meta
 from timeshift.models.checkpoints import CheckpointError, load_model, read_checkpoint
 
-from conftest import palette_frames, write_test_video
+from conftest import palette_frames, to_reference_tsm, write_test_video
 
 T, S = 4, 32
 CLASSES = ["red", "green", "blue"]
@@ -223,7 +222,7 @@ def test_wrapper_prefixed_state_dicts_load(prefix):
     report = timeshift.load_checkpoint(target, state)
     assert report.source == "timeshift" and not report.dropped
     # and a prefixed MMAction2 / reference TSM checkpoint is still recognised as such
-    ref = _to_reference_tsm(source.state_dict())["state_dict"]
+    ref = to_reference_tsm(source.state_dict())["state_dict"]
     assert timeshift.load_checkpoint(_tiny(), {prefix + k: v for k, v in ref.items()}).source == (
         "tsm"
     )
@@ -231,7 +230,7 @@ def test_wrapper_prefixed_state_dicts_load(prefix):
 
 def test_class_count_mismatch_is_an_error_for_inference(tmp_path, caplog):
     source = _tiny(classes=7)
-    torch.save(_to_reference_tsm(source.state_dict()), tmp_path / "ref.pth")
+    torch.save(to_reference_tsm(source.state_dict()), tmp_path / "ref.pth")
     with pytest.raises(CheckpointError, match=r"7 classes.*3 classes|3 classes.*7 classes"):
         load_model(tmp_path / "ref.pth", name="tsm_resnet_tiny", num_classes=3, num_segments=T)
     # fine-tuning initialisation may drop it, and says both counts
@@ -245,7 +244,7 @@ def test_class_count_mismatch_is_an_error_for_inference(tmp_path, caplog):
 
 
 def test_cli_export_refuses_a_classifier_that_does_not_fit(tmp_path, capsys):
-    torch.save(_to_reference_tsm(_tiny(classes=7).state_dict()), tmp_path / "ref.pth")
+    torch.save(to_reference_tsm(_tiny(classes=7).state_dict()), tmp_path / "ref.pth")
     args = ["export", str(tmp_path / "ref.pth"), "--output", str(tmp_path / "m.onnx")]
     code = main([*args, "--model", "tsm_resnet_tiny", "--num-classes", "3", "--frames", str(T)])
     captured = capsys.readouterr()

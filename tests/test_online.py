@@ -4,8 +4,9 @@ import pytest
 import torch
 
 import timeshift
-from test_checkpoints import _randomise, _to_reference_mobilenet
 from timeshift.online import OnlineModule, online_step
+
+from conftest import randomise, to_reference_mobilenet
 
 T = 6
 
@@ -17,7 +18,7 @@ def _uni(name, **kwargs):
 
 @pytest.mark.parametrize("name", ["tsm_resnet_tiny", "tsm_mobilenet_v2_tiny", "tsm_resnet18"])
 def test_frame_by_frame_equals_forward_segments(name):
-    model = _randomise(_uni(name))
+    model = randomise(_uni(name))
     clip = torch.randn(2, T, 3, 32, 32)
     with torch.no_grad():
         offline = model.forward_segments(clip)
@@ -27,7 +28,7 @@ def test_frame_by_frame_equals_forward_segments(name):
 
 
 def test_streams_are_independent_and_reset_starts_over():
-    model = _randomise(_uni("tsm_resnet_tiny"))
+    model = randomise(_uni("tsm_resnet_tiny"))
     a, b = torch.randn(T, 3, 32, 32), torch.randn(T, 3, 32, 32)
     together = timeshift.OnlineRecognizer(model)
     both = [together.step(torch.stack([a[t], b[t]])) for t in range(T)]
@@ -51,7 +52,7 @@ def test_cache_size_of_the_online_mobilenet():
 
 
 def test_functional_core_and_explicit_caches():
-    model = _randomise(_uni("tsm_mobilenet_v2_tiny"))
+    model = randomise(_uni("tsm_mobilenet_v2_tiny"))
     module = OnlineModule(model)
     cache = module.init_caches(1, 32, 32)
     assert len(cache) == module.num_caches > 0 and all(not c.any() for c in cache)
@@ -66,9 +67,9 @@ def test_functional_core_and_explicit_caches():
 
 
 def test_reference_online_demo_checkpoint_streams_the_same():
-    source = _randomise(_uni("tsm_mobilenet_v2_tiny"))
+    source = randomise(_uni("tsm_mobilenet_v2_tiny"))
     demo = {}  # the online demo's bare MobileNetV2 state dict: features.N.conv.K.*, classifier.*
-    for k, v in _to_reference_mobilenet(source.state_dict()).items():
+    for k, v in to_reference_mobilenet(source.state_dict()).items():
         k = k.replace(".net.", ".")
         demo["classifier." + k[3:] if k.startswith("fc.") else k.removeprefix("backbone.")] = v
     model = _uni("tsm_mobilenet_v2_tiny")
@@ -114,7 +115,7 @@ def test_other_temporal_modules_are_refused_online(name, op):
 def test_inference_path_equals_the_traceable_path():
     # at inference the shift writes into the block input and restores it; with autograd on
     # (and under tracing/export) it concatenates; both give the same logits and caches
-    module = OnlineModule(_randomise(_uni("tsm_resnet_tiny")))
+    module = OnlineModule(randomise(_uni("tsm_resnet_tiny")))
     frame = torch.randn(2, 3, 32, 32)
     cache = [torch.randn_like(c) for c in module.init_caches(2, 32, 32)]
     before = frame.clone()
@@ -130,10 +131,10 @@ def test_streamed_clips_equal_the_offline_model_and_drop_future_differs():
     from timeshift.online import StreamedClips
 
     clip = torch.randn(3, T, 3, 32, 32)
-    uni = _randomise(_uni("tsm_resnet_tiny"))
+    uni = randomise(_uni("tsm_resnet_tiny"))
     with torch.no_grad():
         assert torch.allclose(StreamedClips(uni)(clip), uni(clip), atol=1e-5)
-    bi = _randomise(timeshift.create_model("tsm_resnet_tiny", num_classes=5, num_segments=T))
+    bi = randomise(timeshift.create_model("tsm_resnet_tiny", num_classes=5, num_segments=T))
     with pytest.raises(ValueError, match="drop_future"):
         StreamedClips(bi.eval())
     with torch.no_grad():

@@ -1,5 +1,3 @@
-import warnings
-
 import pytest
 import torch
 
@@ -10,6 +8,8 @@ from timeshift.ops.shuffle import (
     video_shuffle,
     video_unshuffle,
 )
+
+from conftest import onnx_roundtrip
 
 
 def _clip(t: int, c: int, n: int = 1) -> torch.Tensor:
@@ -129,28 +129,6 @@ def test_errors_name_channels_groups_and_frames():
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
-def onnx_roundtrip(module, example, fresh, tmp_path):
-    """Export ``module`` with a dynamic first dimension and run it on ``fresh`` in
-    onnxruntime."""
-    import onnxruntime as ort
-
-    path = tmp_path / "op.onnx"
-    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            module,
-            (example,),
-            str(path),
-            input_names=["x"],
-            output_names=["y"],
-            dynamo=False,
-            dynamic_axes={"x": {0: "nt"}, "y": {0: "nt"}},
-        )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"x": fresh.numpy()})
-    return torch.from_numpy(got)
-
-
 def test_onnx_export_follows_new_batch_sizes(tmp_path):
     fresh = torch.randn(12, 8, 2, 2)
     got = onnx_roundtrip(VideoShuffle(4), torch.randn(8, 8, 2, 2), fresh, tmp_path)

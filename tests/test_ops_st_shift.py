@@ -2,7 +2,6 @@ import pytest
 import torch
 from torch import nn
 
-from test_ops_shuffle import onnx_roundtrip
 from timeshift.ops import temporal_shift
 from timeshift.ops.st_shift import (
     DIMS,
@@ -12,6 +11,8 @@ from timeshift.ops.st_shift import (
     st_shift_fold,
     st_shift_groups,
 )
+
+from conftest import onnx_roundtrip
 
 PLANE = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]  # one 2 x 3 feature map (H = 2, W = 3)
 ZERO = [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]

@@ -8,13 +8,12 @@ import pytest
 import torch
 
 import timeshift
-from test_checkpoints import _randomise
 from timeshift.cli import main
 from timeshift.data.decode import VideoDecodeError
 from timeshift.data.transforms import eval_transforms
 from timeshift.online.stream import LabelSmoother, annotate, open_source, run_stream
 
-from conftest import decode_all, palette_frames, write_test_video
+from conftest import decode_all, palette_frames, randomise, write_test_video
 
 S, FRAMES = 32, 10
 
@@ -50,7 +49,7 @@ def _model():
     model = timeshift.create_model(
         "tsm_resnet_tiny", num_classes=4, num_segments=4, direction="unidirectional"
     )
-    return _randomise(model).eval()
+    return randomise(model).eval()
 
 
 def test_stream_gives_the_logits_of_manual_stepping(video):

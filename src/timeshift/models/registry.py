@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from timeshift.ops.pool import pooled_segments
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "TAGS",
     "ModelInfo",
     "build_recognizer",
     "create_model",
@@ -40,6 +41,13 @@ class ModelInfo:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     defaults: dict[str, Any] = field(default_factory=dict)
+    # what the model can be used for, for callers and tests that iterate the registry:
+    # "tiny" (test-sized), "causal" (streams frame by frame when built causal, see
+    # timeshift.online), "exportable" (ONNX export verified)
+    tags: frozenset[str] = frozenset()
+
+
+TAGS = ("tiny", "causal", "exportable")
 
 
 _ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
@@ -47,9 +55,22 @@ _INFO: dict[str, ModelInfo] = {}
 
 
 def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, family: str = "", backbone: str = "", paper=""
+    fn: Callable[..., nn.Module] | None = None,
+    *,
+    family: str = "",
+    backbone: str = "",
+    paper: str = "",
+    tags: Iterable[str] = (),
 ):
-    """Register a model entrypoint under its function name; duplicate names raise."""
+    """Register a model entrypoint under its function name; duplicate names raise.
+
+    ``tags`` (see :data:`TAGS`) say what the model can be used for; ``"tiny"`` is added for
+    backbones whose name says so.
+    """
+    tags = frozenset(tags) | ({"tiny"} if "tiny" in backbone else set())
+    unknown = sorted(tags - set(TAGS))
+    if unknown:
+        raise ValueError(f"unknown model tags {unknown}; known: {list(TAGS)}")
 
     def decorator(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = f.__name__
@@ -57,16 +78,22 @@ def register_model(
             raise ValueError(f"model {name!r} is already registered")
         _ENTRYPOINTS[name] = f
         _INFO[name] = ModelInfo(
-            name=name, family=family or name.split("_")[0], backbone=backbone, paper=paper
+            name=name,
+            family=family or name.split("_")[0],
+            backbone=backbone,
+            paper=paper,
+            tags=tags,
         )
         return f
 
     return decorator(fn) if fn is not None else decorator
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names, sorted, optionally filtered by a shell-style ``pattern``."""
-    names = sorted(_ENTRYPOINTS)
+def list_models(pattern: str | None = None, *, tags: Iterable[str] = ()) -> list[str]:
+    """Registered model names, sorted, optionally filtered by a shell-style ``pattern`` and by
+    ``tags`` (a model is listed when it has all of them)."""
+    wanted = frozenset([tags] if isinstance(tags, str) else tags)
+    names = sorted(n for n in _ENTRYPOINTS if wanted <= _INFO[n].tags)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
