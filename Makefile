@@ -33,12 +33,15 @@ lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# everything (what CI runs); test-fast leaves out the few long end-to-end tests marked slow
+# everything (what CI runs), one worker per core (pytest-xdist; a module's tests stay in one
+# worker, so module-scoped fixtures are built once); test-fast leaves out the tests marked slow
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+
 test: install-dev lint
-	$(BIN)/python -m pytest -q --durations=15
+	$(PYTEST) --durations=15
 
 test-fast: install-dev
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_shift.py

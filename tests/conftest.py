@@ -1,8 +1,22 @@
+import os
 import re
 import warnings
 
 import pytest
 import torch
+
+# under pytest-xdist (`make test` runs two workers) the workers share the cores: torch's
+# intra-op threads are split between them instead of each worker taking every core
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(
+        max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    """The long end-to-end tests (``slow``) first: with two workers they then run beside the
+    rest of the suite instead of after it (the order does not change what any test checks)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
@@ -205,3 +219,95 @@ def onnx_roundtrip(module, example, fresh, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {"x": fresh.numpy()})
     return torch.from_numpy(got)
+
+
+# -- videos and files that are hard to read (decoding, datasets, streaming) --
+
+VFR_MS = [0, 40, 80, 500, 540, 1600, 1640, 1680, 3000, 3040]  # bursts and gaps
+
+
+def finishes(fn, *, fifos=(), timeout: float = 10.0):
+    """``fn()``'s result (or exception), failing the test if it is still blocked after
+    ``timeout`` seconds; a reader blocked on one of ``fifos`` is then released by opening the
+    FIFO for writing, so that the test itself never hangs."""
+    import contextlib
+    import os
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        for fifo in fifos:
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(5)
+        pytest.fail(f"{fn} still blocked after {timeout} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def special_files(root) -> dict:
+    """Non-regular files named like videos: a FIFO, a folder, a socket, a character device."""
+    import os
+    import socket
+
+    root.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(root / "fifo.mp4")
+    (root / "folder.mp4").mkdir()
+    (root / "device.mp4").symlink_to("/dev/zero")
+    cwd = os.getcwd()
+    os.chdir(root)  # a relative name: socket paths are limited to about 100 bytes
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind("socket.mp4")  # the file stays after the socket closes
+    finally:
+        os.chdir(cwd)
+    return {p.stem: p for p in sorted(root.iterdir())}
+
+
+def faststart_mp4(path, frames: np.ndarray):
+    """H.264 with B-frames in an MP4 whose index (moov) is at the front, as web videos are."""
+    import av
+
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "20", "preset": "ultrafast", "g": "6", "bf": "2"}
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def noisy_palette_frames(count: int) -> np.ndarray:
+    """Palette frames plus noise: large packets (so a cut loses whole frames), yet each frame
+    is still identified by its mean colour."""
+    noise = np.random.default_rng(0).integers(-20, 21, size=(count, 48, 64, 3))
+    return np.clip(palette_frames(count).astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def decodable_prefix(path) -> list[int]:
+    """Palette indices of the frames a sequential decode yields before its first error."""
+    import av
+
+    out = []
+    with av.open(str(path)) as container:
+        try:
+            for frame in container.decode(video=0):
+                out.append(identify(frame.to_ndarray(format="rgb24")[None])[0])
+        except av.FFmpegError:
+            pass
+    return out

@@ -12,23 +12,17 @@ from timeshift.models.blvnet import TemporalAggregationWrapper
 from timeshift.models.checkpoints import CheckpointError, detect_source
 from timeshift.ops.aggregation import TemporalAggregation
 
+from conftest import randomise
+
+# tiny models gain nothing from intra-op threads on a shared machine
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 T2 = 4  # input frames: two big/little pairs
 CLIP = (2, T2, 3, 32, 32)
 
 
 def _model(name="blvnet_tam_tiny", classes=5, **kwargs):
     return timeshift.create_model(name, num_classes=classes, num_segments=T2, **kwargs).eval()
-
-
-def _randomise(model):
-    # non-trivial BN statistics and weights (the official init zeroes every bn3)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.is_floating_point():
-                t.copy_(
-                    torch.rand_like(t) + 0.5 if "running_var" in name else torch.randn_like(t) * 0.1
-                )
-    return model
 
 
 def _same_outputs(a, b, x=None):
@@ -135,7 +129,7 @@ def test_tam_layer_through_temporalize_and_identity_init_is_tsn():
     assert sum(isinstance(m, TemporalAggregationWrapper) for m in net.modules()) == 4
     assert net.layer2[0].conv1.tam.channels == 8 and net.layer2[0].conv1.num_segments == 4
 
-    tsn = _randomise(_model("tsn_resnet_tiny"))
+    tsn = randomise(_model("tsn_resnet_tiny"))
     tam = _model("tam_resnet_tiny", tam_init="identity", r=5)
     report = timeshift.load_checkpoint(tam, tsn.state_dict(), source="timeshift", strict=False)
     assert sorted(report.missing) == [f"backbone.layer{i}.0.conv1.tam.weight" for i in range(1, 5)]
@@ -190,7 +184,7 @@ def _to_official(state, *, released=False, fc="new_fc."):
 
 
 def test_official_training_checkpoint_round_trip(tmp_path):
-    source = _randomise(_model())
+    source = randomise(_model())
     ckpt = _to_official(source.state_dict())
     keys = ckpt["state_dict"].keys()
     assert {
@@ -208,7 +202,7 @@ def test_official_training_checkpoint_round_trip(tmp_path):
 
 
 def test_released_model_layout_other_range_and_no_dropout(tmp_path):
-    source = _randomise(_model(r=5, dropout=0.0))
+    source = randomise(_model(r=5, dropout=0.0))
     ckpt = _to_official(source.state_dict(), released=True, fc="baseline_model.fc.")
     assert "baseline_model.layer2.tam.blending_layers.4.weight" in ckpt
     assert detect_source(ckpt) == "blvnet"
@@ -228,7 +222,7 @@ def test_incomplete_official_tam_is_refused():
 def test_imagenet_blresnet_weights_initialise_all_but_the_tams():
     # IBM/BigLittleNet's ImageNet bLResNet: same names without TAMs, DataParallel prefix,
     # 1000-class fc
-    source = _randomise(_model())
+    source = randomise(_model())
     state = {
         "module." + k.removeprefix("backbone."): v
         for k, v in source.state_dict().items()
@@ -248,7 +242,7 @@ def test_imagenet_blresnet_weights_initialise_all_but_the_tams():
 
 
 def test_own_format_round_trip(tmp_path):
-    model = _randomise(_model(r=5, alpha=4))
+    model = randomise(_model(r=5, alpha=4))
     path = timeshift.save_model(model, tmp_path / "m.pt")
     loaded = timeshift.load_model(path).eval()
     assert loaded.backbone.alpha == 4 and loaded.backbone.tam.r == 5
@@ -261,7 +255,7 @@ def test_onnx_export_matches_eager_on_a_new_batch_size(tmp_path):
     pytest.importorskip("onnxruntime")
     from timeshift.export import OnnxRecognizer, export_model
 
-    model = _randomise(_model())
+    model = randomise(_model())
     model.checkpoint_meta = {"input_size": 32}
     # the legacy (TorchScript-based) exporter: the dynamo one works too, ten times slower
     path = tmp_path / "blvnet.onnx"

@@ -9,10 +9,13 @@ import torch
 import timeshift
 from timeshift.models.backbones import create_backbone
 from timeshift.models.checkpoints import CheckpointError, detect_source
+from timeshift.ops import TemporalOp
 
 from conftest import randomise, to_reference_mobilenet, to_reference_tsm
 
 CLIP = (2, 4, 3, 32, 32)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name="tsm_resnet_tiny", classes=5, **kwargs):
@@ -25,14 +28,25 @@ def _same_outputs(a, b):
         return torch.allclose(a(x), b(x), atol=1e-5)
 
 
-def test_own_format_round_trip(tmp_path):
-    model = randomise(_model(direction="unidirectional", dropout=0.3))
+# options off their defaults, to see them survive the round trip
+NON_DEFAULT = {"tsm_resnet_tiny": {"direction": "unidirectional"}}
+
+
+def _temporal_ops(model):
+    return [(name, repr(m)) for name, m in model.named_modules() if isinstance(m, TemporalOp)]
+
+
+@pytest.mark.parametrize("name", timeshift.list_models(tags=["tiny"]))
+def test_own_format_round_trip(tmp_path, name):
+    model = randomise(_model(name, dropout=0.3, **NON_DEFAULT.get(name, {})))
     path = timeshift.save_model(model, tmp_path / "m.pt", meta={"classes": ["a", "b"]})
     assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temporary file left behind
     loaded = timeshift.load_model(path).eval()
-    assert loaded.config == model.config
+    assert loaded.config == model.config and loaded.config["kwargs"]["dropout"] == 0.3
     assert loaded.checkpoint_meta == {"classes": ["a", "b"]}
-    assert loaded.backbone.layer1[0].conv1.direction == "unidirectional"
+    assert _temporal_ops(loaded) == _temporal_ops(model)
+    if name == "tsm_resnet_tiny":
+        assert loaded.backbone.layer1[0].conv1.direction == "unidirectional"
     assert _same_outputs(model, loaded)
 
 

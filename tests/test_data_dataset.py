@@ -176,7 +176,7 @@ def test_memory_cache_gives_the_same_clips(records):
 
 
 def test_fifo_and_other_special_files_are_skipped_not_waited_for(tmp_path, records, caplog):
-    from test_data_decode import finishes, special_files
+    from conftest import finishes, special_files
 
     files = special_files(tmp_path / "special")
     bad = [SampleRecord(str(p), 0) for p in files.values() if p.stem != "folder"]
@@ -194,7 +194,7 @@ def test_fifo_and_other_special_files_are_skipped_not_waited_for(tmp_path, recor
 
 @pytest.mark.parametrize("cache", [False, True])
 def test_sampling_stays_within_the_frames_that_decode(tmp_path, cache):
-    from test_data_decode import decodable_prefix, faststart_mp4, noisy_palette_frames
+    from conftest import decodable_prefix, faststart_mp4, noisy_palette_frames
 
     full = faststart_mp4(tmp_path / "full.mp4", noisy_palette_frames(60))
     data = bytearray(full.read_bytes())

@@ -9,10 +9,16 @@ import pytest
 from timeshift.data import VideoDecodeError, open_video
 
 from conftest import (
+    VFR_MS,
+    decodable_prefix,
     decode_all,
     encode_video,
+    faststart_mp4,
+    finishes,
     identify,
+    noisy_palette_frames,
     palette_frames,
+    special_files,
     write_frame_folder,
     write_test_video,
 )
@@ -208,55 +214,6 @@ def test_decode_error_survives_worker_processes(tmp_path):
 
 
 # -- no input may hang: only regular files are opened ---------------------------------------------
-def finishes(fn, *, fifos=(), timeout: float = 10.0):
-    """``fn()``'s result (or exception), failing the test if it is still blocked after
-    ``timeout`` seconds; a reader blocked on one of ``fifos`` is then released by opening the
-    FIFO for writing, so that the test itself never hangs."""
-    import contextlib
-    import os
-    import threading
-
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = fn()
-        except BaseException as exc:  # re-raised in the test's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        for fifo in fifos:
-            with contextlib.suppress(OSError):
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        thread.join(5)
-        pytest.fail(f"{fn} still blocked after {timeout} s")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
-def special_files(root: Path) -> dict[str, Path]:
-    """Non-regular files named like videos: a FIFO, a folder, a socket, a character device."""
-    import os
-    import socket
-
-    root.mkdir(parents=True, exist_ok=True)
-    os.mkfifo(root / "fifo.mp4")
-    (root / "folder.mp4").mkdir()
-    (root / "device.mp4").symlink_to("/dev/zero")
-    cwd = os.getcwd()
-    os.chdir(root)  # a relative name: socket paths are limited to about 100 bytes
-    try:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.bind("socket.mp4")  # the file stays after the socket closes
-    finally:
-        os.chdir(cwd)
-    return {p.stem: p for p in sorted(root.iterdir())}
-
-
 @pytest.mark.parametrize("backend", ["pyav", "opencv"])
 def test_non_regular_files_are_refused_without_blocking(tmp_path, backend):
     files = special_files(tmp_path)
@@ -282,44 +239,6 @@ def test_frame_folder_with_a_fifo_frame_does_not_block(tmp_path):
 
 
 # -- frames counted for sampling are frames that decode ------------------------------------------
-def faststart_mp4(path: Path, frames: np.ndarray) -> Path:
-    """H.264 with B-frames in an MP4 whose index (moov) is at the front, as web videos are."""
-    import av
-
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=10)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "20", "preset": "ultrafast", "g": "6", "bf": "2"}
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
-def noisy_palette_frames(count: int) -> np.ndarray:
-    """Palette frames plus noise: large packets (so a cut loses whole frames), yet each frame
-    is still identified by its mean colour."""
-    noise = np.random.default_rng(0).integers(-20, 21, size=(count, 48, 64, 3))
-    return np.clip(palette_frames(count).astype(int) + noise, 0, 255).astype(np.uint8)
-
-
-def decodable_prefix(path) -> list[int]:
-    """Palette indices of the frames a sequential decode yields before its first error."""
-    import av
-
-    out = []
-    with av.open(str(path)) as container:
-        try:
-            for frame in container.decode(video=0):
-                out.append(identify(frame.to_ndarray(format="rgb24")[None])[0])
-        except av.FFmpegError:
-            pass
-    return out
-
-
 def listed_packets(path) -> int:
     import av
 
@@ -433,7 +352,6 @@ def test_default_limit_refuses_a_tiny_file_of_huge_frames(tmp_path):
 
 
 # -- timestamps ----------------------------------------------------------------------------------
-VFR_MS = [0, 40, 80, 500, 540, 1600, 1640, 1680, 3000, 3040]  # bursts and gaps
 
 
 @pytest.mark.parametrize("suffix", [".mkv", ".mp4"])

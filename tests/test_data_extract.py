@@ -137,7 +137,7 @@ def test_lists_written_by_data_synth_extract_with_and_without_root(tmp_path, cap
 def test_special_files_and_limits_fail_that_video_only(tmp_path, capsys):
     import os
 
-    from test_data_decode import finishes
+    from conftest import finishes
 
     videos = tmp_path / "videos"
     videos.mkdir()

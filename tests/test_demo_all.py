@@ -8,7 +8,9 @@ import pytest
 from timeshift.engine.demo import ALL_VARIANTS, format_results, run_demo
 
 
+# tiny models at batch 8 gain nothing from intra-op threads: one thread is faster
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 def test_every_temporal_module_beats_tsn_on_the_order_sensitive_classes(tmp_path):
     overrides = [
         "train.epochs=12",

@@ -1,9 +1,15 @@
-"""End to end on a tiny generated dataset: train -> test -> predict, resume, errors, DDP."""
+"""End to end on a tiny generated dataset: train -> test -> predict, resume, errors, DDP.
+
+One 2-epoch run (``trained``) is shared by every test that only reads a finished run; the tests
+that need another configuration or a fault train their own short run.
+"""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +19,12 @@ from timeshift.cli import main
 from timeshift.data.synthetic import SyntheticSpec, make_synthetic
 from timeshift.engine import trainer
 from timeshift.engine.config import load_config
-from timeshift.engine.trainer import NonFiniteLossError, fit
+from timeshift.engine.trainer import NonFiniteLossError, fit, train_one_epoch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread(one_thread):
+    """Every test of this module trains tiny models: one thread is 3x faster on a busy machine."""
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +62,57 @@ def _overrides(dataset, **extra):
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def test_train_test_predict(tmp_path, dataset, capsys):
-    cfg = load_config(None, _overrides(dataset))
-    result = fit(cfg, tmp_path / "run", progress=False)
-    run = tmp_path / "run"
+def _fit(dataset, run: Path, **overrides) -> dict:
+    return fit(load_config(None, _overrides(dataset, **overrides)), run, progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, dataset):
+    """A finished 2-epoch run of the default configuration: ``(run directory, fit's result)``."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    return run, _fit(dataset, run)
+
+
+# the split run of test_resume_is_exact: loader worker processes, which must not change a thing
+_SPLIT = {"data.workers": 1}
+
+
+@pytest.fixture(scope="module")
+def epoch0(tmp_path_factory, dataset):
+    """The run of ``trained`` (with a loader worker) interrupted right after epoch 0 committed."""
+    run = tmp_path_factory.mktemp("epoch0") / "run"
+    real_end = trainer._end_of_epoch
+
+    def interrupted(*args, **kwargs):
+        real_end(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer, "_end_of_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            _fit(dataset, run, **_SPLIT)
+    assert timeshift.load_model(run / "last.pt").checkpoint_meta["epoch"] == 0
+    return run
+
+
+def _test_args(run: Path, dataset, *extra) -> list[str]:
+    """``timeshift test`` of ``run``'s last.pt on the validation list, quietly, in-process."""
+    return [
+        "test",
+        str(run / "last.pt"),
+        "--data",
+        str(dataset["val"]),
+        "--root",
+        str(dataset["root"]),
+        "--no-progress",
+        "--workers",
+        "0",
+        *extra,
+    ]
+
+
+def test_train_test_predict(tmp_path, dataset, trained, capsys):
+    run, result = trained
     for name in ("last.pt", "best.pt", "metrics.jsonl", "curves.png", "confusion.png"):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").iterdir())
@@ -70,28 +128,8 @@ def test_train_test_predict(tmp_path, dataset, capsys):
     ]
 
     out = tmp_path / "test"
-    assert (
-        main(
-            [
-                "test",
-                str(run / "last.pt"),
-                "--data",
-                str(dataset["val"]),
-                "--root",
-                str(dataset["root"]),
-                "--output",
-                str(out),
-                "--crops",
-                "3",
-                "--clips",
-                "2",
-                "--no-progress",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    protocol = ["--output", str(out), "--crops", "3", "--clips", "2"]
+    assert main(_test_args(run, dataset, *protocol)) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["samples"] == 8 and 0 <= metrics["top1"] <= 1
     # 2 clips x 3 crops is not the 1-view validation of training: its top-1 may differ, but it
@@ -138,20 +176,9 @@ def test_train_test_predict(tmp_path, dataset, capsys):
         )
 
 
-def test_ensemble_matches_single_model_when_duplicated(tmp_path, dataset):
-    run = tmp_path / "run"
-    fit(load_config(None, _overrides(dataset, **{"train.epochs": 1})), run, progress=False)
-    args = [
-        "test",
-        str(run / "last.pt"),
-        "--data",
-        str(dataset["val"]),
-        "--root",
-        str(dataset["root"]),
-        "--no-progress",
-        "--workers",
-        "0",
-    ]
+def test_ensemble_matches_single_model_when_duplicated(tmp_path, dataset, trained):
+    run, _ = trained
+    args = _test_args(run, dataset)
     single = main([*args, "--output", str(tmp_path / "a")])
     double = main([*args, "--output", str(tmp_path / "b"), "--ensemble", str(run / "last.pt")])
     assert single == double == 0
@@ -160,20 +187,8 @@ def test_ensemble_matches_single_model_when_duplicated(tmp_path, dataset):
     assert a["top1"] == b["top1"] and len(b["checkpoints"]) == 2
 
 
-def test_early_recognition(tmp_path, dataset, capsys):
-    run = tmp_path / "run"
-    fit(load_config(None, _overrides(dataset, **{"train.epochs": 1})), run, progress=False)
-    args = [
-        "test",
-        str(run / "last.pt"),
-        "--data",
-        str(dataset["val"]),
-        "--root",
-        str(dataset["root"]),
-        "--no-progress",
-        "--workers",
-        "0",
-    ]
+def test_early_recognition(tmp_path, dataset, trained, capsys):
+    args = _test_args(trained[0], dataset)
     assert main([*args, "--json"]) == 0
     full = json.loads(capsys.readouterr().out)
     assert main([*args, "--early", "--early-steps", "4", "--output", str(tmp_path / "e")]) == 0
@@ -186,75 +201,117 @@ def test_early_recognition(tmp_path, dataset, capsys):
     assert (tmp_path / "e" / "early.png").stat().st_size > 1000
 
 
-def test_online_test_of_uni_and_bidirectional_models(tmp_path, dataset, capsys):
-    args = [
-        "--data",
-        str(dataset["val"]),
-        "--root",
-        str(dataset["root"]),
-        "--no-progress",
-        "--workers",
-        "0",
-        "--json",
-    ]
-    overrides = {"train.epochs": 1, "model.kwargs.direction": "unidirectional"}
-    fit(load_config(None, _overrides(dataset, **overrides)), tmp_path / "uni", progress=False)
-    uni = str(tmp_path / "uni" / "last.pt")
-    assert main(["test", uni, *args]) == 0
-    offline = json.loads(capsys.readouterr().out)
-    assert main(["test", uni, *args, "--online"]) == 0
-    assert json.loads(capsys.readouterr().out)["top1"] == offline["top1"]
-    fit(
-        load_config(None, _overrides(dataset, **{"train.epochs": 1})),
-        tmp_path / "bi",
-        progress=False,
+def test_online_test_of_uni_and_bidirectional_models(tmp_path, dataset, trained, capsys):
+    _fit(
+        dataset, tmp_path / "uni", **{"train.epochs": 1, "model.kwargs.direction": "unidirectional"}
     )
-    bi = str(tmp_path / "bi" / "last.pt")
-    assert main(["test", bi, *args, "--online"]) == 2
+    uni = _test_args(tmp_path / "uni", dataset, "--json")
+    assert main(uni) == 0
+    offline = json.loads(capsys.readouterr().out)
+    assert main([*uni, "--online"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == offline["top1"]
+    bi = _test_args(trained[0], dataset, "--json")  # the default direction: bidirectional
+    assert main([*bi, "--online"]) == 2
     assert "drop_future" in capsys.readouterr().err
-    assert main(["test", bi, *args, "--drop-future"]) == 0
+    assert main([*bi, "--drop-future"]) == 0
     assert 0 <= json.loads(capsys.readouterr().out)["top1"] <= 1
 
 
-def test_resume_is_exact(tmp_path, dataset, monkeypatch):
-    cfg = load_config(None, _overrides(dataset, **{"data.workers": 1}))
-    fit(cfg, tmp_path / "straight", progress=False)
+def _copy(run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run, tmp_path / "run"))
 
-    # the same 2-epoch run, interrupted right after epoch 0's checkpoint, then resumed
-    real_end = trainer._end_of_epoch
 
-    def interrupted(*args, **kwargs):
-        real_end(*args, **kwargs)
-        raise KeyboardInterrupt
+def test_resume_is_exact(tmp_path, dataset, trained, epoch0):
+    # the 2-epoch run of ``trained``, interrupted right after epoch 0's checkpoint, resumed
+    split = _copy(epoch0, tmp_path)
+    cfg = load_config(None, _overrides(dataset, **_SPLIT))
+    fit(cfg, split, resume=split / "last.pt", progress=False)
 
-    monkeypatch.setattr(trainer, "_end_of_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "split", progress=False)
-    monkeypatch.setattr(trainer, "_end_of_epoch", real_end)
-    assert timeshift.load_model(tmp_path / "split" / "last.pt").checkpoint_meta["epoch"] == 0
-    fit(cfg, tmp_path / "split", resume=tmp_path / "split" / "last.pt", progress=False)
-
-    a = timeshift.load_model(tmp_path / "straight" / "last.pt").state_dict()
-    b = timeshift.load_model(tmp_path / "split" / "last.pt").state_dict()
+    a = timeshift.load_model(trained[0] / "last.pt").state_dict()
+    b = timeshift.load_model(split / "last.pt").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    rows = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    rows = (split / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [0, 1]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, dataset, monkeypatch):
-    calls = {"n": 0}
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(
+    tmp_path, dataset, epoch0, monkeypatch
+):
     real = trainer.F.cross_entropy
 
     def exploding(logits, labels):
-        calls["n"] += 1
-        loss = real(logits, labels)
-        return loss * float("nan") if calls["n"] > 4 else loss  # epoch 0 has 4 batches
+        return real(logits, labels) * float("nan")  # from the first step of the resumed epoch 1
 
     monkeypatch.setattr(trainer.F, "cross_entropy", exploding)
-    run = tmp_path / "run"
+    run = _copy(epoch0, tmp_path)
+    cfg = load_config(None, _overrides(dataset, **_SPLIT))
     with pytest.raises(NonFiniteLossError, match="epoch 1, iteration 0"):
-        fit(load_config(None, _overrides(dataset)), run, progress=False)
+        fit(cfg, run, resume=run / "last.pt", progress=False)
     assert timeshift.load_model(run / "last.pt").checkpoint_meta["epoch"] == 0
+
+
+class _Batches(list):
+    """A loader: a list of ``(clips, labels)`` batches."""
+
+
+def _batches(sizes, *, classes=3):
+    return _Batches((torch.randn(n, 4, 3, 32, 32), torch.randint(classes, (n,))) for n in sizes)
+
+
+def _tiny_training(sizes):
+    model = timeshift.create_model("tsm_resnet_tiny", num_classes=3, num_segments=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return (model, _batches(sizes), optimizer, scheduler, scaler)
+
+
+def test_epoch_loss_is_the_mean_of_the_step_losses(monkeypatch):
+    """The loss is summed on the device and read at log steps only; the epoch's loss is still
+    exactly the batch-weighted mean of every step's ``loss.item()``."""
+    real, steps = trainer.F.cross_entropy, []
+
+    def recording(logits, labels):
+        loss = real(logits, labels)
+        steps.append((loss.detach().clone(), labels.shape[0]))
+        return loss
+
+    monkeypatch.setattr(trainer.F, "cross_entropy", recording)
+    sizes = [3, 2, 3, 1, 3]  # uneven batches: a plain mean of the losses would differ
+    stats = train_one_epoch(
+        *_tiny_training(sizes), device=torch.device("cpu"), epoch=0, log_every=2, progress=False
+    )
+    total = 0.0
+    for loss, batch in steps:
+        total += loss.item() * batch  # what the loop did before, step by step
+    assert len(steps) == len(sizes)
+    assert stats.loss == total / sum(sizes)
+
+
+def _host_reads(monkeypatch, sizes, *, log_every: int) -> int:
+    """``Tensor.item`` / ``Tensor.__bool__`` calls (host syncs on a GPU) in one epoch."""
+    training = _tiny_training(sizes)
+    counted = {"n": 0}
+    for name in ("item", "__bool__"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _real=real, **kwargs):
+            counted["n"] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    train_one_epoch(
+        *training, device=torch.device("cpu"), epoch=0, log_every=log_every, progress=False
+    )
+    monkeypatch.undo()
+    return counted["n"]
+
+
+def test_loss_is_read_only_at_log_steps(monkeypatch):
+    # log steps: the first and the last, whatever the length of the epoch
+    short = _host_reads(monkeypatch, [2] * 2, log_every=100)
+    long = _host_reads(monkeypatch, [2] * 6, log_every=100)
+    assert long == short
 
 
 def test_training_survives_bad_samples(tmp_path, dataset):
@@ -262,11 +319,7 @@ def test_training_survives_bad_samples(tmp_path, dataset):
     broken.write_bytes(b"not a video" * 30)
     listing = tmp_path / "train.txt"
     listing.write_text(dataset["train"].read_text() + f"{broken} 0\n")
-    fit(
-        load_config(None, _overrides(dataset, **{"data.train": str(listing), "train.epochs": 1})),
-        tmp_path / "run",
-        progress=False,
-    )
+    _fit(dataset, tmp_path / "run", **{"data.train": str(listing), "train.epochs": 1})
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["skipped_samples"] >= 1
 
@@ -313,6 +366,7 @@ def test_cli_errors(tmp_path, dataset, capsys):
     assert "empty" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ddp_two_gloo_processes(tmp_path, dataset):
     out = tmp_path / "ddp"
     command = [
@@ -348,6 +402,7 @@ def test_ddp_two_gloo_processes(tmp_path, dataset):
     assert "Grad strides do not match bucket view strides" not in done.stderr
 
 
+@pytest.mark.slow
 def test_demo_writes_the_comparison(tmp_path):
     from timeshift.engine.demo import run_demo
 

@@ -1,5 +1,6 @@
-"""Export to ONNX / TorchScript: verified against eager on new inputs, online caches as graph
-inputs and outputs, onnxruntime runners with the PyTorch API, the CLI."""
+"""Export to ONNX / TorchScript: every tiny exportable model of the registry verified against
+eager on new inputs, onnxruntime runners with the PyTorch API, the CLI. (The online exports of
+the causal models are tested in test_online.py.)"""
 
 import json
 
@@ -21,6 +22,9 @@ from conftest import randomise, to_reference_tsm
 
 T, S = 4, 32
 NETS = ["tsm_resnet_tiny", "tsm_mobilenet_v2_tiny"]
+EXPORTABLE = timeshift.list_models(tags=["tiny", "exportable"])
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name, direction="unidirectional"):
@@ -30,40 +34,42 @@ def _model(name, direction="unidirectional"):
     return model
 
 
-@pytest.mark.parametrize("name", NETS)
+def _exportable(name):
+    """``name`` as built by default (bi-directional where it shifts), randomised, with metadata."""
+    model = randomise(timeshift.create_model(name, num_classes=5, num_segments=T)).eval()
+    model.checkpoint_meta = {"classes": list("abcde"), "input_size": S}
+    return model
+
+
+def test_the_registry_has_tiny_exportable_models():
+    # the round trip below iterates this list: VSN, STSM, I3D, TAM, bLVNet and TSM-NL included
+    families = {timeshift.models.model_info(n).family for n in EXPORTABLE}
+    assert {"tsn", "tsm", "vsn", "stsm", "i3d", "tam", "blvnet"} <= families
+
+
+@pytest.mark.parametrize("name", EXPORTABLE)
 def test_offline_onnx_matches_eager_on_new_batch_sizes(tmp_path, name):
-    model = _model(name, "bidirectional")
+    model = _exportable(name)
+    result = export_model(model, tmp_path / "m.onnx", dynamic_batch=True, exporter="legacy")
+    assert result.max_abs_diff < 1e-4 and result.inputs == ["video"]
+    _check_offline_runner(tmp_path / "m.onnx", model)
+
+
+def test_the_default_dynamo_exporter(tmp_path):
+    model = _model("tsm_mobilenet_v2_tiny", "bidirectional")
     result = export_model(model, tmp_path / "m.onnx", dynamic_batch=True)
     assert result.max_abs_diff < 1e-4 and result.inputs == ["video"]
-    runner = OnnxRecognizer(tmp_path / "m.onnx")
+    _check_offline_runner(tmp_path / "m.onnx", model)
+
+
+def _check_offline_runner(path, model):
+    runner = OnnxRecognizer(path)
     assert runner.classes == list("abcde")
     for batch in (1, 3):  # neither is the export's example batch (2)
         clip = torch.randn(batch, T, 3, S, S)
         with torch.no_grad():
             expected = model(clip)
         assert (runner(clip) - expected).abs().max().item() < 1e-4
-
-
-@pytest.mark.parametrize("name", NETS)
-def test_online_onnx_streams_like_the_pytorch_model(tmp_path, name):
-    model = _model(name)
-    result = export_model(model, tmp_path / "online.onnx", online=True)
-    names = [f"cache_{i}" for i in range(len(result.meta["cache_shapes"]))]
-    assert result.inputs == ["frame", *names] and result.outputs[0] == "logits"
-    assert result.outputs[1:] == [f"new_{n}" for n in names]
-    onnx_online = OnnxOnlineRecognizer(tmp_path / "online.onnx")
-    torch_online = timeshift.OnlineRecognizer(model)
-    clip = torch.randn(1, T, 3, S, S)
-    with torch.no_grad():
-        offline = model.forward_segments(clip)[0]
-    for t in range(T):
-        got = onnx_online.step(clip[0, t])
-        assert (got - torch_online.step(clip[0, t])).abs().max().item() < 1e-4
-        assert (got - offline[t]).abs().max().item() < 1e-4
-    assert onnx_online.cache_floats == torch_online.cache_floats > 0
-    assert onnx_online.cache_bytes == torch_online.cache_bytes
-    onnx_online.reset()
-    assert (onnx_online.step(clip[0, 0]) - offline[0]).abs().max().item() < 1e-4
 
 
 @pytest.mark.parametrize("name", NETS)

@@ -14,6 +14,8 @@ from conftest import randomise
 
 T, S = 4, 32
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _model(name, **kwargs):
     kwargs.setdefault("direction", "unidirectional")

@@ -9,6 +9,9 @@ from timeshift.bench.complexity import model_complexity
 from timeshift.models.i3d import NONLOCAL_I3D_PATTERN
 from timeshift.ops.inflate import InflatedConv, inflate_weight
 
+# tiny models gain nothing from intra-op threads on a shared machine
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_time_kernel_semantics_by_hand():
     # one channel, 1x1 kernel: output frame t = a x[t-1] + b x[t] + c x[t+1], zeros past the ends

@@ -6,8 +6,12 @@ from torch import nn
 
 import timeshift
 from timeshift.bench.complexity import model_complexity
-from timeshift.models.registry import register_model
+from timeshift.models.registry import model_info, register_model
+from timeshift.online import OnlineModule
 from timeshift.ops import TemporalShift
+
+# tiny models gain nothing from intra-op threads on a shared machine
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REQUIRED = [
     "tsn_resnet18",
@@ -34,18 +38,68 @@ def test_required_models_registered():
     )
 
 
+TINY = timeshift.list_models(tags="tiny")
+
+
+def _backward_reaches_every_parameter(model, out):
+    out.logsumexp(dim=1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+
+
 @pytest.mark.parametrize("name", timeshift.list_models())
-def test_every_model_forward_backward(name):
+def test_every_model_on_meta(name):
+    """Full-size structure without computing anything: shapes, every parameter reached."""
+    with torch.device("meta"):
+        model = timeshift.create_model(name, num_classes=5, num_segments=4)
+        out = model(torch.randn(2, 4, 3, 224, 224))
+        assert out.shape == (2, 5)
+        _backward_reaches_every_parameter(model, out)
+    assert model.num_segments == 4 and model.num_features > 0
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_every_tiny_model_forward_backward(name):
     model = timeshift.create_model(name, num_classes=5, num_segments=4)
     x = torch.randn(2, 4, 3, 32, 32)
     out = model(x)
     assert out.shape == (2, 5)
     assert torch.isfinite(out).all()
-    out.logsumexp(dim=1).sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, f"parameters without gradient: {missing[:5]}"
+    _backward_reaches_every_parameter(model, out)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert model.num_segments == 4 and model.num_features > 0
+
+
+def test_every_family_has_a_tiny_model():
+    families = {model_info(n).family for n in timeshift.list_models()}
+    assert families == {model_info(n).family for n in TINY}
+    assert {"tsn", "tsm", "vsn", "stsm", "tam", "blvnet", "i3d"} <= families
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_causal_tag_says_whether_the_model_streams(name):
+    """The tag "causal": built uni-directional (or with no temporal op), the model converts
+    to its streaming form; models without the tag mix in later frames and are refused."""
+    model = timeshift.create_model(name, num_classes=5, num_segments=4)
+    causal = "causal" in model_info(name).tags
+    if causal and any(isinstance(m, TemporalShift) for m in model.modules()):
+        model = timeshift.create_model(
+            name, num_classes=5, num_segments=4, direction="unidirectional"
+        )
+    if causal:
+        assert OnlineModule(model).num_caches == sum(
+            isinstance(m, TemporalShift) for m in model.modules()
+        )
+    else:
+        with pytest.raises(ValueError, match="future frames"):
+            OnlineModule(model)
+
+
+def test_full_size_models_carry_the_tags_of_their_tiny_variant():
+    for name in timeshift.list_models():
+        info = model_info(name)
+        tiny = [model_info(n) for n in TINY if model_info(n).family == info.family]
+        assert info.tags - {"tiny"} in [t.tags - {"tiny"} for t in tiny], name
 
 
 # (name, classes, params, GMACs per 8x224^2 clip or None): DESIGN.md's reference table
@@ -256,9 +310,6 @@ def test_backbone_and_model_options():
     )
     assert model.backbone.layer1[0].conv1.fold_div == 4
     assert isinstance(model.dropout, nn.Identity)
-
-
-TINY = timeshift.list_models("*tiny*")
 
 
 @pytest.mark.parametrize("name", TINY)

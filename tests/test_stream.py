@@ -11,7 +11,17 @@ import timeshift
 from timeshift.cli import main
 from timeshift.data.decode import VideoDecodeError
 from timeshift.data.transforms import eval_transforms
-from timeshift.online.stream import LabelSmoother, annotate, open_source, run_stream
+from timeshift.online.stream import (
+    FrameSource,
+    JsonLinesSink,
+    LabelSmoother,
+    Sink,
+    annotate,
+    frame_preprocessor,
+    open_source,
+    recognize_stream,
+    run_stream,
+)
 
 from conftest import decode_all, palette_frames, randomise, write_test_video
 
@@ -249,9 +259,7 @@ def test_camera_index_reads_opencv_frames_as_rgb(monkeypatch):
 def _vfr_video(path):
     from fractions import Fraction
 
-    from test_data_decode import VFR_MS
-
-    from conftest import encode_video
+    from conftest import VFR_MS, encode_video
 
     encode_video(
         path,
@@ -294,7 +302,7 @@ def test_variable_frame_rate_stream_times_are_the_frames_own(tmp_path, monkeypat
 
 
 def test_stream_refuses_special_files_and_huge_frames(tmp_path, video):
-    from test_data_decode import finishes, special_files
+    from conftest import finishes, special_files
 
     files = special_files(tmp_path / "special")
     for path in files.values():
@@ -307,9 +315,70 @@ def test_stream_refuses_special_files_and_huge_frames(tmp_path, video):
 
 
 def test_a_plain_frame_source_is_timed_by_its_rate():
-    from timeshift.online.stream import FrameSource
-
     frames = palette_frames(3, 48, 64)
     source = FrameSource("mine", iter(frames), fps=4.0)
     assert [t for _, t in source.timed()] == [0.0, 0.25, 0.5]
     assert [t for _, t in FrameSource("x", iter(frames), fps=None).timed()] == [None] * 3
+
+
+def _source(closed: list | None = None) -> FrameSource:
+    """The palette frames at 10 fps, without decoding."""
+    on_close = (lambda: closed.append(True)) if closed is not None else (lambda: None)
+    return FrameSource("palette", iter(palette_frames(FRAMES, 48, 64)), 10.0, on_close)
+
+
+def test_recognized_frames_carry_a_record_where_the_model_ran():
+    recognizer, preprocess = timeshift.OnlineRecognizer(_model()), frame_preprocessor(input_size=S)
+    with pytest.raises(ValueError, match="--every"):  # checked at the call, nothing read yet
+        recognize_stream(_source(), recognizer, preprocess=preprocess, every=0)
+    frames = list(recognize_stream(_source(), recognizer, preprocess=preprocess, every=3))
+    assert [f.index for f in frames] == list(range(FRAMES))
+    assert [f.time for f in frames] == pytest.approx([k / 10 for k in range(FRAMES)])
+    assert [f.record is not None for f in frames] == [k % 3 == 0 for k in range(FRAMES)]
+    for frame in frames:
+        if frame.record is not None:
+            assert frame.record["frame"] == frame.index
+            assert frame.latency_ms == pytest.approx(frame.record["latency_ms"], abs=1e-3)
+            shown = frame.text
+        assert frame.text == shown  # a skipped frame shows the last label
+    assert frames[0].annotated.shape == (240, 320, 3)
+
+
+def test_sinks_get_every_frame_until_one_stops_the_stream(tmp_path):
+    class StopAfterFive(Sink):
+        def __init__(self):
+            self.seen = []
+
+        def write(self, frame):
+            self.seen.append(frame.index)
+            return len(self.seen) < 5
+
+    stop, records, closed = StopAfterFive(), [], []
+    with JsonLinesSink(tmp_path / "r.jsonl") as jsonl:
+        summary = run_stream(
+            _source(closed),
+            timeshift.OnlineRecognizer(_model()),
+            input_size=S,
+            every=2,
+            on_frame=records.append,
+            sinks=[jsonl, stop],
+        )
+    assert stop.seen == [0, 1, 2, 3, 4] and closed == [True]
+    assert (summary.frames_read, summary.frames_processed) == (5, 3)
+    assert [r["frame"] for r in records] == [0, 2, 4]
+    written = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert written == records
+    assert summary.final_label == records[-1]["label"] and len(summary.latency_ms) == 3
+
+
+def test_the_window_shows_annotated_frames_until_q(monkeypatch):
+    import cv2
+
+    shown, keys = [], iter([0, 0, ord("q")])
+    monkeypatch.setattr(cv2, "namedWindow", lambda title, flags: None)
+    monkeypatch.setattr(cv2, "imshow", lambda title, image: shown.append(image.shape))
+    monkeypatch.setattr(cv2, "waitKey", lambda delay: next(keys))
+    monkeypatch.setattr(cv2, "destroyWindow", lambda title: shown.append("closed"))
+    summary = run_stream(_source(), timeshift.OnlineRecognizer(_model()), input_size=S, show=True)
+    assert summary.frames_read == 3
+    assert shown == [(240, 320, 3)] * 3 + ["closed"]  # BGR, enlarged to fit the text

@@ -8,6 +8,9 @@ from timeshift import temporalize
 from timeshift.models.backbones import create_backbone
 from timeshift.ops import TemporalPool, TemporalShift
 
+# tiny models gain nothing from intra-op threads on a shared machine
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class UserBlock(nn.Module):
     """A user's torchvision-style basic block (not our class)."""
@@ -163,3 +166,93 @@ def test_temporal_pool_tells_later_stages():
 def test_errors(module, kwargs, match):
     with pytest.raises(ValueError, match=match):
         temporalize(module, num_segments=2, **kwargs)
+
+
+def test_layer_options_mapping_and_keywords_reach_the_factory():
+    net = temporalize(
+        UserResNet(blocks=(1, 1, 1, 1)),
+        num_segments=4,
+        layer_options={"fold_div": 4, "direction": "unidirectional"},
+    )
+    assert {(s.fold_div, s.direction) for s in _shifts(net)} == {(4, "unidirectional")}
+    with pytest.raises(TypeError, match="given twice"):
+        temporalize(UserResNet(), num_segments=4, layer_options={"fold_div": 4}, fold_div=2)
+
+
+def test_an_option_the_layer_does_not_declare_names_the_accepted_ones():
+    with pytest.raises(TypeError, match=r"'shift' takes the options \['direction', 'fold_div', "
+                       r"'inplace'\], not \['alpha'\]"):  # fmt: skip
+        temporalize(UserResNet(), num_segments=4, layer_options={"alpha": 0.5})
+    net = UserResNet()
+    with pytest.raises(TypeError, match=r"'stshift' takes the options \['alpha', 'dims'\]"):
+        temporalize(net, num_segments=4, temporal_layer="stshift", fold_div=4)
+    assert not _shifts(net)  # refused before anything was wrapped
+
+
+def test_select_chooses_the_blocks():
+    net = temporalize(
+        UserResNet(blocks=(3, 4, 6, 3)),
+        num_segments=4,
+        select=lambda site: site.index == len(site.stage) - 1,
+    )
+    assert all(isinstance(getattr(net, f"layer{i}")[-1].conv1, TemporalShift) for i in range(1, 5))
+    assert len(_shifts(net)) == 4
+
+
+class TemporalDifference(nn.Module):
+    """A toy temporal op: adds a learnable share of the difference to the previous frame."""
+
+    def __init__(self, net, num_segments, channels, gain):
+        super().__init__()
+        self.net, self.num_segments = net, num_segments
+        self.gain = nn.Parameter(torch.full((channels, 1, 1), gain))
+
+    def forward(self, x):
+        v = x.view(-1, self.num_segments, *x.shape[1:])
+        diff = torch.cat([torch.zeros_like(v[:, :1]), v[:, 1:] - v[:, :-1]], dim=1)
+        return self.net((v + self.gain * diff).flatten(0, 1))
+
+
+@pytest.fixture
+def scratch_registries():
+    """Registrations made by a test are forgotten after it."""
+    from timeshift.models import registry
+    from timeshift.models.temporalize import TEMPORAL_LAYERS
+
+    saved = [(d, dict(d)) for d in (TEMPORAL_LAYERS, registry._ENTRYPOINTS, registry._INFO)]
+    yield
+    for d, before in saved:
+        d.clear()
+        d.update(before)
+
+
+def test_a_new_temporal_op_is_a_factory_and_a_three_line_entrypoint(scratch_registries):
+    import timeshift
+    from timeshift.models import build_recognizer, register_model, register_temporal_layer
+
+    @register_temporal_layer("difference")
+    def difference(net, *, num_segments, channels, gain=0.5):
+        return TemporalDifference(net, num_segments, channels, gain)
+
+    @register_model(family="tdn", backbone="resnet_tiny")
+    def tdn_resnet_tiny(**kwargs):
+        return build_recognizer("resnet_tiny", temporal_layer="difference", **kwargs)
+
+    assert "tdn_resnet_tiny" in timeshift.list_models(tags="tiny")
+    model = timeshift.create_model("tdn_resnet_tiny", num_classes=5, num_segments=4, gain=0.25)
+    ops = [m for m in model.modules() if isinstance(m, TemporalDifference)]
+    assert len(ops) == 4 and all(torch.all(op.gain == 0.25) for op in ops)
+    assert "backbone.layer1.0.conv1.net.weight" in model.state_dict()
+    x = torch.randn(2, 4, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():  # it sees time: reversing the frames changes the prediction
+        assert not torch.allclose(model.eval()(x), model(x.flip(1)), atol=1e-5)
+    config = dict(model.config)
+    assert config["kwargs"] == {"gain": 0.25}
+    again = timeshift.create_model(**config.pop("kwargs"), **config)
+    assert torch.all(again.backbone.layer4[0].conv1.gain == 0.25)
+    with pytest.raises(TypeError, match=r"do not take \['fold_div'\].*'difference' takes gain"):
+        timeshift.create_model("tdn_resnet_tiny", num_classes=5, num_segments=4, fold_div=4)

@@ -26,6 +26,9 @@ from timeshift.cli import main
 from timeshift.data.synthetic import SyntheticSpec, make_synthetic
 from timeshift.engine import trainer
 from timeshift.engine.config import ConfigError, check_resume_config, load_config, to_dict
+from timeshift.engine.optim import build_optimizer, build_scheduler
+from timeshift.engine.run_directory import RunDirectory
+from timeshift.engine.train_state import Best, TrainState
 from timeshift.engine.trainer import NonFiniteLossError, NonFiniteModelError, fit
 from timeshift.models import checkpoints
 from timeshift.models.checkpoints import CheckpointWriteError, atomic_save, read_checkpoint
@@ -197,6 +200,7 @@ fit(load_config(None, json.loads(sys.argv[2])), run, resume=run + "/last.pt", pr
 """
 
 
+@pytest.mark.slow  # a real process killed half-way through a write
 def test_killed_write_leaks_no_temporary_and_resume_repairs(tmp_path, dataset, epoch0):
     run = _copy(epoch0, tmp_path)
     decoys = ["notes.tmp", ".last.pt.bak", ".mine.pt.12345.abcdefgh.tmp", "last.pt.tmp"]
@@ -362,6 +366,48 @@ def test_resume_config_rules(dataset):
         check_resume_config(older, _cfg(dataset, **{"data.direction_sensitive": True}))
 
 
+def _train_state(name: str = "sgd") -> TrainState:
+    model = timeshift.create_model("tsm_resnet_tiny", num_classes=2, num_segments=4)
+    optimizer = build_optimizer(model, name=name, lr=0.01, weight_decay=1e-4, momentum=0.9)
+    scheduler = build_scheduler(optimizer, kind="cosine", epochs=2, steps_per_epoch=3)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return TrainState(model, optimizer, scheduler, scaler, optimizer_name=name, steps_per_epoch=3)
+
+
+def test_train_state_round_trip_and_older_checkpoints():
+    state = _train_state()
+    state.model(torch.randn(2, 4, 3, 32, 32)).sum().backward()
+    state.optimizer.step()  # momentum buffers to save
+    state.scheduler.step()
+    assert state.record({"epoch": 0, "train_top1": 0.5, "val_top1": 0.25})
+    assert not state.record({"epoch": 1, "train_top1": 0.75, "val_top1": 0.25})
+    saved = state.state_dict()
+    restored = _train_state()
+    restored.load_state_dict(saved)
+    assert (restored.epoch, restored.start_epoch) == (1, 2)
+    assert restored.best == Best(0.25, 0)
+    assert restored.history == state.history and restored.history is not state.history
+    assert restored.scheduler.last_epoch == 1
+    buffers = [s["momentum_buffer"] for s in restored.optimizer.state.values()]
+    assert buffers and all(
+        torch.equal(a, s["momentum_buffer"])
+        for a, s in zip(buffers, state.optimizer.state.values(), strict=True)
+    )
+    # written before best_epoch / optimizer_name / steps_per_epoch were recorded
+    older = {
+        k: v
+        for k, v in saved.items()
+        if k not in ("best_epoch", "optimizer_name", "steps_per_epoch", "world_size")
+    }
+    restored = _train_state()
+    restored.load_state_dict(older)
+    assert restored.best == Best(0.25, 0)  # the first epoch that reached it
+    assert restored.optimizer.state  # recognised as SGD's state: loaded
+    adamw = _train_state("adamw")
+    adamw.load_state_dict(older)  # another optimiser: a fresh state, never a KeyError
+    assert not adamw.optimizer.state
+
+
 # -- item 5: files get the mode the umask gives -------------------------------------------------
 @pytest.fixture(params=[0o022, 0o077])
 def umask(request):
@@ -500,7 +546,7 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, dataset, monkeypa
 # -- siblings: strict JSON in metrics.jsonl; a rank-0 failure under torchrun ---------------------
 def test_metrics_jsonl_is_strict_json(tmp_path):
     # a validation set whose every video failed gives a NaN top-1: bare NaN is not JSON
-    trainer._write_metrics(tmp_path, [{"epoch": 0, "val_top1": float("nan"), "loss": 1.5}])
+    RunDirectory(tmp_path).write_metrics([{"epoch": 0, "val_top1": float("nan"), "loss": 1.5}])
 
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")
@@ -547,7 +593,8 @@ def test_rank0_failure_stops_every_rank(tmp_path):
     assert not hung, "a rank is still waiting"
     outcome = dict(results.get(timeout=5) for _ in workers)
     assert outcome[0] == "RunDirectoryError: the run directory /x cannot be written"
-    assert outcome[1].startswith("RuntimeError: rank 0 failed") and "/x cannot" in outcome[1]
+    # a TimeshiftError (a RuntimeError): the CLI prints it as one line
+    assert outcome[1].startswith("TimeshiftError: rank 0 failed") and "/x cannot" in outcome[1]
 
 
 def test_plots_are_replaced_atomically(tmp_path, monkeypatch):

@@ -15,6 +15,9 @@ from timeshift.ops import TemporalShift
 from timeshift.ops.shuffle import VideoShuffle, video_shuffle, video_unshuffle
 from timeshift.ops.st_shift import SpatioTemporalShift
 
+# tiny models gain nothing from intra-op threads on a shared machine
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NAMES = [
     "vsn_resnet50",
     "vsn_resnet101",

@@ -7,6 +7,7 @@ The papers' "FLOPs" are multiply-accumulates; so are ours.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,11 @@ PAPER_NUMBERS: tuple[PaperNumber, ...] = (
 
 
 def _measure(name: str, *, classes: int, frames: int, size: int) -> dict:
+    return dict(_measure_once(name, classes=classes, frames=frames, size=size))
+
+
+@functools.cache  # a count depends on nothing else; the papers' settings are measured often
+def _measure_once(name: str, *, classes: int, frames: int, size: int) -> dict:
     with torch.device("meta"):
         model = create_model(name, num_classes=classes, num_segments=frames)
     c = model_complexity(model, frames=frames, input_size=size)

@@ -16,6 +16,7 @@ from timeshift.data.decode import DEFAULT_TEMPLATE, VideoDecodeError, open_video
 from timeshift.data.decode import max_frame_pixels as max_frame_pixels_limit
 from timeshift.data.formats import Annotations, SampleRecord
 from timeshift.data.sampling import segment_indices
+from timeshift.errors import TimeshiftError
 
 __all__ = ["ON_ERROR", "VideoDataset", "sample_seed", "seed_worker"]
 
@@ -247,7 +248,7 @@ class VideoDataset(Dataset):
                 self._count_skip(exc, index)
                 attempts += 1
                 if attempts > self.max_retries:
-                    raise RuntimeError(
+                    raise TimeshiftError(
                         f"{attempts} samples in a row could not be read (last: {exc}); "
                         "check the dataset paths"
                     ) from exc

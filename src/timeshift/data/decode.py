@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from timeshift.errors import TimeshiftError
+
 __all__ = [
     "BACKENDS",
     "DEFAULT_MAX_FRAME_PIXELS",
@@ -59,7 +61,7 @@ DEFAULT_MAX_FRAME_PIXELS = 4096 * 4096
 _TAIL_KEYFRAMES = 3
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(TimeshiftError):
     """A video (or frame folder) cannot be read. The message names the file and the cause."""
 
     def __init__(self, path: str | os.PathLike, cause: str | None = None) -> None:

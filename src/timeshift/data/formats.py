@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from timeshift.errors import TimeshiftError
+
 _logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -47,7 +49,7 @@ __all__ = [
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 
 
-class AnnotationError(ValueError):
+class AnnotationError(TimeshiftError, ValueError):
     """An annotation file is malformed; the message names the file and line."""
 
 

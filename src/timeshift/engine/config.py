@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from timeshift.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from timeshift.errors import TimeshiftError
 
 __all__ = [
     "RESUME_FREE_KEYS",
@@ -30,7 +31,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(TimeshiftError, ValueError):
     """A configuration is invalid; the message names the key (and file)."""
 
 
@@ -111,7 +112,7 @@ class TrainConfig:
     fc_lr5: bool = False
     eval_every: int = 1
     seed: int = 0
-    log_every: int = 20  # TensorBoard scalars every N iterations
+    log_every: int = 20  # loss read from the device, bar + TensorBoard every N iterations
 
 
 @dataclass

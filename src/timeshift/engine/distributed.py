@@ -11,7 +11,10 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
+from timeshift.errors import TimeshiftError
+
 __all__ = [
+    "SINGLE_PROCESS",
     "DistInfo",
     "all_gather_tensors",
     "cleanup",
@@ -40,11 +43,14 @@ class DistInfo:
         return self.rank == 0
 
 
+SINGLE_PROCESS = DistInfo()  # the default of functions that also run under torchrun
+
+
 def init_distributed(device: torch.device | None = None) -> DistInfo:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``);
     single process when those are absent. NCCL on CUDA, gloo on CPU."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistInfo()
+        return SINGLE_PROCESS
     info = DistInfo(
         int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ["WORLD_SIZE"])
     )
@@ -104,7 +110,7 @@ def run_on_main(info: DistInfo, work: Callable[[], T]) -> T | None:
     if failure is not None:
         raise failure
     if message[0] is not None:
-        raise RuntimeError(f"rank 0 failed, so rank {info.rank} stops too: {message[0]}")
+        raise TimeshiftError(f"rank 0 failed, so rank {info.rank} stops too: {message[0]}")
     return result
 
 

@@ -1,4 +1,5 @@
-"""Testing checkpoints (metrics, confusion, predictions, ensembles) and predicting videos."""
+"""Evaluation: the validation loop (:func:`evaluate`, used by training and testing), testing
+checkpoints (metrics, confusion, predictions, ensembles) and predicting videos."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 import statistics
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +20,10 @@ from torch import nn
 
 from timeshift.data.formats import VIDEO_EXTENSIONS, Annotations, SampleRecord, read_annotations
 from timeshift.engine.backend import inference_model
+from timeshift.engine.distributed import SINGLE_PROCESS, DistInfo, all_gather_tensors
 from timeshift.engine.figures import plot_confusion
 from timeshift.engine.loaders import eval_dataset, eval_loader
 from timeshift.engine.metrics import classification_report, json_dumps
-from timeshift.engine.trainer import evaluate
 from timeshift.models.checkpoints import check_writable as _check_writable
 from timeshift.models.checkpoints import load_model
 from timeshift.models.preprocessing import InputConfig, resolve_input_config
@@ -29,13 +31,87 @@ from timeshift.models.preprocessing import InputConfig, resolve_input_config
 __all__ = [
     "EARLY_FRACTIONS",
     "EvalOptions",
+    "EvalResult",
     "early_recognition",
+    "evaluate",
     "evaluate_checkpoints",
     "measure_latency",
+    "mixed_precision",
     "predict_videos",
 ]
 
 _logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` returns: the metrics and the per-sample scores behind them."""
+
+    report: dict  # classification_report: top1, top5, mean_class_accuracy, confusion, ...
+    scores: torch.Tensor  # (N, K) averaged over views, in dataset order
+    labels: torch.Tensor
+    indices: torch.Tensor
+    failed: int = 0
+
+
+def mixed_precision(device: torch.device, enabled: bool) -> AbstractContextManager:
+    """fp16 autocast on CUDA when ``enabled``; plain fp32 elsewhere (bf16 is not faster on CPU)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader,
+    *,
+    device: torch.device,
+    num_classes: int,
+    info: DistInfo = SINGLE_PROCESS,
+    amp: bool = True,
+    progress: bool = True,
+) -> EvalResult:
+    """Scores averaged over each sample's views (clips x crops), gathered from all processes.
+
+    Logits are averaged over views, as the reference test script does. ``loader`` yields
+    ``(indices, views, labels)`` batches (``None`` for a batch whose videos all failed).
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    all_scores, all_labels, all_indices = [], [], []
+    for batch in tqdm(
+        loader,
+        desc="evaluating",
+        unit="batch",
+        leave=False,
+        disable=None if progress and info.is_main else True,  # None: off when not a terminal
+    ):
+        if batch is None:
+            continue
+        indices, views, labels = batch
+        views = views.to(device, non_blocking=True)
+        if views.dim() == 5:  # (N, T, C, H, W): one view
+            views = views.unsqueeze(1)
+        n, v = views.shape[:2]
+        with mixed_precision(device, amp):
+            logits = model(views.flatten(0, 1)).float()
+        all_scores.append(logits.view(n, v, -1).mean(dim=1).cpu())
+        all_labels.append(labels)
+        all_indices.append(indices)
+    scores = torch.cat(all_scores) if all_scores else torch.zeros(0, num_classes)
+    labels = torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long)
+    indices = torch.cat(all_indices) if all_indices else torch.zeros(0, dtype=torch.long)
+    scores = all_gather_tensors(scores, info)
+    labels = all_gather_tensors(labels, info)
+    indices = all_gather_tensors(indices, info)
+    order = indices.argsort()
+    scores, labels, indices = scores[order], labels[order], indices[order]
+    failed = int(loader.dataset.failed.sum()) if hasattr(loader.dataset, "failed") else 0
+    return EvalResult(
+        classification_report(scores, labels, num_classes), scores, labels, indices, failed=failed
+    )
 
 
 @dataclass

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from timeshift.engine.metrics import json_dumps
+from timeshift.errors import TimeshiftError
 from timeshift.models.checkpoints import file_mode, remove_stale_temporaries
 from timeshift.models.preprocessing import resolve_input_config
 from timeshift.online.online_model import OnlineModule
@@ -50,7 +51,7 @@ META_KEY = "timeshift"
 TORCHSCRIPT_META = "timeshift.json"
 
 
-class ExportError(RuntimeError):
+class ExportError(TimeshiftError):
     """An export failed, or the exported model does not match eager PyTorch."""
 
 
@@ -161,7 +162,7 @@ def export_model(
         inputs=inputs,
         outputs=outputs,
         cache_shapes=[list(c.shape[1:]) for c in example[1:]],
-        fold_div=[s.fold_div for s in module.shifts] if online else None,
+        fold_div=[getattr(op, "fold_div", None) for op in module.streaming_ops] if online else None,
         graph=("split" if graph is not module else "concat") if format == "onnx" else None,
     )
     tmp = _temporary_next_to(path)

@@ -32,8 +32,9 @@ from torch import nn
 
 from timeshift.models.backbones.mobilenet_v2 import ConvBNAct, InvertedResidual, MobileNetV2
 from timeshift.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
-from timeshift.online.online_model import OnlineModule, OnlineShift
-from timeshift.ops.shift import TemporalShift, shift_offsets, temporal_shift
+from timeshift.models.recognizer import Recognizer
+from timeshift.online.online_model import OnlineModule
+from timeshift.ops.shift import OnlineShift, TemporalShift, shift_offsets, temporal_shift
 
 __all__ = ["SplitClips", "SplitStream", "split_clips", "split_stream"]
 
@@ -352,6 +353,14 @@ def _build_units(backbone: nn.Module, align: int) -> nn.ModuleList:
     return nn.ModuleList(units)
 
 
+def _classifier(model: nn.Module) -> nn.Module:
+    """The linear classifier of a :class:`Recognizer` head (pool, dropout, fc), which the split
+    graph applies to the pooled parts itself: at inference dropout is the identity."""
+    if not isinstance(model, Recognizer):
+        raise _Unsupported(f"{type(model).__name__} heads are not supported (only Recognizer's)")
+    return model.fc
+
+
 def _pool(x: Stream) -> torch.Tensor:
     if isinstance(x, tuple):
         return torch.cat([p.mean(dim=(2, 3)) for p in x], 1)
@@ -366,10 +375,11 @@ class SplitStream(nn.Module):
     def __init__(self, online: OnlineModule, *, align: int = 1) -> None:
         super().__init__()
         model = online.model
+        fc = _classifier(model)
         self.units = _build_units(model.backbone, align)
         if sum(u.shifted is not None for u in self.units) != online.num_caches:
             raise _Unsupported("a shift sits outside the supported positions")
-        self.fc = model.fc
+        self.fc = fc
         self.num_caches = online.num_caches
         self.eval()
 
@@ -390,6 +400,7 @@ class SplitClips(nn.Module):
 
     def __init__(self, model: nn.Module, *, align: int = 1) -> None:
         super().__init__()
+        fc = _classifier(model)
         shifts = [m for m in model.modules() if isinstance(m, TemporalShift)]
         if not shifts:
             raise _Unsupported("the model has no temporal shift: nothing to split")
@@ -401,7 +412,7 @@ class SplitClips(nn.Module):
             raise _Unsupported("a shift sits outside the supported positions")
         self.num_segments = model.num_segments
         self.direction = shifts[0].direction
-        self.fc = model.fc
+        self.fc = fc
         self.eval()
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,13 @@ from timeshift.models.registry import (
     model_info,
     register_model,
 )
-from timeshift.models.temporalize import register_temporal_layer, temporalize
+from timeshift.models.temporalize import BlockSite, register_temporal_layer, temporalize
 
 # model families beyond TSN/TSM register themselves on import
 from timeshift.models import blvnet, i3d, stsm, vsn  # noqa: F401  isort: skip
 
 __all__ = [
+    "BlockSite",
     "CheckpointError",
     "InputConfig",
     "LoadReport",

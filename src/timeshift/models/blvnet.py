@@ -9,24 +9,18 @@ Importing this module registers
   tiny test variants ``tam_resnet_tiny`` and ``blvnet_tam_tiny``.
 
 bLVNet-TAM models take ``num_segments = 2T`` frames (16 for the paper's "8x2") and predict from
-``T`` frame pairs: the :class:`~timeshift.models.Recognizer` averages ``T`` segment outputs.
+``T`` frame pairs: the :class:`~timeshift.models.Recognizer` averages ``T`` segment outputs. Their
+TAMs are part of the backbone (:mod:`timeshift.models.backbones.bl_resnet`), so nothing is
+inserted; the backbone takes ``alpha``, ``beta``, ``r``, ``in_chans``, ``widths``, ...
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from timeshift.models.backbones.bl_resnet import (
-    BLResNet,
-    bl_resnet50,
-    bl_resnet101,
-    bl_resnet_tiny,
-)
 from timeshift.models.recognizer import Recognizer
 from timeshift.models.registry import build_recognizer, register_model
 from timeshift.models.temporalize import register_temporal_layer
@@ -34,21 +28,11 @@ from timeshift.ops.aggregation import Init, TemporalAggregation
 
 __all__ = ["TemporalAggregationWrapper"]
 
+# offline ONNX export verified; not causal: the op reads later frames (see timeshift.online)
+_TAGS = ("exportable",)
 BLVNET_PAPER = (
     "Fan et al., More Is Less: Learning Efficient Video Representations by Big-Little Network "
     "and Depthwise Temporal Aggregation, NeurIPS 2019"
-)
-
-# options of the shift that make no sense for a model without shift modules
-_SHIFT_ONLY = ("fold_div", "direction", "inplace")
-# options of temporalize/build_recognizer that the bLVNet architecture fixes itself
-_BLVNET_FIXED = (
-    *_SHIFT_ONLY,
-    "place",
-    "temporal_pool",
-    "block_stride",
-    "non_local",
-    "temporal_layer",
 )
 
 
@@ -81,68 +65,37 @@ def _tam_layer(
     )
 
 
-def _reject(kwargs: dict[str, Any], names: tuple[str, ...], model: str) -> None:
-    given = sorted(k for k in names if k in kwargs)
-    if given:
-        raise TypeError(f"{model} models do not take the options {given}")
-
-
-def _tam(backbone: str, *, r: int = 3, tam_init: Init = "kaiming", **kwargs: Any) -> Recognizer:
-    """TSN + TAM: a 2D ResNet with temporal aggregation in every residual branch."""
-    _reject(kwargs, _SHIFT_ONLY, "TSN + TAM")
-    layer: str | Callable[..., nn.Module] = "tam"
-    if (r, tam_init) != (3, "kaiming"):
-        layer = partial(_tam_layer, r=r, init=tam_init)
-    return build_recognizer(backbone, temporal_layer=layer, **kwargs)
-
-
-def _blvnet(
-    make: Callable[..., BLResNet],
-    *,
-    num_classes: int,
-    num_segments: int,
-    dropout: float = 0.5,
-    partial_bn: bool = False,
-    **kwargs: Any,
-) -> Recognizer:
-    """bLVNet-TAM: a :class:`BLResNet` over ``num_segments = 2T`` frames in a Recognizer.
-
-    ``kwargs`` go to the backbone: ``alpha``, ``beta``, ``r``, ``in_chans``, ``widths``, ...
-    """
-    _reject(kwargs, _BLVNET_FIXED, "bLVNet-TAM")
-    backbone = make(num_segments=num_segments, **kwargs)
-    return Recognizer(
-        backbone,
-        num_classes=num_classes,
-        num_segments=num_segments,
-        dropout=dropout,
-        partial_bn=partial_bn,
+def _tam(backbone: str, *, tam_init: Init = "kaiming", **kwargs: Any) -> Recognizer:
+    """TSN + TAM: a 2D ResNet with temporal aggregation in every residual branch; ``r`` goes to
+    the layer like any other option, ``tam_init`` is the model's name for its ``init``."""
+    return build_recognizer(
+        backbone, temporal_layer="tam", layer_options={"init": tam_init}, **kwargs
     )
 
 
-@register_model(family="tam", backbone="resnet50", paper=BLVNET_PAPER)
+@register_model(family="tam", backbone="resnet50", paper=BLVNET_PAPER, tags=_TAGS)
 def tam_resnet50(**kwargs: Any) -> Recognizer:
     """TSN + TAM (r=3) in the residual branch of every ResNet-50 block (paper Table 5)."""
     return _tam("resnet50", **kwargs)
 
 
-@register_model(family="tam", backbone="resnet_tiny", paper=BLVNET_PAPER)
+@register_model(family="tam", backbone="resnet_tiny", paper=BLVNET_PAPER, tags=_TAGS)
 def tam_resnet_tiny(**kwargs: Any) -> Recognizer:
     return _tam("resnet_tiny", **kwargs)
 
 
-@register_model(family="blvnet", backbone="bl_resnet50", paper=BLVNET_PAPER)
+@register_model(family="blvnet", backbone="bl_resnet50", paper=BLVNET_PAPER, tags=_TAGS)
 def blvnet_tam_resnet50(**kwargs: Any) -> Recognizer:
     """bLVNet-TAM-50: num_segments=16 is the paper's 8x2 (25.0 M params, 23.85 G MACs)."""
-    return _blvnet(bl_resnet50, **kwargs)
+    return build_recognizer("bl_resnet50", **kwargs)
 
 
-@register_model(family="blvnet", backbone="bl_resnet101", paper=BLVNET_PAPER)
+@register_model(family="blvnet", backbone="bl_resnet101", paper=BLVNET_PAPER, tags=_TAGS)
 def blvnet_tam_resnet101(**kwargs: Any) -> Recognizer:
     """bLVNet-TAM-101: num_segments=16 is the paper's 8x2 (40.2 M params, 32.15 G MACs)."""
-    return _blvnet(bl_resnet101, **kwargs)
+    return build_recognizer("bl_resnet101", **kwargs)
 
 
-@register_model(family="blvnet", backbone="bl_resnet_tiny", paper=BLVNET_PAPER)
+@register_model(family="blvnet", backbone="bl_resnet_tiny", paper=BLVNET_PAPER, tags=_TAGS)
 def blvnet_tam_tiny(**kwargs: Any) -> Recognizer:
-    return _blvnet(bl_resnet_tiny, **kwargs)
+    return build_recognizer("bl_resnet_tiny", **kwargs)

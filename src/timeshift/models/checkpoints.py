@@ -39,6 +39,8 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from timeshift.errors import TimeshiftError
+
 __all__ = [
     "FORMAT_VERSION",
     "SOURCES",
@@ -66,7 +68,7 @@ _CLASSIFIER_PREFIXES = ("fc.",)
 _MAX_LISTED = 3  # examples in an error: the counts say the rest
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TimeshiftError):
     """A checkpoint cannot be read or does not fit the model."""
 
 

@@ -19,15 +19,15 @@ from typing import Any
 
 from torch import nn
 
-from timeshift.models.backbones import create_backbone
 from timeshift.models.recognizer import Recognizer
 from timeshift.models.registry import build_recognizer, register_model
-from timeshift.models.temporalize import register_temporal_layer
+from timeshift.models.temporalize import register_temporal_layer, temporalize
 from timeshift.ops.inflate import InflatedConv
-from timeshift.ops.pool import TemporalPool, pooled_segments
 
-__all__ = ["NONLOCAL_I3D_PATTERN", "build_i3d"]
+__all__ = ["NONLOCAL_I3D_PATTERN", "build_i3d", "inflate_i3d"]
 
+# offline ONNX export verified; not causal: the op reads later frames (see timeshift.online)
+_TAGS = ("exportable",)
 _I3D_PAPER = "Wang et al., Non-local Neural Networks, CVPR 2018 (I3D baseline, via TSM Table 5)"
 _TSM_PAPER = "Lin et al., TSM: Temporal Shift Module for Efficient Video Understanding, ICCV 2019"
 
@@ -39,6 +39,7 @@ NONLOCAL_I3D_PATTERN = ((1, 1, 1), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (0, 1, 0))
 def _inflate_layer(
     net: nn.Module, *, num_segments: int, channels: int, time_kernel: int = 3, init="center"
 ) -> nn.Module:
+    del channels  # the inflated kernel has the conv's channels
     return InflatedConv(net, num_segments, time_kernel, init=init)
 
 
@@ -56,63 +57,69 @@ def _pattern(layers: Sequence[int]) -> list[tuple[int, ...]]:
     ]
 
 
-def build_i3d(
-    backbone: str,
+def inflate_i3d(
+    backbone: nn.Module,
     *,
-    num_classes: int,
     num_segments: int,
     stem_time_kernel: int = 5,
     time_kernel: int = 3,
     temporal_pool: bool = True,
     init: str = "center",
-    dropout: float = 0.5,
-    partial_bn: bool = False,
-    **backbone_kwargs: Any,
-) -> Recognizer:
-    """A ResNet inflated the non-local paper's way (see the module docstring)."""
-    net = create_backbone(backbone, num_classes=0, **backbone_kwargs)
-    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
+) -> nn.Module:
+    """Inflate a ResNet the non-local paper's way (see the module docstring), in place: the
+    stem, then the ``"inflate"`` temporal layer on the blocks of :func:`_pattern`."""
     if stem_time_kernel > 1:
-        net.conv1 = InflatedConv(net.conv1, num_segments, stem_time_kernel, init=init)
-    segments = num_segments
-    for index, (stage, flags) in enumerate(
-        zip(stages, _pattern([len(s) for s in stages]), strict=True)
-    ):
-        if index == 1 and temporal_pool:
-            segments = pooled_segments(num_segments)
-        for block, flag in zip(stage, flags, strict=True):
-            if flag:
-                block.conv1 = InflatedConv(block.conv1, segments, time_kernel, init=init)
-    if temporal_pool:
-        net.layer2 = TemporalPool(net.layer2, num_segments)
-    return Recognizer(
-        net,
-        num_classes=num_classes,
+        backbone.conv1 = InflatedConv(backbone.conv1, num_segments, stem_time_kernel, init=init)
+    stages = [f"layer{i}" for i in range(1, 5)]
+    flags = dict(zip(stages, _pattern([len(getattr(backbone, s)) for s in stages]), strict=True))
+    return temporalize(
+        backbone,
         num_segments=num_segments,
-        dropout=dropout,
-        partial_bn=partial_bn,
+        temporal_layer="inflate",
+        layer_options={"time_kernel": time_kernel, "init": init},
+        block_stride=1,
+        temporal_pool=temporal_pool,
+        select=lambda site: bool(flags[site.stage_name][site.index]),
     )
 
 
-@register_model(family="i3d", backbone="resnet50", paper=_I3D_PAPER)
+def build_i3d(backbone: str, **kwargs: Any) -> Recognizer:
+    """A ResNet inflated by :func:`inflate_i3d` in a Recognizer; its options (``stem_time_kernel``,
+    ``time_kernel``, ``temporal_pool``, ``init``) and the usual ones go in ``kwargs``."""
+    return build_recognizer(backbone, transform=inflate_i3d, **kwargs)
+
+
+@register_model(family="i3d", backbone="resnet50", paper=_I3D_PAPER, tags=_TAGS)
 def i3d_resnet50(**kwargs: Any) -> Recognizer:
     """I3D ResNet-50 of the non-local paper ("I3D from [49]" in TSM Table 5)."""
     return build_i3d("resnet50", **kwargs)
 
 
-@register_model(family="i3d", backbone="resnet18", paper=_I3D_PAPER)
+@register_model(family="i3d", backbone="resnet18", paper=_I3D_PAPER, tags=_TAGS)
 def i3d_resnet18(**kwargs: Any) -> Recognizer:
     """The same inflation on ResNet-18 (3x3 first convs become 3x3x3): small comparisons."""
     return build_i3d("resnet18", **kwargs)
 
 
-@register_model(family="i3d", backbone="resnet50", paper=_TSM_PAPER)
+@register_model(family="i3d", backbone="resnet50", paper=_TSM_PAPER, tags=_TAGS)
 def i3d_replace_resnet50(**kwargs: Any) -> Recognizer:
     """TSM-ResNet50 with every shift replaced by a 3x1x1 conv ("I3D_replace", TSM Table 5)."""
     return build_recognizer("resnet50", temporal_layer="inflate", **kwargs)
 
 
-@register_model(family="i3d", backbone="resnet18", paper=_TSM_PAPER)
+@register_model(family="i3d", backbone="resnet18", paper=_TSM_PAPER, tags=_TAGS)
 def i3d_replace_resnet18(**kwargs: Any) -> Recognizer:
     """TSM-ResNet18 with every shift replaced by a 3x3x3 conv (small comparisons)."""
     return build_recognizer("resnet18", temporal_layer="inflate", **kwargs)
+
+
+@register_model(family="i3d", backbone="resnet_bottleneck_tiny", paper=_I3D_PAPER, tags=_TAGS)
+def i3d_resnet_tiny(**kwargs: Any) -> Recognizer:
+    """The I3D inflation on a tiny bottleneck ResNet (tests): 1x1 first convs become 3x1x1."""
+    return build_i3d("resnet_bottleneck_tiny", **kwargs)
+
+
+@register_model(family="i3d", backbone="resnet_tiny", paper=_TSM_PAPER, tags=_TAGS)
+def i3d_replace_resnet_tiny(**kwargs: Any) -> Recognizer:
+    """I3D_replace on the tiny basic-block ResNet (tests)."""
+    return build_recognizer("resnet_tiny", temporal_layer="inflate", **kwargs)

@@ -31,7 +31,9 @@ class Recognizer(nn.Module):
 
     Frames are folded into the batch, run through the backbone (which may contain temporal
     modules), globally average-pooled, passed through dropout and a linear classifier, and the
-    per-segment logits are averaged (TSN "avg" consensus).
+    per-segment logits are averaged (TSN "avg" consensus). :meth:`forward_frames` and
+    :meth:`forward_frame_head` are the per-frame body and head, which the online model streams
+    (:class:`timeshift.online.FrameModel`).
 
     Args:
         backbone: module with ``forward_features`` on ``(N*T, C, H, W)`` and ``num_features``.
@@ -149,22 +151,32 @@ class Recognizer(nn.Module):
         An empty batch (``N = 0``) gives empty features (``T'`` then reads as ``T``)."""
         self._check_input(x)
         n = x.shape[0]
-        frames = x.flatten(0, 1)
-        if self.channels_last:
-            frames = frames.contiguous(memory_format=torch.channels_last)
-        feats = self.backbone.forward_features(frames)
+        feats = self.forward_frames(x.flatten(0, 1))
         if torch.jit.is_tracing() or n:  # traced sizes cannot be tested (a warning)
             return feats.view(n, feats.shape[0] // n, *feats.shape[1:])
         # an empty batch has no frames to count T' from
         return feats.reshape(0, self.num_segments, *feats.shape[1:])
 
+    def forward_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames folded into the batch ``(M, C, H, W)`` -> the backbone's feature maps
+        ``(M', F, h, w)``: the clips' frames in order (``M = N*T``; ``M' < M`` if pooled in
+        time), or online one frame per stream (``M = N``)."""
+        if self.channels_last:
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        return self.backbone.forward_features(frames)
+
+    def forward_frame_head(self, feats: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
+        """Per-frame feature maps ``(M, F, h, w)`` -> per-frame logits ``(M, K)`` (or pooled
+        features): average pool, dropout, classifier. The one head: :meth:`forward_head`
+        averages it over segments, the online model calls it on every frame."""
+        pooled = feats.mean(dim=(2, 3))
+        return pooled if pre_logits else self.fc(self.dropout(pooled))
+
     def _segment_logits(self, feats: torch.Tensor, pre_logits: bool) -> torch.Tensor:
         n, t = feats.shape[:2]
-        pooled = feats.flatten(0, 1).mean(dim=(2, 3))
+        logits = self.forward_frame_head(feats.flatten(0, 1), pre_logits=pre_logits)
         # unflatten, not view(n, t, -1): -1 is ambiguous for an empty batch
-        if pre_logits:
-            return pooled.unflatten(0, (n, t))
-        return self.fc(self.dropout(pooled)).unflatten(0, (n, t))
+        return logits.unflatten(0, (n, t))
 
     def forward_head(self, feats: torch.Tensor, *, pre_logits: bool = False) -> torch.Tensor:
         """Feature maps ``(N, T', F, h, w)`` -> logits ``(N, K)`` (or pooled features)."""

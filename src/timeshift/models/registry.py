@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from timeshift.models.backbones import add_non_local, create_backbone
+from timeshift.models.backbones import BACKBONES, add_non_local, create_backbone
 from timeshift.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from timeshift.models.recognizer import Recognizer
-from timeshift.models.temporalize import temporalize
-from timeshift.ops.pool import pooled_segments
+from timeshift.models.temporalize import (
+    TEMPORAL_LAYERS,
+    TEMPORALIZE_OPTIONS,
+    TemporalLayerFactory,
+    declared_options,
+    layer_name,
+    resolve_temporal_layer,
+    temporalize,
+)
+from timeshift.ops.pool import TemporalPool, pooled_segments
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -157,38 +166,60 @@ def build_recognizer(
     *,
     num_classes: int,
     num_segments: int,
-    temporal_layer: str | None = None,
-    place: str = "residual",
-    fold_div: int = 8,
-    direction: str = "bidirectional",
-    inplace: bool = False,
-    temporal_pool: bool = False,
+    temporal_layer: str | TemporalLayerFactory | None = None,
+    layer_options: Mapping[str, Any] | None = None,
+    transform: Callable[..., nn.Module] | None = None,
     non_local: bool = False,
     dropout: float = 0.5,
     partial_bn: bool = False,
-    block_stride: int | None = None,
-    **backbone_kwargs: Any,
+    **options: Any,
 ) -> Recognizer:
-    """Backbone by name -> optional temporal modules -> optional non-local -> Recognizer."""
-    net = create_backbone(backbone, num_classes=0, **backbone_kwargs)
-    stage_segments: dict[str, int] = {}
+    """Backbone by name -> temporal modules -> optional non-local -> Recognizer: every
+    registered family is built here.
+
+    Args:
+        backbone: a name from ``timeshift.models.backbones.BACKBONES``; video backbones
+            (bLResNet) get ``num_segments`` too.
+        num_classes: classifier outputs.
+        num_segments: frames per clip ``T``.
+        temporal_layer: a registered temporal layer name (``"shift"``, ``"stshift"``, ``"tam"``,
+            ``"inflate"``, ...) or a factory, inserted by :func:`~timeshift.temporalize`;
+            ``None`` inserts none (TSN).
+        layer_options: options of the temporal layer fixed by the entrypoint.
+        transform: ``(backbone, *, num_segments, **its options) -> backbone`` for modules that
+            choose their own places (VSN's shuffle blocks, I3D's inflation); instead of
+            ``temporal_layer``.
+        non_local: wrap the TSM-NL blocks (layer2: 0, 2; layer3: 0, 2, 4) in non-local blocks.
+        dropout, partial_bn: Recognizer options.
+        **options: given to whoever declares them by a keyword parameter: the temporal layer
+            (``fold_div``, ``direction``, ``alpha``, ...), ``temporalize`` (``place``,
+            ``block_stride``, ``temporal_pool``), the transform, then the backbone
+            (``width_mult``, ``widths``, ...). An option nobody takes raises a ``TypeError``
+            naming the accepted ones.
+    """
+    if temporal_layer is not None and transform is not None:
+        raise ValueError("give a temporal_layer or a transform, not both")
+    make_backbone = BACKBONES.get(backbone)
+    if make_backbone is None:
+        create_backbone(backbone)  # raises the unknown-backbone error
+    consumers = _consumers(backbone, make_backbone, temporal_layer, transform)
+    routed = _route_options(options, consumers, subject=_subject(temporal_layer, transform))
+    if "num_segments" in inspect.signature(make_backbone).parameters:
+        routed["backbone"]["num_segments"] = num_segments
+    net = create_backbone(backbone, num_classes=0, **routed["backbone"])
     if temporal_layer is not None:
         temporalize(
             net,
             num_segments=num_segments,
             temporal_layer=temporal_layer,
-            place=place,
-            fold_div=fold_div,
-            direction=direction,
-            inplace=inplace,
-            temporal_pool=temporal_pool,
-            block_stride=block_stride,
+            layer_options=layer_options,
+            **routed["temporalize"],
+            **routed["layer"],
         )
-        if temporal_pool:
-            pooled = pooled_segments(num_segments)
-            stage_segments = {"layer2": pooled, "layer3": pooled}
+    if transform is not None:
+        transform(net, num_segments=num_segments, **routed["transform"])
     if non_local:
-        add_non_local(net, num_segments=stage_segments or num_segments)
+        add_non_local(net, num_segments=_stage_segments(net, num_segments))
     return Recognizer(
         net,
         num_classes=num_classes,
@@ -198,13 +229,84 @@ def build_recognizer(
     )
 
 
-_SHIFT_OPTIONS = ("place", "fold_div", "direction", "inplace", "temporal_pool", "block_stride")
+# (key in the routed options, label in messages, accepted names or None for any)
+_Consumer = tuple[str, str, frozenset[str] | None]
+_ROUTES = ("layer", "temporalize", "transform", "backbone")
+
+
+def _consumers(backbone: str, make_backbone, temporal_layer, transform) -> list[_Consumer]:
+    consumers: list[_Consumer] = []
+    if temporal_layer is not None:
+        factory = resolve_temporal_layer(temporal_layer)
+        label = f"temporal layer {layer_name(temporal_layer)!r}"
+        consumers.append(("layer", label, declared_options(factory)))
+        consumers.append(("temporalize", "temporalize", frozenset(TEMPORALIZE_OPTIONS)))
+    if transform is not None:
+        consumers.append(("transform", transform.__name__, declared_options(transform)))
+    consumers.append(("backbone", f"backbone {backbone!r}", declared_options(make_backbone)))
+    return consumers
+
+
+def _subject(temporal_layer, transform) -> str:
+    if temporal_layer is not None:
+        return f"models with temporal layer {layer_name(temporal_layer)!r}"
+    if transform is not None:
+        return f"models built with {transform.__name__}"
+    return "models with no temporal modules inserted"
+
+
+def _route_options(
+    options: Mapping[str, Any], consumers: list[_Consumer], *, subject: str
+) -> dict[str, dict[str, Any]]:
+    """Each option to the first consumer that declares it (one taking ``**kwargs`` takes what
+    is left); options nobody takes raise one ``TypeError`` that names the accepted ones."""
+    routed: dict[str, dict[str, Any]] = {key: {} for key in _ROUTES}
+    left = dict(options)
+    for key, _, accepted in consumers:
+        for name in [n for n in left if accepted is not None and n in accepted]:
+            routed[key][name] = left.pop(name)
+    open_ended = next((key for key, _, accepted in consumers if accepted is None), None)
+    if open_ended is not None:
+        routed[open_ended].update(left)
+    elif left:
+        raise TypeError(_unknown_options_message(sorted(left), consumers, subject))
+    return routed
+
+
+def _unknown_options_message(unknown: list[str], consumers: list[_Consumer], subject: str) -> str:
+    # options of another registered temporal layer: the commonest mistake (fold_div on STSM)
+    owners = {
+        name: layer
+        for name in unknown
+        for layer, factory in TEMPORAL_LAYERS.items()
+        if name in (declared_options(factory) or ())
+    }
+    layers = _and([repr(layer) for layer in sorted(set(owners.values()))])
+    hint = f" instead of {sorted(owners)} (options of {layers})"
+    takes = [
+        f"{label} takes {_and(sorted(accepted))}" + (hint if key == "layer" and owners else "")
+        for key, label, accepted in consumers
+        if accepted is not None
+    ]
+    if owners and not any(key == "layer" for key, _, _ in consumers):
+        takes.insert(0, f"{sorted(owners)} are options of temporal layer {layers}")
+    takes.append("the recognizer takes dropout, non_local and partial_bn")
+    return f"{subject} do not take {unknown}: " + "; ".join(takes)
+
+
+def _and(names: Sequence[str]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def _stage_segments(net: nn.Module, num_segments: int) -> int | dict[str, int]:
+    """Frames seen by the non-local stages: halved from layer2 on when time is pooled there."""
+    if isinstance(getattr(net, "layer2", None), TemporalPool):
+        pooled = pooled_segments(num_segments)
+        return {"layer2": pooled, "layer3": pooled}
+    return num_segments
 
 
 def _tsn(backbone: str, **kwargs: Any) -> Recognizer:
-    given = sorted(k for k in _SHIFT_OPTIONS if k in kwargs)
-    if given:
-        raise TypeError(f"TSN models have no temporal modules; unexpected options {given}")
     return build_recognizer(backbone, temporal_layer=None, **kwargs)
 
 
@@ -214,101 +316,106 @@ def _tsm(backbone: str, **kwargs: Any) -> Recognizer:
 
 _TSN_PAPER = "Wang et al., Temporal Segment Networks, ECCV 2016"
 _TSM_PAPER = "Lin et al., TSM: Temporal Shift Module for Efficient Video Understanding, ICCV 2019"
+# TSN has no temporal op and TSM built with direction="unidirectional" only looks back: both
+# stream frame by frame (timeshift.online); non-local blocks attend to every frame
+_TSN = {"family": "tsn", "paper": _TSN_PAPER, "tags": ("causal", "exportable")}
+_TSM = {"family": "tsm", "paper": _TSM_PAPER, "tags": ("causal", "exportable")}
+_TSM_NL = {"family": "tsm", "paper": _TSM_PAPER, "tags": ("exportable",)}
 
 
-@register_model(family="tsn", backbone="resnet18", paper=_TSN_PAPER)
+@register_model(backbone="resnet18", **_TSN)
 def tsn_resnet18(**kwargs: Any) -> Recognizer:
     return _tsn("resnet18", **kwargs)
 
 
-@register_model(family="tsn", backbone="resnet34", paper=_TSN_PAPER)
+@register_model(backbone="resnet34", **_TSN)
 def tsn_resnet34(**kwargs: Any) -> Recognizer:
     return _tsn("resnet34", **kwargs)
 
 
-@register_model(family="tsn", backbone="resnet50", paper=_TSN_PAPER)
+@register_model(backbone="resnet50", **_TSN)
 def tsn_resnet50(**kwargs: Any) -> Recognizer:
     return _tsn("resnet50", **kwargs)
 
 
-@register_model(family="tsn", backbone="resnet101", paper=_TSN_PAPER)
+@register_model(backbone="resnet101", **_TSN)
 def tsn_resnet101(**kwargs: Any) -> Recognizer:
     return _tsn("resnet101", **kwargs)
 
 
-@register_model(family="tsn", backbone="mobilenet_v2", paper=_TSN_PAPER)
+@register_model(backbone="mobilenet_v2", **_TSN)
 def tsn_mobilenet_v2(**kwargs: Any) -> Recognizer:
     return _tsn("mobilenet_v2", **kwargs)
 
 
-@register_model(family="tsn", backbone="resnet_tiny", paper=_TSN_PAPER)
+@register_model(backbone="resnet_tiny", **_TSN)
 def tsn_resnet_tiny(**kwargs: Any) -> Recognizer:
     return _tsn("resnet_tiny", **kwargs)
 
 
-@register_model(family="tsn", backbone="mobilenet_v2_tiny", paper=_TSN_PAPER)
+@register_model(backbone="mobilenet_v2_tiny", **_TSN)
 def tsn_mobilenet_v2_tiny(**kwargs: Any) -> Recognizer:
     return _tsn("mobilenet_v2_tiny", **kwargs)
 
 
-@register_model(family="tsm", backbone="resnet18", paper=_TSM_PAPER)
+@register_model(backbone="resnet18", **_TSM)
 def tsm_resnet18(**kwargs: Any) -> Recognizer:
     return _tsm("resnet18", **kwargs)
 
 
-@register_model(family="tsm", backbone="resnet34", paper=_TSM_PAPER)
+@register_model(backbone="resnet34", **_TSM)
 def tsm_resnet34(**kwargs: Any) -> Recognizer:
     return _tsm("resnet34", **kwargs)
 
 
-@register_model(family="tsm", backbone="resnet50", paper=_TSM_PAPER)
+@register_model(backbone="resnet50", **_TSM)
 def tsm_resnet50(**kwargs: Any) -> Recognizer:
     return _tsm("resnet50", **kwargs)
 
 
-@register_model(family="tsm", backbone="resnet101", paper=_TSM_PAPER)
+@register_model(backbone="resnet101", **_TSM)
 def tsm_resnet101(**kwargs: Any) -> Recognizer:
     return _tsm("resnet101", **kwargs)
 
 
-@register_model(family="tsm", backbone="resnet152", paper=_TSM_PAPER)
+@register_model(backbone="resnet152", **_TSM)
 def tsm_resnet152(**kwargs: Any) -> Recognizer:
     return _tsm("resnet152", **kwargs)
 
 
-@register_model(family="tsm", backbone="resnext50_32x4d", paper=_TSM_PAPER)
+@register_model(backbone="resnext50_32x4d", **_TSM)
 def tsm_resnext50_32x4d(**kwargs: Any) -> Recognizer:
     return _tsm("resnext50_32x4d", **kwargs)
 
 
-@register_model(family="tsm", backbone="resnext101_32x8d", paper=_TSM_PAPER)
+@register_model(backbone="resnext101_32x8d", **_TSM)
 def tsm_resnext101_32x8d(**kwargs: Any) -> Recognizer:
     return _tsm("resnext101_32x8d", **kwargs)
 
 
-@register_model(family="tsm", backbone="mobilenet_v2", paper=_TSM_PAPER)
+@register_model(backbone="mobilenet_v2", **_TSM)
 def tsm_mobilenet_v2(**kwargs: Any) -> Recognizer:
     return _tsm("mobilenet_v2", **kwargs)
 
 
-@register_model(family="tsm", backbone="resnet_tiny", paper=_TSM_PAPER)
+@register_model(backbone="resnet_tiny", **_TSM)
 def tsm_resnet_tiny(**kwargs: Any) -> Recognizer:
     return _tsm("resnet_tiny", **kwargs)
 
 
-@register_model(family="tsm", backbone="mobilenet_v2_tiny", paper=_TSM_PAPER)
+@register_model(backbone="mobilenet_v2_tiny", **_TSM)
 def tsm_mobilenet_v2_tiny(**kwargs: Any) -> Recognizer:
     return _tsm("mobilenet_v2_tiny", **kwargs)
 
 
-@register_model(family="tsm", backbone="resnet50", paper=_TSM_PAPER)
+@register_model(backbone="resnet50", **_TSM_NL)
 def tsm_resnet50_nl(**kwargs: Any) -> Recognizer:
     """TSM-ResNet50 with 5 embedded-Gaussian non-local blocks (layer2: 0,2; layer3: 0,2,4)."""
     kwargs.setdefault("non_local", True)
     return _tsm("resnet50", **kwargs)
 
 
-@register_model(family="tsm", backbone="resnet_bottleneck_tiny", paper=_TSM_PAPER)
+@register_model(backbone="resnet_bottleneck_tiny", **_TSM_NL)
 def tsm_resnet_nl_tiny(**kwargs: Any) -> Recognizer:
     """Tiny bottleneck ResNet with non-local blocks in the reference placement (tests)."""
     kwargs.setdefault("non_local", True)

@@ -25,10 +25,9 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from timeshift.models.backbones import create_backbone
 from timeshift.models.recognizer import Recognizer
-from timeshift.models.registry import register_model
-from timeshift.ops.shift import TemporalShift
+from timeshift.models.registry import build_recognizer, register_model
+from timeshift.models.temporalize import BlockSite, register_temporal_layer, temporalize
 from timeshift.ops.shuffle import VideoShuffle, VideoUnshuffle, check_shuffle_channels
 
 __all__ = [
@@ -44,17 +43,8 @@ BlockKind = Literal["compact", "headtail"]
 BLOCK_KINDS = ("compact", "headtail")
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
 _BOTTLENECK_PARTS = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "relu", "downsample")
-# TSM/STSM options that VSN does not implement (it uses the residual bi-directional shift only)
-_UNSUPPORTED_OPTIONS = (
-    "place",
-    "direction",
-    "inplace",
-    "temporal_pool",
-    "non_local",
-    "alpha",
-    "dims",
-)
-
+# offline ONNX export verified; not causal: the op reads later frames (see timeshift.online)
+_TAGS = ("exportable",)
 _VSN_PAPER = (
     "Ma et al., Learning Efficient Video Representation with Video Shuffle Networks, arXiv 2019"
 )
@@ -141,6 +131,39 @@ def _per_stage(shuffle_blocks: int | Sequence[int]) -> tuple[int, ...]:
     return counts
 
 
+@register_temporal_layer("video_shuffle")
+def _video_shuffle_layer(
+    block: nn.Module,
+    *,
+    num_segments: int,
+    channels: int,
+    kind: BlockKind = "compact",
+    groups: int | None = None,
+) -> nn.Module:
+    """A whole bottleneck becomes a video-shuffle block (``temporalize(place="inplace")``)."""
+    del channels  # the block knows its own
+    return VideoShuffleBottleneck(block, num_segments=num_segments, kind=kind, groups=groups)
+
+
+def _first_shuffled(backbone: nn.Module, counts: Sequence[int]) -> dict[str, int]:
+    """Index of the first video-shuffle block of each stage; checks the stages exist."""
+    first = {}
+    for stage_name, count in zip(_STAGES, counts, strict=True):
+        stage = getattr(backbone, stage_name, None)
+        if not isinstance(stage, nn.Sequential):
+            raise TypeError(
+                f"VSN needs a ResNet backbone with stages {_STAGES}; {type(backbone).__name__} "
+                f"has no nn.Sequential {stage_name!r}"
+            )
+        if not 0 <= count <= len(stage):
+            raise ValueError(
+                f"shuffle_blocks asks for {count} video shuffle blocks in {stage_name}, which has "
+                f"{len(stage)} blocks"
+            )
+        first[stage_name] = len(stage) - count
+    return first
+
+
 def add_video_shuffle(
     backbone: nn.Module,
     *,
@@ -155,8 +178,9 @@ def add_video_shuffle(
     """Make a ResNet backbone a VSN, in place.
 
     In each stage ``layer1..layer4`` the last ``shuffle_blocks`` blocks become video-shuffle
-    blocks; the other blocks get a residual temporal shift (``conv1`` wrapped by
-    :class:`~timeshift.ops.TemporalShift`, weights under ``.net``) when ``shift`` is set.
+    blocks (the ``"video_shuffle"`` temporal layer); the other blocks get a residual temporal
+    shift (``conv1`` wrapped by :class:`~timeshift.ops.TemporalShift`, weights under ``.net``)
+    when ``shift`` is set. Both go through :func:`~timeshift.temporalize`.
 
     Args:
         backbone: a torchvision-style bottleneck ResNet (``layer1``..``layer4``).
@@ -177,101 +201,59 @@ def add_video_shuffle(
         raise ValueError(f"unknown video shuffle block {block!r}; expected one of {BLOCK_KINDS}")
     if block_stride < 1:
         raise ValueError(f"block_stride must be >= 1, got {block_stride}")
-    shuffled = shifted = 0
-    for stage_name, count in zip(_STAGES, counts, strict=True):
-        stage = getattr(backbone, stage_name, None)
-        if not isinstance(stage, nn.Sequential):
-            raise TypeError(
-                f"VSN needs a ResNet backbone with stages {_STAGES}; {type(backbone).__name__} "
-                f"has no nn.Sequential {stage_name!r}"
-            )
-        if not 0 <= count <= len(stage):
-            raise ValueError(
-                f"shuffle_blocks asks for {count} video shuffle blocks in {stage_name}, which has "
-                f"{len(stage)} blocks"
-            )
-        first_shuffled = len(stage) - count
-        for index in range(len(stage)):
-            if index >= first_shuffled:
-                stage[index] = VideoShuffleBottleneck(
-                    stage[index], num_segments=num_segments, kind=block, groups=groups
-                )
-                shuffled += 1
-            elif shift and index % block_stride == 0:
-                stage[index].conv1 = TemporalShift(
-                    stage[index].conv1, num_segments, fold_div=fold_div
-                )
-                shifted += 1
-    _logger.debug("VSN: %d %s shuffle blocks, %d shifted blocks", shuffled, block, shifted)
+    first = _first_shuffled(backbone, counts)
+
+    def shuffled(site: BlockSite) -> bool:
+        return site.stage_name in first and site.index >= first[site.stage_name]
+
+    if shift:
+        temporalize(
+            backbone,
+            num_segments=num_segments,
+            layer_options={"fold_div": fold_div},
+            block_stride=block_stride,
+            select=lambda site: site.stage_name in first and not shuffled(site),
+        )
+    temporalize(
+        backbone,
+        num_segments=num_segments,
+        temporal_layer="video_shuffle",
+        layer_options={"kind": block, "groups": groups},
+        place="inplace",
+        block_stride=1,
+        select=shuffled,
+    )
+    _logger.debug("VSN: %s shuffle blocks per stage %s, shift=%s", block, counts, shift)
     return backbone
 
 
-def build_vsn(
-    backbone: str,
-    *,
-    num_classes: int,
-    num_segments: int,
-    block: BlockKind = "compact",
-    shuffle_blocks: int | Sequence[int] = 1,
-    groups: int | None = None,
-    shift: bool = True,
-    fold_div: int = 8,
-    block_stride: int = 1,
-    dropout: float = 0.5,
-    partial_bn: bool = False,
-    **backbone_kwargs: Any,
-) -> Recognizer:
+def build_vsn(backbone: str, **kwargs: Any) -> Recognizer:
     """Backbone by name -> video shuffle + residual shift (:func:`add_video_shuffle`) ->
     Recognizer.
 
     Args:
         backbone: a bottleneck ResNet name (``resnet50``, ``resnet101``, ...).
-        num_classes: classifier outputs.
-        num_segments: frames per clip ``T``; the shuffles regroup over these ``T`` frames.
-        block, shuffle_blocks, groups, shift, fold_div, block_stride: see :func:`add_video_shuffle`.
-            Ablations of the paper: ``block="headtail"`` (Table 7), ``shuffle_blocks`` (Table
-            8), ``shift=False`` for video shuffle alone (Table 9).
-        dropout, partial_bn: Recognizer options (the paper trains with dropout 0.8 and partial
-            BN).
-        **backbone_kwargs: backbone options such as ``widths``.
+        **kwargs: ``num_classes``, ``num_segments`` (the shuffles regroup over these ``T``
+            frames), the options of :func:`add_video_shuffle` (``block``, ``shuffle_blocks``,
+            ``groups``, ``shift``, ``fold_div``, ``block_stride``; ablations of the paper:
+            ``block="headtail"`` (Table 7), ``shuffle_blocks`` (Table 8), ``shift=False`` for
+            video shuffle alone (Table 9)), ``dropout`` and ``partial_bn`` (the paper trains
+            with dropout 0.8 and partial BN), and backbone options such as ``widths``.
     """
-    given = sorted(k for k in _UNSUPPORTED_OPTIONS if k in backbone_kwargs)
-    if given:
-        raise TypeError(
-            f"VSN models do not take {given}: they use the residual bi-directional shift "
-            "(options: block, shuffle_blocks, groups, shift, fold_div, block_stride)"
-        )
-    net = create_backbone(backbone, num_classes=0, **backbone_kwargs)
-    add_video_shuffle(
-        net,
-        num_segments=num_segments,
-        block=block,
-        shuffle_blocks=shuffle_blocks,
-        groups=groups,
-        shift=shift,
-        fold_div=fold_div,
-        block_stride=block_stride,
-    )
-    return Recognizer(
-        net,
-        num_classes=num_classes,
-        num_segments=num_segments,
-        dropout=dropout,
-        partial_bn=partial_bn,
-    )
+    return build_recognizer(backbone, transform=add_video_shuffle, **kwargs)
 
 
-@register_model(family="vsn", backbone="resnet50", paper=_VSN_PAPER)
+@register_model(family="vsn", backbone="resnet50", paper=_VSN_PAPER, tags=_TAGS)
 def vsn_resnet50(**kwargs: Any) -> Recognizer:
     return build_vsn("resnet50", **kwargs)
 
 
-@register_model(family="vsn", backbone="resnet101", paper=_VSN_PAPER)
+@register_model(family="vsn", backbone="resnet101", paper=_VSN_PAPER, tags=_TAGS)
 def vsn_resnet101(**kwargs: Any) -> Recognizer:
     return build_vsn("resnet101", **kwargs)
 
 
-@register_model(family="vsn", backbone="resnet_bottleneck_tiny", paper=_VSN_PAPER)
+@register_model(family="vsn", backbone="resnet_bottleneck_tiny", paper=_VSN_PAPER, tags=_TAGS)
 def vsn_resnet_tiny(**kwargs: Any) -> Recognizer:
     """Tiny bottleneck ResNet (tests); stage widths 8..64 so that T = 1, 2, 4 or 8 divide them."""
     kwargs.setdefault("widths", (8, 16, 32, 64))

@@ -1,11 +1,19 @@
 """Online (streaming) recognition."""
 
 from timeshift.online.online_model import (
+    FrameModel,
     OnlineModule,
     OnlineRecognizer,
-    OnlineShift,
     StreamedClips,
     online_step,
 )
+from timeshift.ops.shift import OnlineShift  # the shift's streaming form, defined with it
 
-__all__ = ["OnlineModule", "OnlineRecognizer", "OnlineShift", "StreamedClips", "online_step"]
+__all__ = [
+    "FrameModel",
+    "OnlineModule",
+    "OnlineRecognizer",
+    "OnlineShift",
+    "StreamedClips",
+    "online_step",
+]

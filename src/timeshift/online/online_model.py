@@ -1,12 +1,17 @@
-"""Online (streaming) recognition with a uni-directional temporal shift.
+"""Online (streaming) recognition: a model converted to its streaming form, one frame per call.
 
 A uni-directional TSM shifts the first ``C // fold_div`` channels of each shifted block's input
 one frame forward in time. Streaming, frame ``t`` therefore needs exactly one thing from the past
 per shift module: those channels of frame ``t - 1``. :class:`OnlineModule` is a copy of the
-model whose shift modules take that cache as an explicit input and return the new one, so one
-frame costs one 2D forward pass; :class:`OnlineRecognizer` keeps the caches between calls.
-Fed the frames of a clip one by one, it gives per frame exactly the logits that
-``model.forward_segments(clip)`` gives per segment.
+model whose temporal ops are replaced by their streaming forms (:mod:`timeshift.ops.protocol`:
+each op says whether it is causal and how it streams), which take that cache as an explicit
+input and return the new one, so one frame costs one 2D forward pass; :class:`OnlineRecognizer`
+keeps the caches between calls. Fed the frames of a clip one by one, it gives per frame exactly
+the logits that ``model.forward_segments(clip)`` gives per segment.
+
+The model is driven through :class:`FrameModel` (``forward_frames`` then
+``forward_frame_head``), which :class:`~timeshift.models.Recognizer` implements; another head
+(a detector's) streams by implementing the same two methods.
 """
 
 from __future__ import annotations
@@ -14,179 +19,88 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from timeshift.models.recognizer import check_input_dtype
-from timeshift.ops.aggregation import TemporalAggregation
-from timeshift.ops.inflate import InflatedConv
-from timeshift.ops.pool import TemporalPool
-from timeshift.ops.shift import TemporalShift, _tracing, shift_offsets
-from timeshift.ops.shuffle import VideoShuffle
-from timeshift.ops.st_shift import SpatioTemporalShift
+from timeshift.ops.protocol import StreamingOp, to_streaming
 
-__all__ = ["OnlineModule", "OnlineRecognizer", "OnlineShift", "StreamedClips", "online_step"]
+__all__ = ["FrameModel", "OnlineModule", "OnlineRecognizer", "StreamedClips", "online_step"]
 
 _logger = logging.getLogger(__name__)
 
-# temporal ops that read the next frame (or all frames) and have no causal form here
-_OFFLINE_OPS = (TemporalAggregation, InflatedConv, VideoShuffle, SpatioTemporalShift)
 
+@runtime_checkable
+class FrameModel(Protocol):
+    """What :class:`OnlineModule` needs of a model: the per-frame body and the per-frame head.
 
-class OnlineShift(nn.Module):
-    """Streaming form of a :class:`TemporalShift`: past channels come from the cache.
-
-    ``offsets`` are the shift's source offsets per channel group (-1: previous frame; +1: next
-    frame, unavailable online and zero-filled when ``drop_future``).
-
-    At inference the shifted channels are written into the input in place, the wrapped module
-    runs, and the input is restored: three copies of ``C // fold_div`` channels instead of a
-    copy of the whole input, which is what keeps a frame as fast as the plain 2D model.
-    Tracing and export use the equivalent out-of-place form (a concatenation).
+    ``forward_frames(frames)``: ``(N, C, H, W)`` frames (one per stream) -> the features its
+    head reads; the model's temporal ops run inside it. ``forward_frame_head(features)`` -> the
+    per-frame output ``(N, K)`` (a classifier's logits). ``in_chans`` is the frame channel
+    count. :class:`~timeshift.models.Recognizer` is one; a detector implements the same.
     """
 
-    def __init__(self, shift: TemporalShift, *, drop_future: bool = False) -> None:
-        super().__init__()
-        offsets = shift_offsets(shift.direction)
-        if any(o > 0 for o in offsets) and not drop_future:
-            raise ValueError(
-                "this model shifts channels from future frames (bidirectional); streaming it "
-                "drops that information: build it with direction='unidirectional', or pass "
-                "drop_future=True to stream it anyway"
-            )
-        self.net = shift.net
-        self.fold_div = shift.fold_div
-        self.offsets = offsets
-        # the channel count is fixed by the wrapped conv; knowing it statically keeps traced
-        # graphs free of shape arithmetic
-        conv = next((m for m in self.net.modules() if isinstance(m, nn.Conv2d)), None)
-        self.channels = conv.in_channels if conv is not None else None
-        self.cache_in: torch.Tensor | None = None
-        self.cache_out: torch.Tensor | None = None
-        # the common case (one past group, channels known) gets a forward of four tensor ops:
-        # at one frame per call, per-op overhead is most of what the shift costs
-        uni = len(offsets) == 1 and offsets[0] < 0 and self.channels is not None
-        self._cached = self.channels // self.fold_div if uni else 0
+    in_chans: int
 
-    def fold(self, x: torch.Tensor) -> int:
-        return (self.channels or int(x.shape[1])) // self.fold_div
+    def forward_frames(self, frames: torch.Tensor) -> torch.Tensor: ...
 
-    def cache_shape(self, x: torch.Tensor) -> tuple[int, ...]:
-        n, _, h, w = x.shape
-        return (n, self.fold(x) * sum(o < 0 for o in self.offsets), h, w)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        past, k = self.cache_in, self._cached
-        if k and past is not None and not torch.is_grad_enabled() and not _tracing():
-            head = x[:, :k]
-            saved = head.clone()  # the next frame's cache
-            head.copy_(past)
-            try:
-                return self.net(x)
-            finally:  # the block's shortcut still needs the unshifted input
-                head.copy_(saved)
-                self.cache_out = saved
-        fold = self.fold(x)
-        if fold == 0:
-            self.cache_out = x[:, :0]
-            return self.net(x)
-        past = self.cache_in
-        if past is None:  # the first frame: nothing in the past
-            past = x.new_zeros(self.cache_shape(x))
-        if torch.is_grad_enabled() or _tracing():
-            return self._forward_functional(x, past, fold)
-        return self._forward_inplace(x, past, fold)
-
-    def _forward_functional(self, x, past, fold):
-        if all(o < 0 for o in self.offsets):  # every shifted group comes from the past
-            k = past.shape[1]
-            self.cache_out = x[:, :k]
-            return self.net(torch.cat([past, x[:, k:]], dim=1))
-        parts, k = [], 0
-        for i, offset in enumerate(self.offsets):
-            if offset < 0:
-                parts.append(past[:, k * fold : (k + 1) * fold])
-                k += 1
-            else:  # the future is not known yet
-                parts.append(torch.zeros_like(x[:, i * fold : (i + 1) * fold]))
-        parts.append(x[:, len(self.offsets) * fold :])
-        # the channels the next frame will need from this one
-        self.cache_out = torch.cat(
-            [x[:, i * fold : (i + 1) * fold] for i, o in enumerate(self.offsets) if o < 0], dim=1
-        )
-        return self.net(torch.cat(parts, dim=1))
-
-    def _forward_inplace(self, x, past, fold):
-        shifted = x[:, : len(self.offsets) * fold]
-        saved = shifted.clone()
-        past_groups = [i for i, o in enumerate(self.offsets) if o < 0]
-        if len(past_groups) == len(self.offsets):
-            self.cache_out = saved
-        else:
-            self.cache_out = torch.cat(
-                [saved[:, i * fold : (i + 1) * fold] for i in past_groups], 1
-            )
-        k = 0
-        for i, offset in enumerate(self.offsets):
-            group = x[:, i * fold : (i + 1) * fold]
-            if offset < 0:
-                group.copy_(past[:, k * fold : (k + 1) * fold])
-                k += 1
-            else:
-                group.zero_()
-        try:
-            return self.net(x)
-        finally:  # the block's shortcut still needs the unshifted input
-            shifted.copy_(saved)
+    def forward_frame_head(self, features: torch.Tensor) -> torch.Tensor: ...
 
 
 class OnlineModule(nn.Module):
     """``forward(frame, *caches) -> (logits, *new_caches)`` on ``(N, C, H, W)`` frames.
 
-    The caches are explicit inputs and outputs (one per shift module, in model order), which is
+    The caches are explicit inputs and outputs (one per streaming op, in model order), which is
     what makes the streaming model exportable.
+
+    Args:
+        model: a :class:`FrameModel` (a :class:`~timeshift.models.Recognizer`) whose temporal
+            ops are causal; it is copied, not changed.
+        drop_future: stream a bi-directional shift with zeros for the next frame's channels.
+
+    Raises:
+        NotCausalError: (a ``ValueError``) a temporal op of the model reads future frames;
+            the message names it and where it is.
     """
 
     def __init__(self, model: nn.Module, *, drop_future: bool = False) -> None:
         super().__init__()
-        if any(isinstance(m, TemporalPool) for m in model.modules()):
-            raise ValueError("temporal pooling needs future frames: it cannot run online")
-        if any(type(m).__name__ == "NonLocalWrapper" for m in model.modules()):
-            raise ValueError("non-local blocks attend to future frames: they cannot run online")
-        offline = next((m for m in model.modules() if isinstance(m, _OFFLINE_OPS)), None)
-        if offline is not None:
-            raise ValueError(
-                f"{type(offline).__name__} mixes in future frames: only uni-directional "
-                "temporal shifts can run online (streaming needs a causal model)"
+        if not isinstance(model, FrameModel):
+            raise TypeError(
+                f"{type(model).__name__} cannot stream: OnlineModule needs forward_frames, "
+                "forward_frame_head and in_chans (timeshift.online.FrameModel)"
             )
         online = copy.deepcopy(model).eval()
-        self.shifts: list[OnlineShift] = []
-        _swap_shifts(online, self.shifts, drop_future)
-        if not self.shifts:
-            _logger.warning("the model has no temporal shift: streaming it is per-frame 2D")
+        self.streaming_ops: list[StreamingOp] = to_streaming(online, drop_future=drop_future)
+        if not self.streaming_ops:
+            _logger.warning("the model has no temporal op with a cache: streaming it is per-frame")
         self.model = online
         self.num_classes = getattr(model, "num_classes", None)
         self.eval()  # streaming is inference: batch norms use their running statistics
 
     @property
+    def shifts(self) -> list[StreamingOp]:
+        """The streaming ops (their name when only shifts could stream)."""
+        return self.streaming_ops
+
+    @property
     def num_caches(self) -> int:
-        return len(self.shifts)
+        return len(self.streaming_ops)
 
     def forward(self, frame: torch.Tensor, *caches: torch.Tensor):
         """Without caches the past is taken as zeros (the first frame of a stream)."""
-        if caches and len(caches) != len(self.shifts):
-            raise ValueError(f"expected {len(self.shifts)} cache tensors, got {len(caches)}")
-        for shift, cache in zip(self.shifts, caches or [None] * len(self.shifts), strict=True):
-            shift.cache_in = cache
+        ops = self.streaming_ops
+        if caches and len(caches) != len(ops):
+            raise ValueError(f"expected {len(ops)} cache tensors, got {len(caches)}")
+        for op, cache in zip(ops, caches or [None] * len(ops), strict=True):
+            op.cache_in = cache
         model = self.model
-        frames = frame.contiguous(memory_format=torch.channels_last) if getattr(
-            model, "channels_last", False) else frame  # fmt: skip
-        feats = model.backbone.forward_features(frames)
-        logits = model.fc(feats.mean(dim=(2, 3)))
-        new = tuple(shift.cache_out for shift in self.shifts)
-        for shift in self.shifts:
-            shift.cache_in = shift.cache_out = None
+        logits = model.forward_frame_head(model.forward_frames(frame))
+        new = tuple(op.cache_out for op in ops)
+        for op in ops:
+            op.cache_in = op.cache_out = None
         return (logits, *new)
 
     @torch.no_grad()
@@ -196,21 +110,9 @@ class OnlineModule(nn.Module):
         of a blank frame."""
         device = device or next(self.parameters()).device
         dtype = dtype or next(self.parameters()).dtype
-        in_chans = getattr(self.model, "in_chans", 3)
-        blank = torch.zeros(batch, in_chans, height, width, device=device, dtype=dtype)
+        blank = torch.zeros(batch, self.model.in_chans, height, width, device=device, dtype=dtype)
         _, *caches = self(blank)
         return [torch.zeros_like(c) for c in caches]
-
-
-def _swap_shifts(module: nn.Module, found: list, drop_future: bool) -> None:
-    for name, child in module.named_children():
-        if isinstance(child, TemporalShift):
-            online = OnlineShift(child, drop_future=drop_future)
-            setattr(module, name, online)
-            found.append(online)
-            _swap_shifts(online.net, found, drop_future)
-        else:
-            _swap_shifts(child, found, drop_future)
 
 
 def online_step(module: OnlineModule, frame: torch.Tensor, cache: Sequence[torch.Tensor]):

@@ -5,17 +5,25 @@ crop, normalised), fed one at a time to an online recognizer (:class:`OnlineReco
 PyTorch or :class:`~timeshift.export.OnnxOnlineRecognizer`), and the per-frame class
 probabilities are smoothed over a history window with hysteresis so the shown label does not
 flicker. Optionally every frame is annotated and written to a video, or shown in a window.
+
+:func:`recognize_stream` yields every frame read, with the record of the model's result on the
+frames it processed; sinks consume them (:class:`StreamSummary`, :class:`JsonLinesSink`,
+:class:`VideoSink`, :class:`WindowSink`, :class:`CallbackSink`), :func:`drain` feeds the sinks,
+and :func:`run_stream` composes the usual ones.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +37,23 @@ from timeshift.data.decode import (
     max_frame_pixels,
 )
 from timeshift.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transforms
+from timeshift.errors import TimeshiftError
 
 __all__ = [
+    "CallbackSink",
     "FrameSource",
+    "JsonLinesSink",
     "LabelSmoother",
+    "Sink",
+    "StreamFrame",
     "StreamSummary",
+    "VideoSink",
+    "WindowSink",
     "annotate",
+    "drain",
+    "frame_preprocessor",
     "open_source",
+    "recognize_stream",
     "run_stream",
 ]
 
@@ -234,62 +252,157 @@ def annotate(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     return np.asarray(canvas)
 
 
-class _VideoWriter:
-    """H.264 (or MPEG-4 when libx264 is missing) through PyAV; even frame sizes."""
-
-    def __init__(self, path: Path, fps: float | None, width: int, height: int) -> None:
-        av = _require("av")
-        from fractions import Fraction
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.container = av.open(str(path), "w")
-        rate = Fraction(fps or 25.0).limit_denominator(1001)
-        try:
-            self.stream = self.container.add_stream("libx264", rate=rate)
-        except (av.FFmpegError, ValueError):  # an FFmpeg build without libx264
-            self.stream = self.container.add_stream("mpeg4", rate=rate)
-        self.stream.width, self.stream.height = width - width % 2, height - height % 2
-        self.stream.pix_fmt = "yuv420p"
-        self._av = av
-
-    def write(self, image: np.ndarray) -> None:
-        image = np.ascontiguousarray(image[: self.stream.height, : self.stream.width])
-        frame = self._av.VideoFrame.from_ndarray(image, format="rgb24")
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-
-    def close(self) -> None:
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-
-
-class _Window:
-    def __init__(self, title: str) -> None:
-        self.cv2 = _require("cv2")
-        self.title = title
-        try:
-            self.cv2.namedWindow(title, self.cv2.WINDOW_NORMAL)
-        except self.cv2.error as exc:
-            raise RuntimeError(
-                "--show needs OpenCV with GUI support (pip install opencv-python, not the "
-                f"headless build) and a display: {exc}"
-            ) from exc
-
-    def show(self, image: np.ndarray) -> bool:
-        """False once the user pressed q or Esc."""
-        self.cv2.imshow(self.title, self.cv2.cvtColor(image, self.cv2.COLOR_RGB2BGR))
-        return self.cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
-
-    def close(self) -> None:
-        self.cv2.destroyWindow(self.title)
-
-
-# -- the loop -----------------------------------------------------------------------------------
+# -- the recognised frames ----------------------------------------------------------------------
 @dataclass
-class StreamSummary:
-    """What :func:`run_stream` did. Latency is the model's step on one preprocessed frame;
-    ``fps`` counts processed frames per second of wall time, decoding and drawing included."""
+class StreamFrame:
+    """One frame read from the source, as the sinks see it.
+
+    ``record`` is set on the frames the model processed (see :func:`recognize_stream`) and
+    ``None`` on the frames ``every`` skips; ``text`` is the annotation, the latest label, so a
+    skipped frame shows the last one. ``time`` and ``latency_ms`` are unrounded.
+    """
+
+    index: int
+    time: float | None
+    image: np.ndarray = field(repr=False)
+    text: tuple[str, ...]
+    record: dict | None = None
+    latency_ms: float | None = None
+
+    @cached_property
+    def annotated(self) -> np.ndarray:
+        """The image with its text drawn (computed once for the video and the window)."""
+        return annotate(self.image, self.text)
+
+
+def frame_preprocessor(
+    *,
+    input_size: int,
+    scale_size: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """``(H, W, 3)`` uint8 RGB image -> ``(3, S, S)`` float frame, preprocessed like the test
+    protocol (shorter side resized to ``scale_size``, centre crop, normalised)."""
+    transform = eval_transforms(input_size, scale_size=scale_size, mean=mean, std=std)
+    rng = random.Random(0)  # the eval transform draws nothing, but takes one
+
+    def preprocess(image: np.ndarray) -> torch.Tensor:
+        views = torch.from_numpy(image).permute(2, 0, 1)[None, None]  # (1, 1, 3, H, W)
+        frame, _ = transform(views, -1, rng)
+        return frame[0, 0]
+
+    return preprocess
+
+
+def recognize_stream(
+    source: FrameSource,
+    recognizer,
+    *,
+    preprocess: Callable[[np.ndarray], torch.Tensor],
+    smoother: LabelSmoother | None = None,
+    classes: Sequence[str] | None = None,
+    every: int = 1,
+    max_frames: int | None = None,
+) -> Generator[StreamFrame, None, None]:
+    """Every frame of ``source`` in order, the ``every``-th ones recognised.
+
+    ``every`` is checked and the recognizer reset here; frames are read as the returned
+    generator is consumed. A processed frame's ``record``: ``frame``, ``time`` (seconds from
+    the first frame, from the frame's own timestamp where the source has one),
+    ``label``/``index``/``score`` (smoothed), ``raw_label``/``raw_score`` (this frame),
+    ``latency_ms`` (the model's step on the preprocessed frame).
+
+    Args:
+        recognizer: ``step(frame (3, S, S)) -> logits`` and ``reset()``.
+        preprocess: image -> model input, e.g. :func:`frame_preprocessor`.
+        smoother: default ``LabelSmoother()`` (8 frames, margin 0.1).
+    """
+    if every < 1:
+        raise ValueError(f"--every must be >= 1, got {every}")
+    recognizer.reset()
+    return _recognize(
+        source, recognizer, preprocess, smoother or LabelSmoother(), classes, every, max_frames
+    )
+
+
+def _recognize(
+    source: FrameSource,
+    recognizer,
+    preprocess: Callable[[np.ndarray], torch.Tensor],
+    smoother: LabelSmoother,
+    classes: Sequence[str] | None,
+    every: int,
+    max_frames: int | None,
+) -> Generator[StreamFrame, None, None]:
+    text = ("(waiting for the first frame)",)
+    start, processed = time.perf_counter(), 0
+    for index, (image, seconds) in enumerate(source.timed()):
+        if max_frames is not None and index >= max_frames:
+            return
+        if index % every:
+            yield StreamFrame(index, seconds, image, text)
+            continue
+        frame = preprocess(image)
+        tick = time.perf_counter()
+        logits = recognizer.step(frame)
+        latency = (time.perf_counter() - tick) * 1e3
+        probs = torch.softmax(logits.float(), dim=-1).numpy()
+        label, score = smoother.update(probs)
+        processed += 1
+        fps = processed / (time.perf_counter() - start)
+        raw = int(probs.argmax())
+        record = {
+            "frame": index,
+            "time": round(seconds, 3) if seconds is not None else None,
+            "label": _name(classes, label),
+            "index": label,
+            "score": round(score, 4),
+            "raw_label": _name(classes, raw),
+            "raw_score": round(float(probs[raw]), 4),
+            "latency_ms": round(latency, 3),
+        }
+        text = (f"{record['label']}  {score:.2f}", f"{fps:.1f} fps  {latency:.1f} ms/frame")
+        yield StreamFrame(index, seconds, image, text, record, latency)
+
+
+def _name(classes: Sequence[str] | None, index: int) -> str:
+    return classes[index] if classes and index < len(classes) else str(index)
+
+
+# -- sinks --------------------------------------------------------------------------------------
+class Sink:
+    """Consumes the frames of a stream: ``write(frame)`` for each (``False`` stops the stream),
+    ``close()`` once. A context manager; :func:`drain` feeds several."""
+
+    def write(self, frame: StreamFrame) -> bool | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the sink holds (nothing by default)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def drain(frames: Iterable[StreamFrame], sinks: Sequence[Sink]) -> None:
+    """Give every frame to every sink in turn, until the frames end or a sink returns False.
+
+    The sinks are not closed: whoever made them closes them."""
+    for frame in frames:
+        for sink in sinks:
+            if sink.write(frame) is False:
+                return
+
+
+@dataclass
+class StreamSummary(Sink):
+    """What :func:`run_stream` did, counted as a sink. Latency is the model's step on one
+    preprocessed frame; ``fps`` counts processed frames per second of wall time, decoding and
+    drawing included."""
 
     source: str
     frames_read: int = 0
@@ -303,6 +416,17 @@ class StreamSummary:
     @property
     def fps(self) -> float:
         return self.frames_processed / self.seconds if self.seconds else 0.0
+
+    def write(self, frame: StreamFrame) -> None:
+        self.frames_read += 1
+        if frame.record is None:
+            return
+        name = frame.record["label"]
+        if self.final_label is not None and name != self.final_label:
+            self.label_changes += 1
+        self.final_label = name
+        self.frames_processed += 1
+        self.latency_ms.append(frame.latency_ms)
 
     def as_dict(self) -> dict:
         lat = sorted(self.latency_ms) or [float("nan")]
@@ -320,6 +444,94 @@ class StreamSummary:
         }
 
 
+class CallbackSink(Sink):
+    """Calls ``on_frame(record)`` for every processed frame."""
+
+    def __init__(self, on_frame: Callable[[dict], None]) -> None:
+        self.on_frame = on_frame
+
+    def write(self, frame: StreamFrame) -> None:
+        if frame.record is not None:
+            self.on_frame(frame.record)
+
+
+class JsonLinesSink(Sink):
+    """One JSON record per processed frame, a line each (the file is created at once)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed by close())
+
+    def write(self, frame: StreamFrame) -> None:
+        if frame.record is not None:
+            self.file.write(json.dumps(frame.record) + "\n")
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class VideoSink(Sink):
+    """Every frame, annotated, to a video file: H.264 (or MPEG-4 when libx264 is missing)
+    through PyAV, at the source's rate; even frame sizes. Opened at the first frame."""
+
+    def __init__(self, path: str | Path, fps: float | None) -> None:
+        self.av = _require("av")
+        self.path, self.fps = Path(path), fps
+        self.container = self.stream = None
+
+    def write(self, frame: StreamFrame) -> None:
+        image = frame.annotated
+        if self.container is None:
+            self._open(width=image.shape[1], height=image.shape[0])
+        image = np.ascontiguousarray(image[: self.stream.height, : self.stream.width])
+        for packet in self.stream.encode(self.av.VideoFrame.from_ndarray(image, format="rgb24")):
+            self.container.mux(packet)
+
+    def _open(self, *, width: int, height: int) -> None:
+        from fractions import Fraction
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = self.av.open(str(self.path), "w")
+        rate = Fraction(self.fps or 25.0).limit_denominator(1001)
+        try:
+            self.stream = self.container.add_stream("libx264", rate=rate)
+        except (self.av.FFmpegError, ValueError):  # an FFmpeg build without libx264
+            self.stream = self.container.add_stream("mpeg4", rate=rate)
+        self.stream.width, self.stream.height = width - width % 2, height - height % 2
+        self.stream.pix_fmt = "yuv420p"
+
+    def close(self) -> None:
+        if self.container is None:
+            return
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.container.close()
+        self.container = None
+
+
+class WindowSink(Sink):
+    """Every frame, annotated, in an OpenCV window; q or Esc stops the stream."""
+
+    def __init__(self, title: str) -> None:
+        self.cv2 = _require("cv2")
+        self.title = title
+        try:
+            self.cv2.namedWindow(title, self.cv2.WINDOW_NORMAL)
+        except self.cv2.error as exc:
+            raise TimeshiftError(
+                "--show needs OpenCV with GUI support (pip install opencv-python, not the "
+                f"headless build) and a display: {exc}"
+            ) from exc
+
+    def write(self, frame: StreamFrame) -> bool:
+        """False once the user pressed q or Esc."""
+        self.cv2.imshow(self.title, self.cv2.cvtColor(frame.annotated, self.cv2.COLOR_RGB2BGR))
+        return self.cv2.waitKey(1) & 0xFF not in (ord("q"), 27)
+
+    def close(self) -> None:
+        self.cv2.destroyWindow(self.title)
+
+
+# -- the convenience function -------------------------------------------------------------------
 def run_stream(
     source: str | int | FrameSource,
     recognizer,
@@ -336,8 +548,11 @@ def run_stream(
     show: bool = False,
     max_frames: int | None = None,
     on_frame: Callable[[dict], None] | None = None,
+    sinks: Sequence[Sink] = (),
 ) -> StreamSummary:
-    """Recognise a stream frame by frame.
+    """Recognise a stream frame by frame: :func:`recognize_stream` (with
+    :func:`frame_preprocessor` and a :class:`LabelSmoother`) drained into a
+    :class:`StreamSummary` and the sinks the arguments ask for.
 
     Args:
         recognizer: ``step(frame (3, S, S)) -> logits`` and ``reset()``: an
@@ -346,80 +561,40 @@ def run_stream(
             segment apart, so at 30 fps a stride of a few frames often matches training
             better; skipped frames are annotated with the last label.
         smooth, margin: :class:`LabelSmoother` window (processed frames) and hysteresis.
-        output: write every frame, annotated, to this video file.
-        show: show the annotated frames in a window (q or Esc stops).
+        output: write every frame, annotated, to this video file (:class:`VideoSink`).
+        show: show the annotated frames in a window, q or Esc stops (:class:`WindowSink`).
         max_frames: stop after reading this many frames.
-        on_frame: called with a record for every processed frame: ``frame``, ``time``
-            (seconds from the first frame, from the frame's own timestamp where the source
-            has one), ``label``/``index``/``score`` (smoothed), ``raw_label``/``raw_score``
-            (this frame), ``latency_ms``.
+        on_frame: called with the record of every processed frame (see
+            :func:`recognize_stream`).
+        sinks: more sinks, given every frame after ``on_frame`` and before the video and the
+            window; the caller closes them.
     """
-    if every < 1:
-        raise ValueError(f"--every must be >= 1, got {every}")
     src = source if isinstance(source, FrameSource) else open_source(source)
-    transform = eval_transforms(input_size, scale_size=scale_size, mean=mean, std=std)
-    smoother = LabelSmoother(smooth, margin)
     summary = StreamSummary(src.name, output=str(output) if output else None)
-    recognizer.reset()
-    writer = window = None
-    text = ["(waiting for the first frame)"]
-    rng = random.Random(0)  # the eval transform draws nothing, but takes one
-    start = time.perf_counter()
-    try:
+    with ExitStack() as own:
+        own.callback(src.close)
+        frames = recognize_stream(
+            src,
+            recognizer,
+            preprocess=frame_preprocessor(
+                input_size=input_size, scale_size=scale_size, mean=mean, std=std
+            ),
+            smoother=LabelSmoother(smooth, margin),
+            classes=classes,
+            every=every,
+            max_frames=max_frames,
+        )
+        own.callback(frames.close)  # closed before the source it reads
+        chain: list[Sink] = [summary, *([CallbackSink(on_frame)] if on_frame else []), *sinks]
+        if output is not None:
+            chain.append(own.enter_context(VideoSink(output, src.fps)))
         if show:
-            window = _Window(f"timeshift: {src.name}")
-        for index, (image, seconds) in enumerate(src.timed()):
-            if max_frames is not None and index >= max_frames:
-                break
-            summary.frames_read += 1
-            if index % every == 0:
-                views = torch.from_numpy(image).permute(2, 0, 1)[None, None]  # (1, 1, 3, H, W)
-                frame, _ = transform(views, -1, rng)
-                tick = time.perf_counter()
-                logits = recognizer.step(frame[0, 0])
-                latency = (time.perf_counter() - tick) * 1e3
-                probs = torch.softmax(logits.float(), dim=-1).numpy()
-                label, score = smoother.update(probs)
-                name = _name(classes, label)
-                if summary.final_label is not None and name != summary.final_label:
-                    summary.label_changes += 1
-                summary.final_label = name
-                summary.frames_processed += 1
-                summary.latency_ms.append(latency)
-                fps = summary.frames_processed / (time.perf_counter() - start)
-                raw = int(probs.argmax())
-                record = {
-                    "frame": index,
-                    "time": round(seconds, 3) if seconds is not None else None,
-                    "label": name,
-                    "index": label,
-                    "score": round(score, 4),
-                    "raw_label": _name(classes, raw),
-                    "raw_score": round(float(probs[raw]), 4),
-                    "latency_ms": round(latency, 3),
-                }
-                if on_frame is not None:
-                    on_frame(record)
-                text = [f"{name}  {score:.2f}", f"{fps:.1f} fps  {latency:.1f} ms/frame"]
-            if output is not None or window is not None:
-                drawn = annotate(image, text)
-                if output is not None:
-                    if writer is None:
-                        writer = _VideoWriter(Path(output), src.fps, drawn.shape[1], drawn.shape[0])
-                    writer.write(drawn)
-                if window is not None and not window.show(drawn):
-                    break
-    finally:
-        summary.seconds = time.perf_counter() - start
-        src.close()
-        if writer is not None:
-            writer.close()
-        if window is not None:
-            window.close()
+            chain.append(own.enter_context(WindowSink(f"timeshift: {src.name}")))
+        start = time.perf_counter()
+        try:
+            drain(frames, chain)
+        finally:
+            summary.seconds = time.perf_counter() - start
     if summary.frames_read == 0:
         raise VideoDecodeError(src.name, "no frames could be read")
     return summary
-
-
-def _name(classes: Sequence[str] | None, index: int) -> str:
-    return classes[index] if classes and index < len(classes) else str(index)

@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timeshift.ops.shift import check_frames
+from timeshift.ops.protocol import TemporalOp
+from timeshift.ops.shift import _tracing, check_frames
 
 __all__ = ["TemporalAggregation", "aggregation_offsets", "temporal_aggregation"]
 
@@ -60,15 +61,6 @@ def _slide(x5: torch.Tensor, offset: int, num_segments: int) -> torch.Tensor:
     lo, hi = max(offset, 0), max(-offset, 0)
     # F.pad pads the last dimensions first: (W, H, C) untouched, T padded by (hi, lo)
     return F.pad(x5[:, lo : num_segments - hi], (0, 0, 0, 0, 0, 0, hi, lo))
-
-
-def _tracing() -> bool:
-    return (
-        torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-    )
 
 
 def temporal_aggregation(
@@ -111,7 +103,7 @@ def temporal_aggregation(
     return F.relu(out) if relu else out
 
 
-class TemporalAggregation(nn.Module):
+class TemporalAggregation(TemporalOp):
     """Temporal aggregation module (TAM): ``r`` depthwise 1x1 convolutions, shifted, summed, ReLU.
 
     Args:
@@ -161,6 +153,12 @@ class TemporalAggregation(nn.Module):
                 f"shape {tuple(x.shape)}"
             )
         return temporal_aggregation(x, self.weight, self.num_segments)
+
+    def not_causal_reason(self) -> str:
+        return (
+            f"TemporalAggregation mixes in future frames (frame t reads frames "
+            f"t{min(self.offsets):+d}..t{max(self.offsets):+d}; it has no streaming form)"
+        )
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, num_segments={self.num_segments}, r={self.r}"

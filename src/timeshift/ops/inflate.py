@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timeshift.ops.protocol import TemporalOp
+
 __all__ = ["INFLATE_INITS", "InflatedConv", "inflate_weight"]
 
 INFLATE_INITS = ("center", "mean")
@@ -34,7 +36,7 @@ def inflate_weight(weight: torch.Tensor, time_kernel: int, init: str = "center")
     return out
 
 
-class InflatedConv(nn.Module):
+class InflatedConv(TemporalOp):
     """A ``(time_kernel, kh, kw)`` convolution on ``(N*T, C, H, W)`` frames, zero-padded in time
     (output frame t sees frames ``t - time_kernel//2 ... t + time_kernel//2``), stride 1 in time.
 
@@ -80,6 +82,12 @@ class InflatedConv(nn.Module):
             clips, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
         )
         return out.transpose(1, 2).reshape(nt, out.shape[1], *out.shape[3:])
+
+    def not_causal_reason(self) -> str:
+        return (
+            f"InflatedConv mixes in future frames (its {self.time_kernel}-frame time kernel is "
+            "centred: frame t reads frame t+1)"
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "weight"

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timeshift.ops.protocol import TemporalOp
+
 __all__ = ["TemporalPool", "pooled_segments", "temporal_pool"]
 
 
@@ -34,7 +36,7 @@ def temporal_pool(x: torch.Tensor, num_segments: int) -> torch.Tensor:
     return out
 
 
-class TemporalPool(nn.Module):
+class TemporalPool(TemporalOp):
     """Halve the number of frames, then apply the wrapped module (weights stay under ``.net``).
 
     Later temporal modules must be built for :func:`pooled_segments` frames; ``temporalize``
@@ -48,6 +50,9 @@ class TemporalPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(temporal_pool(x, self.num_segments))
+
+    def not_causal_reason(self) -> str:
+        return "temporal pooling (TemporalPool) needs future frames (it max-pools frame t with t+1)"
 
     def extra_repr(self) -> str:
         return f"num_segments={self.num_segments}"

@@ -26,6 +26,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from timeshift.errors import TimeshiftError
+from timeshift.ops.protocol import NotCausalError, StreamingOp, TemporalOp
+
 try:  # optional native CPU kernel (see _kernels.c)
     from timeshift.ops import _kernels
 except ImportError:  # not compiled: the PyTorch implementation below is used
@@ -33,6 +36,7 @@ except ImportError:  # not compiled: the PyTorch implementation below is used
 
 __all__ = [
     "DIRECTIONS",
+    "OnlineShift",
     "TemporalShift",
     "native_kernel",
     "native_kernel_available",
@@ -257,7 +261,7 @@ def temporal_shift(
     offsets = shift_offsets(direction)
     if _tracing():
         if inplace:
-            raise RuntimeError("in-place temporal shift cannot be traced or exported")
+            raise TimeshiftError("in-place temporal shift cannot be traced or exported")
         if torch.compiler.is_compiling():  # dynamo: no warnings context (a graph break)
             check_frames(x, num_segments)
             fold = _fold(int(x.shape[1]), fold_div, len(offsets))
@@ -308,7 +312,7 @@ def _shift_run_restore(
     return out
 
 
-class TemporalShift(nn.Module):
+class TemporalShift(TemporalOp):
     """Shift the input along time, then apply the wrapped module.
 
     The wrapped module's weights stay under ``.net`` (``layer1.0.conv1.net.weight``), the key
@@ -392,11 +396,128 @@ class TemporalShift(nn.Module):
         fold = x.shape[1] // self.fold_div
         return fold if 3 * fold * len(shift_offsets(self.direction)) <= x.shape[1] else 0
 
+    @property
+    def causal(self) -> bool:
+        """Causal when no channel comes from the next frame (uni-directional)."""
+        return all(o < 0 for o in shift_offsets(self.direction))
+
+    def not_causal_reason(self) -> str:
+        return f"TemporalShift shifts channels from future frames (direction={self.direction!r})"
+
+    def to_streaming(self, *, drop_future: bool = False) -> OnlineShift:
+        """An :class:`OnlineShift` (a bi-directional shift only with ``drop_future``)."""
+        return OnlineShift(self, drop_future=drop_future)
+
     def extra_repr(self) -> str:
         return (
             f"num_segments={self.num_segments}, fold_div={self.fold_div}, "
             f"direction={self.direction}, inplace={self.inplace}"
         )
+
+
+class OnlineShift(StreamingOp):
+    """Streaming form of a :class:`TemporalShift`: past channels come from the cache.
+
+    ``offsets`` are the shift's source offsets per channel group (-1: previous frame; +1: next
+    frame, unavailable online and zero-filled when ``drop_future``).
+
+    At inference the shifted channels are written into the input in place, the wrapped module
+    runs, and the input is restored: three copies of ``C // fold_div`` channels instead of a
+    copy of the whole input, which is what keeps a frame as fast as the plain 2D model.
+    Tracing and export use the equivalent out-of-place form (a concatenation).
+    """
+
+    def __init__(self, shift: TemporalShift, *, drop_future: bool = False) -> None:
+        super().__init__()
+        offsets = shift_offsets(shift.direction)
+        if any(o > 0 for o in offsets) and not drop_future:
+            raise NotCausalError(
+                f"{shift.not_causal_reason()}; streaming it drops that information: build the "
+                "model with direction='unidirectional', or pass drop_future=True to stream it "
+                "anyway"
+            )
+        self.net = shift.net
+        self.fold_div = shift.fold_div
+        self.offsets = offsets
+        # the channel count is fixed by the wrapped conv; knowing it statically keeps traced
+        # graphs free of shape arithmetic
+        conv = next((m for m in self.net.modules() if isinstance(m, nn.Conv2d)), None)
+        self.channels = conv.in_channels if conv is not None else None
+        # the common case (one past group, channels known) gets a forward of four tensor ops:
+        # at one frame per call, per-op overhead is most of what the shift costs
+        uni = len(offsets) == 1 and offsets[0] < 0 and self.channels is not None
+        self._cached = self.channels // self.fold_div if uni else 0
+
+    def fold(self, x: torch.Tensor) -> int:
+        return (self.channels or int(x.shape[1])) // self.fold_div
+
+    def cache_shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        n, _, h, w = x.shape
+        return (n, self.fold(x) * sum(o < 0 for o in self.offsets), h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        past, k = self.cache_in, self._cached
+        if k and past is not None and not torch.is_grad_enabled() and not _tracing():
+            head = x[:, :k]
+            saved = head.clone()  # the next frame's cache
+            head.copy_(past)
+            try:
+                return self.net(x)
+            finally:  # the block's shortcut still needs the unshifted input
+                head.copy_(saved)
+                self.cache_out = saved
+        fold = self.fold(x)
+        if fold == 0:
+            self.cache_out = x[:, :0]
+            return self.net(x)
+        past = self.cache_in
+        if past is None:  # the first frame: nothing in the past
+            past = x.new_zeros(self.cache_shape(x))
+        if torch.is_grad_enabled() or _tracing():
+            return self._forward_functional(x, past, fold)
+        return self._forward_inplace(x, past, fold)
+
+    def _forward_functional(self, x, past, fold):
+        if all(o < 0 for o in self.offsets):  # every shifted group comes from the past
+            k = past.shape[1]
+            self.cache_out = x[:, :k]
+            return self.net(torch.cat([past, x[:, k:]], dim=1))
+        parts, k = [], 0
+        for i, offset in enumerate(self.offsets):
+            if offset < 0:
+                parts.append(past[:, k * fold : (k + 1) * fold])
+                k += 1
+            else:  # the future is not known yet
+                parts.append(torch.zeros_like(x[:, i * fold : (i + 1) * fold]))
+        parts.append(x[:, len(self.offsets) * fold :])
+        # the channels the next frame will need from this one
+        self.cache_out = torch.cat(
+            [x[:, i * fold : (i + 1) * fold] for i, o in enumerate(self.offsets) if o < 0], dim=1
+        )
+        return self.net(torch.cat(parts, dim=1))
+
+    def _forward_inplace(self, x, past, fold):
+        shifted = x[:, : len(self.offsets) * fold]
+        saved = shifted.clone()
+        past_groups = [i for i, o in enumerate(self.offsets) if o < 0]
+        if len(past_groups) == len(self.offsets):
+            self.cache_out = saved
+        else:
+            self.cache_out = torch.cat(
+                [saved[:, i * fold : (i + 1) * fold] for i in past_groups], 1
+            )
+        k = 0
+        for i, offset in enumerate(self.offsets):
+            group = x[:, i * fold : (i + 1) * fold]
+            if offset < 0:
+                group.copy_(past[:, k * fold : (k + 1) * fold])
+                k += 1
+            else:
+                group.zero_()
+        try:
+            return self.net(x)
+        finally:  # the block's shortcut still needs the unshifted input
+            shifted.copy_(saved)
 
 
 def set_fast_inference(model: nn.Module, enabled: bool) -> int:

@@ -25,8 +25,8 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch import nn
 
+from timeshift.ops.protocol import TemporalOp
 from timeshift.ops.shift import _tracing, check_frames
 
 __all__ = [
@@ -132,7 +132,7 @@ def video_unshuffle(x: torch.Tensor, num_segments: int, groups: int | None = Non
     return _regroup(x, groups, num_segments, num_segments)
 
 
-class _Regroup(nn.Module):
+class _Regroup(TemporalOp):
     def __init__(self, num_segments: int, groups: int | None = None) -> None:
         super().__init__()
         if num_segments < 1:
@@ -141,6 +141,12 @@ class _Regroup(nn.Module):
             raise ValueError(f"groups must be >= 1, got {groups}")
         self.num_segments = num_segments
         self.groups = groups
+
+    def not_causal_reason(self) -> str:
+        return (
+            f"{type(self).__name__} mixes in future frames (a regrouped frame holds channels "
+            "of later frames of the clip)"
+        )
 
     def extra_repr(self) -> str:
         groups = self.num_segments if self.groups is None else self.groups

@@ -29,6 +29,7 @@ from fractions import Fraction
 import torch
 from torch import nn
 
+from timeshift.ops.protocol import TemporalOp
 from timeshift.ops.shift import _tracing, check_frames
 
 __all__ = [
@@ -164,7 +165,7 @@ def spatiotemporal_shift(
     return out
 
 
-class SpatioTemporalShift(nn.Module):
+class SpatioTemporalShift(TemporalOp):
     """Spatio-temporal shift of the input, then the wrapped module.
 
     The wrapped module's weights stay under ``.net`` (``layer1.0.conv1.net.weight``), as with
@@ -198,6 +199,23 @@ class SpatioTemporalShift(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = spatiotemporal_shift(x, self.num_segments, alpha=self.alpha, dims=self.dims)
         return self.net(x)
+
+    @property
+    def causal(self) -> bool:
+        """Causal when no part shifts along T (then each frame is shifted on its own)."""
+        return "T" not in self.dims
+
+    def not_causal_reason(self) -> str:
+        return (
+            f"SpatioTemporalShift mixes in future frames (dims={self.dims!r}: a part along T "
+            "shifts channels from the next frame)"
+        )
+
+    def to_streaming(self, *, drop_future: bool = False) -> nn.Module:
+        """Without a T part the shift is per frame: the same shift on clips of one frame."""
+        if not self.causal:
+            return super().to_streaming(drop_future=drop_future)
+        return SpatioTemporalShift(self.net, 1, alpha=self.alpha, dims=self.dims)
 
     def extra_repr(self) -> str:
         return f"num_segments={self.num_segments}, alpha={float(self.alpha):g}, dims={self.dims}"

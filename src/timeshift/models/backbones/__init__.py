@@ -7,6 +7,7 @@ from functools import partial
 
 from torch import nn
 
+from timeshift.models.backbones.bl_resnet import bl_resnet50, bl_resnet101, bl_resnet_tiny
 from timeshift.models.backbones.mobilenet_v2 import InvertedResidual, MobileNetV2
 from timeshift.models.backbones.non_local import NonLocalBlock3d, NonLocalWrapper, add_non_local
 from timeshift.models.backbones.resnet import BasicBlock, Bottleneck, ResNet
@@ -42,6 +43,10 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
         ResNet, Bottleneck, (1, 3, 5, 1), widths=(4, 8, 16, 32), stem_width=8
     ),
     "mobilenet_v2_tiny": partial(MobileNetV2, setting=_TINY_MBV2, last_channel=64),
+    # video backbones: they take num_segments (bLVNet-TAM's big-little ResNets)
+    "bl_resnet50": bl_resnet50,
+    "bl_resnet101": bl_resnet101,
+    "bl_resnet_tiny": bl_resnet_tiny,
 }
 
 

@@ -19,6 +19,7 @@ its checkpoints load with nothing but a prefix rename and the TAM weights stacke
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -362,19 +363,11 @@ class BLResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def bl_resnet50(**kwargs) -> BLResNet:
-    """bLResNet-50 (alpha=2, beta=4 by default) for ``num_segments`` = 2T input frames."""
-    return BLResNet(BL_RESNET_LAYERS[50], **kwargs)
-
-
-def bl_resnet101(**kwargs) -> BLResNet:
-    """bLResNet-101: stages of (4, 8, 18, 3) blocks, as the official code and bLNet."""
-    return BLResNet(BL_RESNET_LAYERS[101], **kwargs)
-
-
-def bl_resnet_tiny(**kwargs) -> BLResNet:
-    """Narrow bLResNet for tests; beta=2 so that layer3's little branch has two blocks and
-    layer1's big branch ends without ReLU, exercising every structural case at 32 px."""
-    kwargs.setdefault("widths", (8, 16, 32, 64))
-    kwargs.setdefault("beta", 2)
-    return BLResNet((3, 2, 6, 2), **kwargs)
+# partials rather than functions taking **kwargs: their options are BLResNet's keyword
+# parameters, which the model builder reads to route create_model's options and refuse others
+bl_resnet50 = partial(BLResNet, BL_RESNET_LAYERS[50])  # alpha=2, beta=4; num_segments = 2T
+# bLResNet-101: stages of (4, 8, 18, 3) blocks, as the official code and bLNet
+bl_resnet101 = partial(BLResNet, BL_RESNET_LAYERS[101])
+# narrow bLResNet for tests; beta=2 so that layer3's little branch has two blocks and layer1's
+# big branch ends without ReLU, exercising every structural case at 32 px
+bl_resnet_tiny = partial(BLResNet, (3, 2, 6, 2), widths=(8, 16, 32, 64), beta=2)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timeshift.ops.protocol import TemporalOp
+
 __all__ = ["NON_LOCAL_PLACEMENT", "NonLocalBlock3d", "NonLocalWrapper", "add_non_local"]
 
 # the reference placement for ResNet-50: after layer2 blocks 0, 2 and layer3 blocks 0, 2, 4
@@ -65,7 +67,7 @@ def _out_channels(block: nn.Module) -> int:
     )
 
 
-class NonLocalWrapper(nn.Module):
+class NonLocalWrapper(TemporalOp):
     """Run a residual block on ``(N*T, C, H, W)``, then a non-local block over its T frames."""
 
     def __init__(self, block: nn.Module, num_segments: int) -> None:
@@ -79,6 +81,9 @@ class NonLocalWrapper(nn.Module):
         nt, c, h, w = x.shape
         x5 = x.view(nt // self.num_segments, self.num_segments, c, h, w).transpose(1, 2)
         return self.nl(x5).transpose(1, 2).reshape(nt, c, h, w)
+
+    def not_causal_reason(self) -> str:
+        return "non-local blocks (NonLocalWrapper) attend to future frames: to all T of the clip"
 
     def extra_repr(self) -> str:
         return f"num_segments={self.num_segments}"

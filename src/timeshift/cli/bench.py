@@ -2,16 +2,25 @@
 
 Every suite prints its table and writes ``SUITE.json`` (rows + hardware and versions),
 ``SUITE.csv``, ``SUITE.md`` and a PNG chart into ``--output`` (default ``runs/bench``).
+A suite is a row of :data:`SUITES`: its help, its run function, its own arguments and which
+shared flags it takes; a new suite is a function and a row.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["add_bench_parser"]
+from timeshift.bench.overhead import PLACES, PROPORTIONS
+from timeshift.bench.speed import BACKENDS, FORMATS
+from timeshift.cli.common import Parents
+
+__all__ = ["SUITES", "Suite", "add_parser"]
 
 DEFAULT_OUTPUT = "runs/bench"
 SPEED_COLUMNS = [
@@ -70,7 +79,7 @@ def _device(args: argparse.Namespace) -> str:
 # -- flops ---------------------------------------------------------------------------------------
 
 
-def cmd_flops(args: argparse.Namespace) -> int:
+def run_flops(args: argparse.Namespace) -> int:
     from timeshift.bench.charts import plot_flops
     from timeshift.bench.flops import benchmark_flops, paper_comparison
     from timeshift.bench.report import markdown_table, write_report
@@ -150,18 +159,18 @@ def _speed(args: argparse.Namespace, suite: str) -> int:
     )
 
 
-def cmd_latency(args: argparse.Namespace) -> int:
+def run_latency(args: argparse.Namespace) -> int:
     return _speed(args, "latency")
 
 
-def cmd_throughput(args: argparse.Namespace) -> int:
+def run_throughput(args: argparse.Namespace) -> int:
     return _speed(args, "throughput")
 
 
 # -- shift overhead (TSM Figure 2a) --------------------------------------------------------------
 
 
-def cmd_shift_overhead(args: argparse.Namespace) -> int:
+def run_shift_overhead(args: argparse.Namespace) -> int:
     from timeshift.bench.charts import plot_overhead
     from timeshift.bench.overhead import PAPER_CPU_OVERHEAD, TARGET, benchmark_shift_overhead
     from timeshift.bench.report import markdown_table, write_report
@@ -237,7 +246,7 @@ def cmd_shift_overhead(args: argparse.Namespace) -> int:
 # -- vs-3d (TSM Table 5) -------------------------------------------------------------------------
 
 
-def cmd_vs_3d(args: argparse.Namespace) -> int:
+def run_vs_3d(args: argparse.Namespace) -> int:
     from timeshift.bench.charts import plot_vs_3d
     from timeshift.bench.speed import VS3D_PAPER, benchmark_vs_3d
 
@@ -304,7 +313,7 @@ def _model_frames(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(f"expected MODEL or MODEL:FRAMES, got {text!r}") from None
 
 
-def cmd_memory(args: argparse.Namespace) -> int:
+def run_memory(args: argparse.Namespace) -> int:
     from timeshift.bench.memory import DEFAULT_MODELS, PAPER_RATIO, benchmark_memory, plot_memory
 
     models = args.models or list(DEFAULT_MODELS)
@@ -336,7 +345,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
 # -- online, shift op, data ----------------------------------------------------------------------
 
 
-def cmd_online(args: argparse.Namespace) -> int:
+def run_online(args: argparse.Namespace) -> int:
     from timeshift.bench.online_speed import TARGET_RATIO, benchmark_online, plot_online_benchmark
 
     rows = benchmark_online(
@@ -369,7 +378,7 @@ def cmd_online(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_shift(args: argparse.Namespace) -> int:
+def run_shift(args: argparse.Namespace) -> int:
     from timeshift.bench.shift_speed import TARGETS, benchmark_shift, plot_shift_benchmark
 
     rows = benchmark_shift(rounds=args.iters)
@@ -397,7 +406,7 @@ def cmd_shift(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_data(args: argparse.Namespace) -> int:
+def run_data(args: argparse.Namespace) -> int:
     from timeshift.bench.charts import grouped_bars
     from timeshift.bench.data_speed import benchmark_data
 
@@ -437,136 +446,205 @@ def cmd_data(args: argparse.Namespace) -> int:
     )
 
 
-# -- parser --------------------------------------------------------------------------------------
+# -- the suites ----------------------------------------------------------------------------------
+
+Arg = tuple[tuple[str, ...], dict[str, Any]]
 
 
-def _common(b: argparse.ArgumentParser, *, iters: int | None) -> None:
+def _arg(*flags: str, **kwargs: Any) -> Arg:
+    """One ``add_argument`` call, as data."""
+    return flags, kwargs
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The ``--format``/``--backend`` choices of a timing suite and their defaults."""
+
+    formats: tuple[str, ...]
+    backends: tuple[str, ...] = ("eager",)
+    many: bool = True  # one value or several (then each is timed)
+
+
+@dataclass(frozen=True)
+class Suite:
+    """One ``timeshift bench`` suite.
+
+    ``model``: the defaults ``(batch, size)`` of the shared model flags (device, frames, size,
+    batch, classes, warmup, progress), or None when the suite takes none; ``iters``: the
+    default of ``--iters``, None for a suite that times nothing in rounds."""
+
+    help: str
+    run: Callable[[argparse.Namespace], int]
+    args: tuple[Arg, ...] = ()
+    model: tuple[int, int] | None = None
+    runtime: Runtime | None = None
+    iters: int | None = None
+
+
+_MODELS = _arg(
+    "models",
+    nargs="*",
+    default=["tsn_resnet50", "tsm_resnet50"],
+    help="registered models; the first is the baseline",
+)
+
+
+def _formats(**kwargs: Any) -> Arg:
+    """``--format`` of the suites that time both memory formats by default."""
+    both = ["contiguous", "channels_last"]
+    return _arg("--format", nargs="+", choices=tuple(both), default=both, **kwargs)
+
+
+SUITES: dict[str, Suite] = {
+    "flops": Suite(
+        "parameters and MACs of every model, vs the papers",
+        run_flops,
+        args=(
+            _arg("models", nargs="?", help="shell-style pattern (default: all models)"),
+            _arg("--frames", type=int, default=8, help="frames per clip (8)"),
+            _arg("--size", type=int, default=224),
+            _arg("--num-classes", type=int, default=400),
+            _arg("--tiny", action="store_true", help="include the *_tiny test models"),
+            _arg("--no-papers", action="store_true", help="skip the papers' comparison"),
+        ),
+    ),
+    "latency": Suite(
+        "batch-1 latency per model, format and backend",
+        run_latency,
+        args=(_MODELS,),
+        model=(1, 224),
+        runtime=Runtime(("contiguous", "channels_last")),
+        iters=10,
+    ),
+    "throughput": Suite(
+        "clips/s of a batch per model, format, backend",
+        run_throughput,
+        args=(_MODELS,),
+        model=(16, 224),
+        runtime=Runtime(("contiguous", "channels_last")),
+        iters=4,
+    ),
+    "shift-overhead": Suite(
+        "TSM Fig. 2a: latency vs shifted proportion",
+        run_shift_overhead,
+        args=(
+            _arg("--backbone", default="resnet50"),
+            _arg("--proportions", nargs="+", choices=PROPORTIONS, default=list(PROPORTIONS)),
+            _arg("--places", nargs="+", choices=PLACES, default=list(PLACES)),
+            _arg("--op-rounds", type=int, default=30, help="rounds of the shift-op timing"),
+            _formats(),
+        ),
+        model=(1, 224),
+        iters=8,
+    ),
+    "vs-3d": Suite(
+        "TSM Table 5: TSN, TSM 8f/16f, I3D, I3D_replace",
+        run_vs_3d,
+        args=(_arg("--latency-iters", type=int, default=8, help="timed batch-1 rounds (8)"),),
+        model=(16, 224),
+        runtime=Runtime(("channels_last",), many=False),
+        iters=3,
+    ),
+    "memory": Suite(
+        "bLVNet Fig. 3b: peak training memory",
+        run_memory,
+        args=(
+            _arg(
+                "models",
+                nargs="*",
+                type=_model_frames,
+                metavar="MODEL[:FRAMES]",
+                help="default: blvnet_tam_resnet50:16 tsn_resnet50:16 (the last is the baseline)",
+            ),
+        ),
+        model=(1, 224),
+        runtime=Runtime(("contiguous",), many=False),
+    ),
+    "online": Suite(
+        "online TSM per-frame latency vs the 2D backbone",
+        run_online,
+        args=(
+            _arg("--models", nargs="+", default=["tsm_mobilenet_v2", "tsm_resnet50"]),
+            _arg("--size", type=int, default=224),
+            _formats(help="memory formats (eager)"),
+            _arg(
+                "--backend",
+                nargs="+",
+                choices=("eager", "onnxruntime"),
+                default=["eager", "onnxruntime"],
+            ),
+        ),
+        iters=30,
+    ),
+    "shift": Suite("the shift op vs clone() vs the reference shift", run_shift, iters=50),
+    "data": Suite(
+        "dataset clips/s vs raw decode of the same frames",
+        run_data,
+        args=(
+            _arg("--samples", type=int, default=48),
+            _arg("--backend", choices=("pyav", "opencv"), default="pyav"),
+        ),
+    ),
+}
+
+
+def add_parser(sub, parents: Parents) -> None:
+    """Register ``bench`` and one subcommand per row of :data:`SUITES`."""
+    p = sub.add_parser("bench", help="benchmarks (FLOPs, latency, throughput, memory, ...)")
+    bench = p.add_subparsers(dest="bench_command", required=True)
+    for name, suite in SUITES.items():
+        b = bench.add_parser(name, help=suite.help, parents=_suite_parents(suite, parents))
+        for flags, kwargs in suite.args:
+            # a fresh default list per parser: argparse hands the default itself to the suite
+            b.add_argument(*flags, **copy.deepcopy(kwargs))
+        b.set_defaults(func=suite.run)
+
+
+def _suite_parents(suite: Suite, parents: Parents) -> list[argparse.ArgumentParser]:
+    """The shared flags of a suite: model, runtime, then the report's (always)."""
+    chosen = []
+    if suite.model is not None:
+        chosen += [_model_parent(*suite.model), parents.progress]
+    if suite.runtime is not None:
+        chosen.append(_runtime_parent(suite.runtime))
+    return [*chosen, _report_parent(suite.iters)]
+
+
+def _report_parent(iters: int | None) -> argparse.ArgumentParser:
+    b = argparse.ArgumentParser(add_help=False)
     if iters is not None:
         b.add_argument("--iters", type=int, default=iters, help=f"timed rounds ({iters})")
     b.add_argument("--json", action="store_true", help="print the report as JSON")
     b.add_argument("--output", default=DEFAULT_OUTPUT, help=f"directory ({DEFAULT_OUTPUT})")
+    return b
 
 
-def _model_args(b: argparse.ArgumentParser, *, batch: int, size: int = 224) -> None:
+def _model_parent(batch: int, size: int) -> argparse.ArgumentParser:
+    b = argparse.ArgumentParser(add_help=False)
     b.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (cpu)")
     b.add_argument("--frames", type=int, default=8, help="frames per clip T (8)")
     b.add_argument("--size", type=int, default=size, help=f"frame height and width ({size})")
     b.add_argument("--batch", type=int, default=batch, help=f"clips per batch ({batch})")
     b.add_argument("--num-classes", type=int, default=400)
     b.add_argument("--warmup", type=int, default=2, help="untimed runs first (2)")
-    b.add_argument("--no-progress", action="store_true")
+    return b
 
 
-def _format_backend(b: argparse.ArgumentParser, *, formats, backends, many: bool = True) -> None:
-    from timeshift.bench.speed import BACKENDS, FORMATS
-
-    nargs = "+" if many else 1
+def _runtime_parent(runtime: Runtime) -> argparse.ArgumentParser:
+    b = argparse.ArgumentParser(add_help=False)
+    nargs = "+" if runtime.many else 1
     b.add_argument(
         "--format",
         nargs=nargs,
         choices=FORMATS,
-        default=list(formats),
-        help=f"memory format(s) ({' '.join(formats)})",
+        default=list(runtime.formats),
+        help=f"memory format(s) ({' '.join(runtime.formats)})",
     )
     b.add_argument(
         "--backend",
         nargs=nargs,
         choices=BACKENDS,
-        default=list(backends),
-        help=f"backend(s) ({' '.join(backends)})",
+        default=list(runtime.backends),
+        help=f"backend(s) ({' '.join(runtime.backends)})",
     )
-
-
-def add_bench_parser(sub) -> None:
-    """Register ``bench`` and its suites on the ``timeshift`` subparsers."""
-    from timeshift.bench.overhead import PLACES, PROPORTIONS
-
-    p = sub.add_parser("bench", help="benchmarks (FLOPs, latency, throughput, memory, ...)")
-    bench = p.add_subparsers(dest="bench_command", required=True)
-
-    b = bench.add_parser("flops", help="parameters and MACs of every model, vs the papers")
-    b.add_argument("models", nargs="?", help="shell-style pattern (default: all models)")
-    b.add_argument("--frames", type=int, default=8, help="frames per clip (8)")
-    b.add_argument("--size", type=int, default=224)
-    b.add_argument("--num-classes", type=int, default=400)
-    b.add_argument("--tiny", action="store_true", help="include the *_tiny test models")
-    b.add_argument("--no-papers", action="store_true", help="skip the papers' comparison")
-    _common(b, iters=None)
-    b.set_defaults(func=cmd_flops)
-
-    for suite, batch, iters, func, text in (
-        ("latency", 1, 10, cmd_latency, "batch-1 latency per model, format and backend"),
-        ("throughput", 16, 4, cmd_throughput, "clips/s of a batch per model, format, backend"),
-    ):
-        b = bench.add_parser(suite, help=text)
-        b.add_argument(
-            "models",
-            nargs="*",
-            default=["tsn_resnet50", "tsm_resnet50"],
-            help="registered models; the first is the baseline",
-        )
-        _model_args(b, batch=batch)
-        _format_backend(b, formats=("contiguous", "channels_last"), backends=("eager",))
-        _common(b, iters=iters)
-        b.set_defaults(func=func)
-
-    b = bench.add_parser("shift-overhead", help="TSM Fig. 2a: latency vs shifted proportion")
-    b.add_argument("--backbone", default="resnet50")
-    b.add_argument("--proportions", nargs="+", choices=PROPORTIONS, default=list(PROPORTIONS))
-    b.add_argument("--places", nargs="+", choices=PLACES, default=list(PLACES))
-    b.add_argument("--op-rounds", type=int, default=30, help="rounds of the shift-op timing")
-    _model_args(b, batch=1)
-    b.add_argument(
-        "--format",
-        nargs="+",
-        choices=("contiguous", "channels_last"),
-        default=["contiguous", "channels_last"],
-    )
-    _common(b, iters=8)
-    b.set_defaults(func=cmd_shift_overhead)
-
-    b = bench.add_parser("vs-3d", help="TSM Table 5: TSN, TSM 8f/16f, I3D, I3D_replace")
-    b.add_argument("--latency-iters", type=int, default=8, help="timed batch-1 rounds (8)")
-    _model_args(b, batch=16)
-    _format_backend(b, formats=("channels_last",), backends=("eager",), many=False)
-    _common(b, iters=3)
-    b.set_defaults(func=cmd_vs_3d)
-
-    b = bench.add_parser("memory", help="bLVNet Fig. 3b: peak training memory")
-    b.add_argument(
-        "models",
-        nargs="*",
-        type=_model_frames,
-        metavar="MODEL[:FRAMES]",
-        help="default: blvnet_tam_resnet50:16 tsn_resnet50:16 (the last is the baseline)",
-    )
-    _model_args(b, batch=1)
-    _format_backend(b, formats=("contiguous",), backends=("eager",), many=False)
-    _common(b, iters=None)
-    b.set_defaults(func=cmd_memory)
-
-    b = bench.add_parser("online", help="online TSM per-frame latency vs the 2D backbone")
-    b.add_argument("--models", nargs="+", default=["tsm_mobilenet_v2", "tsm_resnet50"])
-    b.add_argument("--size", type=int, default=224)
-    b.add_argument(
-        "--format",
-        nargs="+",
-        choices=("contiguous", "channels_last"),
-        default=["contiguous", "channels_last"],
-        help="memory formats (eager)",
-    )
-    b.add_argument(
-        "--backend", nargs="+", choices=("eager", "onnxruntime"), default=["eager", "onnxruntime"]
-    )
-    _common(b, iters=30)
-    b.set_defaults(func=cmd_online)
-
-    b = bench.add_parser("shift", help="the shift op vs clone() vs the reference shift")
-    _common(b, iters=50)
-    b.set_defaults(func=cmd_shift)
-
-    b = bench.add_parser("data", help="dataset clips/s vs raw decode of the same frames")
-    b.add_argument("--samples", type=int, default=48)
-    b.add_argument("--backend", choices=("pyav", "opencv"), default="pyav")
-    _common(b, iters=None)
-    b.set_defaults(func=cmd_data)
+    return b

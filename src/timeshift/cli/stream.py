@@ -1,0 +1,135 @@
+"""``timeshift stream``: online recognition of a video file, camera or URL.
+
+The command composes the library's stream: the recognised frames of
+:func:`~timeshift.online.stream.recognize_stream` go to a JSON-lines file (``--jsonl``), the
+printed lines below, the annotated video (``--output``) and the window (``--show``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import ExitStack
+
+from timeshift.cli.common import Parents, load_checkpoint_arg
+from timeshift.online.stream import Sink, StreamFrame
+
+__all__ = ["PrintSink", "add_parser", "run"]
+
+
+def add_parser(sub, parents: Parents) -> None:
+    p = sub.add_parser(
+        "stream",
+        help="online recognition of a video file, camera or URL",
+        parents=[parents.online_runtime, parents.checkpoint],
+    )
+    p.add_argument("source", help="video file, camera index (0) or stream URL (rtsp://...)")
+    p.add_argument("checkpoint", help="checkpoint (.pt) or online ONNX export (.onnx)")
+    p.add_argument("--every", type=int, default=1, help="recognise every K-th frame (1)")
+    p.add_argument("--smooth", type=int, default=8, help="history window in frames (8)")
+    p.add_argument(
+        "--margin", type=float, default=0.1, help="hysteresis: probability lead to switch (0.1)"
+    )
+    p.add_argument("--show", action="store_true", help="show the annotated video in a window")
+    p.add_argument("--output", help="write the annotated video here (.mp4)")
+    p.add_argument("--onnx", action="store_true", help="same as --backend onnxruntime")
+    p.add_argument("--drop-future", action="store_true", help="stream a bidirectional model")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--jsonl", help="write one JSON record per recognised frame")
+    p.add_argument("--quiet", action="store_true", help="print label changes only")
+    p.set_defaults(func=run)
+
+
+class PrintSink(Sink):
+    """A line per recognised frame, or per label change with ``quiet``."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self.quiet = quiet
+        self.last: str | None = None
+
+    def write(self, frame: StreamFrame) -> None:
+        record = frame.record
+        if record is None:
+            return
+        if not self.quiet or record["label"] != self.last:
+            when = f"{record['time']:7.2f}s" if record["time"] is not None else ""
+            print(
+                f"frame {record['frame']:6d} {when}  {record['label']:24} {record['score']:.2f}"
+                f"   (this frame: {record['raw_label']} {record['raw_score']:.2f}, "
+                f"{record['latency_ms']:.1f} ms)",
+                flush=True,
+            )
+        self.last = record["label"]
+
+
+def run(args: argparse.Namespace) -> int:
+    from timeshift.models.preprocessing import resolve_input_config
+    from timeshift.online.stream import JsonLinesSink, run_stream
+
+    with ExitStack() as sinks:
+        jsonl = [sinks.enter_context(JsonLinesSink(args.jsonl))] if args.jsonl else []
+        recognizer, meta, backend = _stream_recognizer(args)
+        inputs = resolve_input_config(meta=meta)
+        summary = run_stream(
+            args.source,
+            recognizer,
+            input_size=inputs.input_size,
+            classes=meta.get("classes"),
+            scale_size=inputs.scale_size,
+            mean=inputs.mean,
+            std=inputs.std,
+            every=args.every,
+            smooth=args.smooth,
+            margin=args.margin,
+            output=args.output,
+            show=args.show,
+            max_frames=args.max_frames,
+            sinks=[*jsonl, PrintSink(quiet=args.quiet)],
+        )
+    s = summary.as_dict()
+    print(
+        f"{s['frames_read']} frames read, {s['frames_processed']} recognised ({backend}): "
+        f"{s['fps']:.1f} frames/s end to end, model {s['latency_ms_median']:.2f} ms/frame "
+        f"median ({s['latency_ms_p90']:.2f} p90); {s['label_changes']} label changes, final "
+        f"label: {s['final_label']}"
+    )
+    if args.output:
+        print(f"annotated video: {args.output}")
+    return 0
+
+
+def _stream_recognizer(args: argparse.Namespace):
+    """(recognizer, meta, backend) for `stream`: an online ONNX file, or a checkpoint run in
+    PyTorch or on onnxruntime (exported once and cached)."""
+    from pathlib import Path
+
+    from timeshift.engine.backend import onnx_or_pytorch, resolve_backend
+    from timeshift.export import OnnxOnlineRecognizer
+    from timeshift.models.preprocessing import resolve_input_config
+    from timeshift.online import OnlineRecognizer
+
+    if Path(args.checkpoint).suffix == ".onnx":
+        if args.model or args.frames:
+            raise ValueError("--model/--frames do not apply to an ONNX export (it is built)")
+        recognizer = OnnxOnlineRecognizer(args.checkpoint)
+        return recognizer, recognizer.meta, "onnxruntime"
+    if args.frames is not None and args.model is None:
+        raise ValueError(
+            "--frames does not apply to stream: the online model runs frame by frame whatever "
+            "its clip length (with --model it sets the num_segments the model is built with)"
+        )
+    model = load_checkpoint_arg(args).eval()
+    meta = {**model.checkpoint_meta, **resolve_input_config(model, input_size=args.size).as_meta()}
+    backend = resolve_backend("onnxruntime" if args.onnx else args.backend, "cpu")
+    path = None
+    if backend != "eager":  # a cache or disk that cannot be written: PyTorch under auto
+        path = onnx_or_pytorch(
+            model,
+            backend="onnxruntime" if args.onnx else args.backend,
+            size=meta["input_size"],
+            online=True,
+            drop_future=args.drop_future,
+        )
+    if path is None:
+        model.set_channels_last(args.format != "contiguous")
+        return OnlineRecognizer(model, drop_future=args.drop_future), meta, "pytorch"
+    return OnnxOnlineRecognizer(path), meta, "onnxruntime"
