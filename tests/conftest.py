@@ -120,6 +120,36 @@ def write_frame_folder(folder, frames: np.ndarray, template="img_{:05d}.jpg", st
     return str(folder)
 
 
+# flow file names as the other tools write them (an independent transcription, not the library's)
+FLOW_TEMPLATES = {
+    "dense_flow": "flow_{axis}_{index:05d}.jpg",  # TSN dense_flow, timeshift extract-flow
+    "mmaction2": "{axis}_{index:05d}.jpg",  # MMAction2 denseflow
+    "sthv1": "{video:06d}-{axis}_{index:05d}.jpg",  # Something-Something V1 flow
+}
+
+
+def constant_flow(count: int, height: int = 32, width: int = 40) -> np.ndarray:
+    """``(count, H, W, 2)`` uint8 flow whose every image is flat with its own value (x of frame
+    k: ``10 + 3k``, y: ``130 + 3k``): flat images survive JPEG exactly, so a read value names
+    the file it came from."""
+    values = np.stack([10 + 3 * np.arange(count), 130 + 3 * np.arange(count)], axis=1)
+    return np.broadcast_to(values[:, None, None, :], (count, height, width, 2)).astype(np.uint8)
+
+
+def write_flow_folder(folder, flow: np.ndarray, *, naming="dense_flow", start=1) -> str:
+    """Write ``(F, H, W, 2)`` uint8 flow as greyscale x/y images in a tool's naming (``sthv1``
+    takes the folder's name as the video number)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    video = int(folder.name) if folder.name.isdigit() else None
+    for k, pair in enumerate(flow):
+        for c, axis in enumerate("xy"):
+            name = FLOW_TEMPLATES[naming].format(axis=axis, index=start + k, video=video)
+            Image.fromarray(np.ascontiguousarray(pair[..., c])).save(folder / name, quality=95)
+    return str(folder)
+
+
 def encode_video(
     path,
     frames,

@@ -284,3 +284,118 @@ def test_torchvision_classifier_kept_when_classes_match():
     report = timeshift.load_checkpoint(target, net2d.state_dict())
     assert not report.dropped
     assert torch.equal(target.fc.weight, net2d.classifier[1].weight)
+
+
+# -- the flow modality: cross-modality initialisation and reference flow checkpoints ---------
+FLOW = {"modality": "flow", "new_length": 5}
+FLOW_CLIP = (2, 4, 10, 32, 32)
+
+
+def _first_conv_key(model):
+    from timeshift.models.recognizer import first_conv
+
+    return first_conv(model)[0] + ".weight"
+
+
+def _rgb_checkpoints():
+    """An RGB source model's weights in each format load_checkpoint reads."""
+    return {
+        "torchvision": lambda m: randomise(create_backbone("resnet_tiny")).state_dict(),
+        "tsm": lambda m: to_reference_tsm(m.state_dict()),
+        "mmaction2": lambda m: _to_mmaction2(m.state_dict()),
+        "timeshift": lambda m: {"format": "timeshift", "state_dict": m.state_dict()},
+    }
+
+
+@pytest.mark.parametrize("fmt", sorted(_rgb_checkpoints()))
+def test_rgb_weights_initialise_a_flow_model_with_the_averaged_kernel(fmt, caplog):
+    rgb = randomise(_model("tsm_resnet_tiny"))
+    ckpt = _rgb_checkpoints()[fmt](rgb)
+    state = ckpt.get("state_dict", ckpt)
+    rgb_kernel = next(v for k, v in state.items() if v.dim() == 4 and v.shape[1] == 3)
+    flow = _model("tsm_resnet_tiny", **FLOW)
+    with caplog.at_level(logging.INFO, logger="timeshift.models.checkpoints"):
+        report = timeshift.load_checkpoint(flow, ckpt)
+    assert report.source == fmt and report.adapted == ["backbone.conv1.weight"]
+    assert "averaged over its 3 input channels" in caplog.text
+    kernel = flow.backbone.conv1.weight.detach()
+    assert kernel.shape == (8, 10, 7, 7)
+    # every one of the 10 channels is the mean of the 3 RGB ones (reference: mean over dim 1,
+    # expanded), computed here from the sum
+    mean = (rgb_kernel[:, 0] + rgb_kernel[:, 1] + rgb_kernel[:, 2]) / 3
+    for c in range(10):
+        assert torch.allclose(kernel[:, c], mean, atol=1e-7)
+    # nothing else changed on the way: the next layer is the checkpoint's
+    ends = ("layer1.0.conv2.weight", "layer1.0.conv2.conv.weight")  # MMAction2: ConvModule
+    layer = next(v for k, v in state.items() if k.endswith(ends))
+    assert torch.equal(flow.backbone.layer1[0].conv2.weight, layer)
+
+
+@pytest.mark.parametrize("name", ["tsm_mobilenet_v2_tiny", "i3d_resnet_tiny"])
+def test_cross_modality_init_of_other_stems(name):
+    # MobileNetV2's stem is features.0.0; I3D's is inflated (5 x 7 x 7) from the 2D kernel
+    source = randomise(_model(name))
+    stem = _first_conv_key(source)
+    rgb = source.state_dict()[stem]
+    if rgb.dim() == 5:  # a 2D ImageNet kernel for the inflated stem: the I3D case
+        rgb = rgb[:, :, rgb.shape[2] // 2].clone()
+    state = {k: v for k, v in source.state_dict().items() if k != stem} | {stem: rgb}
+    flow = _model(name, modality="flow", new_length=3)
+    report = timeshift.load_checkpoint(flow, state, source="timeshift")
+    assert report.adapted == [stem]
+    kernel = flow.state_dict()[stem]
+    assert kernel.shape[1] == 6
+    if kernel.dim() == 5:  # centre-initialised inflation: the averaged kernel in the middle
+        assert not kernel[:, :, 0].any()
+        kernel = kernel[:, :, kernel.shape[2] // 2]
+    assert torch.allclose(kernel, rgb.mean(dim=1, keepdim=True).expand_as(kernel), atol=1e-7)
+
+
+def test_reference_flow_checkpoint_gives_the_reference_logits(tmp_path):
+    # the reference Kinetics flow TSM's layout: module.base_model.conv1.weight (64, 10, 7, 7)
+    source = randomise(_model("tsm_resnet_tiny", **FLOW))
+    ckpt = to_reference_tsm(source.state_dict())
+    assert ckpt["state_dict"]["module.base_model.conv1.weight"].shape[1] == 10
+    torch.save(ckpt, tmp_path / "TSM_kinetics_Flow_resnet_tiny_shift8_blockres_avg_segment4.pth")
+    path = next(tmp_path.iterdir())
+    loaded = timeshift.load_model(
+        path, name="tsm_resnet_tiny", num_classes=5, num_segments=4, **FLOW
+    )
+    assert loaded.load_report.source == "tsm" and not loaded.load_report.adapted
+    # the reference's input: (N, T * 10, H, W) read as (-1, 10, H, W) frames, x1 y1 ... x5 y5
+    reference_input = torch.randn(2, 4 * 10, 32, 32)
+    with torch.no_grad():
+        ours = loaded.eval()(reference_input.view(FLOW_CLIP))
+        direct = source(reference_input.view(FLOW_CLIP))
+        stem = torch.nn.functional.conv2d(
+            reference_input.view(-1, 10, 32, 32),
+            ckpt["state_dict"]["module.base_model.conv1.weight"],
+            stride=2,
+            padding=3,
+        )
+        assert torch.equal(loaded.backbone.conv1(reference_input.view(-1, 10, 32, 32)), stem)
+    assert torch.allclose(ours, direct, atol=1e-6)
+
+
+def test_flow_checkpoint_into_an_rgb_model_names_the_modality():
+    flow = _model("tsm_resnet_tiny", **FLOW)
+    with pytest.raises(CheckpointError, match=r"modality='flow', new_length=5"):
+        timeshift.load_checkpoint(_model("tsm_resnet_tiny"), to_reference_tsm(flow.state_dict()))
+
+
+def test_rgb_weights_cannot_run_a_flow_model(tmp_path):
+    # averaging is an initialisation for training; load_model is for running a checkpoint
+    path = timeshift.save_model(_model("tsm_resnet_tiny"), tmp_path / "rgb.pt")
+    with pytest.raises(CheckpointError, match="initialise a model for 10 input channels"):
+        timeshift.load_model(path, name="tsm_resnet_tiny", num_classes=5, num_segments=4, **FLOW)
+
+
+def test_flow_model_round_trip(tmp_path):
+    model = randomise(_model("tsn_resnet_tiny", **FLOW))
+    path = timeshift.save_model(model, tmp_path / "flow.pt", meta={"modality": "flow"})
+    loaded = timeshift.load_model(path).eval()
+    assert loaded.config["kwargs"] == FLOW
+    assert (loaded.modality, loaded.new_length, loaded.in_chans) == ("flow", 5, 10)
+    x = torch.randn(FLOW_CLIP)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x), atol=1e-6)

@@ -169,3 +169,19 @@ def test_a_wrong_root_fails_before_any_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 of 2 listed paths do not exist" in err and "--root" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_folder_not_written_by_extract_frames_is_never_replaced(tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_test_video(videos / "v.mp4", palette_frames(5))
+    (videos / "list.txt").write_text("v.mp4 0\n")
+    out = tmp_path / "frames"
+    (out / "v").mkdir(parents=True)  # another tool's frames, no .done marker
+    (out / "v" / "img_00001.jpg").write_bytes(b"theirs")
+    assert main(["data", "extract-frames", str(videos / "list.txt"), str(out)]) == 2
+    assert "no .done marker" in capsys.readouterr().err
+    assert (out / "v" / "img_00001.jpg").read_bytes() == b"theirs"
+    (out / "v" / "img_00001.jpg").unlink()  # an empty folder holds nothing to lose
+    assert main(["data", "extract-frames", str(videos / "list.txt"), str(out)]) == 0
+    assert _frames_of(out / "list_rawframes.txt", out) == [(0, [0, 1, 2, 3, 4])]

@@ -4,7 +4,7 @@ import random
 import numpy as np
 import pytest
 
-from timeshift.data import segment_indices
+from timeshift.data import segment_indices, snippet_indices
 
 
 def test_short_video_test_mode_reference_vector():
@@ -135,3 +135,77 @@ def test_dense_wrap_is_the_reference_and_goes_back_in_time():
     assert segment_indices(30, 8, mode="val", dense="ordered") == segment_indices(30, 8, mode="val")
     with pytest.raises(ValueError, match="dense must be"):
         segment_indices(30, 8, dense="backwards")
+
+
+def _reference_tsn_starts(n, t, new_length, mode, draw):
+    """The reference TSM ``TSNDataSet`` (ops/dataset.py) ``_sample_indices`` / ``_get_val_indices``
+    / ``_get_test_indices`` without dense sampling, transcribed 0-based (it adds 1) with its
+    ``randint(k, size=T)`` as ``T`` calls of ``draw(k)``. ``None`` where it fails."""
+    if mode == "train":
+        average_duration = (n - new_length + 1) // t
+        if average_duration > 0:
+            return [x * average_duration + draw(average_duration) for x in range(t)]
+        if n > t:
+            if n - new_length + 1 <= 0:
+                return None  # numpy's randint(<= 0) raises
+            return sorted(draw(n - new_length + 1) for _ in range(t))
+        return [0] * t
+    if mode == "val" and not n > t + new_length - 1:
+        return [0] * t
+    tick = (n - new_length + 1) / float(t)
+    if tick <= 0:
+        return None  # negative frame numbers: no file to load
+    return [int(tick / 2.0 + tick * x) for x in range(t)]
+
+
+def _reference_snippet(start, new_length, n):
+    """The reference ``get``: ``p`` from the start, ``if p < num_frames: p += 1`` (1-based)."""
+    p, frames = start + 1, []
+    for _ in range(new_length):
+        frames.append(p - 1)
+        if p < n:
+            p += 1
+    return frames
+
+
+@pytest.mark.parametrize("mode", ["train", "val", "test"])
+def test_new_length_sampling_is_the_reference_where_it_is_defined(mode):
+    compared = 0
+    for n in range(1, 70):
+        for t in (1, 3, 4, 8):
+            for new_length in (1, 2, 5, 10):
+                seed = n * 1000 + t * 10 + new_length
+                draw = random.Random(seed).randrange
+                expected = _reference_tsn_starts(n, t, new_length, mode, draw)
+                (ours,) = segment_indices(
+                    n, t, mode=mode, new_length=new_length, rng=random.Random(seed)
+                )
+                starts = max(1, n - new_length + 1)
+                assert len(ours) == t and all(0 <= s < starts for s in ours)
+                assert ours == sorted(ours)
+                frames = snippet_indices(ours, new_length=new_length, num_frames=n)
+                assert frames == [f for s in ours for f in _reference_snippet(s, new_length, n)]
+                degenerate = expected is None or (expected == [0] * t and ours != expected)
+                if not degenerate:
+                    assert ours == expected, (n, t, new_length)
+                    compared += 1
+                    continue
+                # only where the reference fails or puts every segment on the first frame:
+                # a video with fewer snippet starts than segments (what RGB does today)
+                too_short = n <= t if mode == "train" else n - new_length + 1 <= t
+                assert too_short or n < new_length, (n, t, new_length, expected, ours)
+    assert compared > 0.75 * 69 * 4 * 4
+
+
+def test_snippets_never_leave_the_video():
+    # a 3-frame video, 4 segments of 5 frames: every snippet starts at 0 and repeats frame 2
+    (starts,) = segment_indices(3, 4, mode="test", new_length=5)
+    assert starts == [0, 0, 0, 0]
+    assert snippet_indices(starts, new_length=5, num_frames=3) == [0, 1, 2, 2, 2] * 4
+    # dense sampling ignores new_length, as the reference's dense branch
+    for mode in ("val", "test"):
+        assert segment_indices(200, 8, mode=mode, dense=True, new_length=5) == segment_indices(
+            200, 8, mode=mode, dense=True
+        )
+    with pytest.raises(ValueError, match="new_length"):
+        segment_indices(10, 4, new_length=0)

@@ -8,8 +8,12 @@ import torch.nn.functional as F
 
 from timeshift.data.flip_maps import FLIP_PAIRS, flip_label_map
 from timeshift.data.transforms import (
+    FLOW_MEAN,
+    FLOW_SCALES,
+    FLOW_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    RGB_SCALES,
     CenterCrop,
     Compose,
     MultiScaleCrop,
@@ -505,3 +509,67 @@ def test_train_transforms_output():
         "MultiScaleCrop",
         "Normalize",
     ]
+
+
+def _flow_clip(h: int = 8, w: int = 10, new_length: int = 2) -> torch.Tensor:
+    """(1, T, 2 * new_length, H, W) uint8 with distinct values per position and channel."""
+    value = torch.arange(T * 2 * new_length * h * w).reshape(1, T, 2 * new_length, h, w) * 7
+    return (value % 256).to(torch.uint8)
+
+
+def test_flow_flip_mirrors_every_channel_and_inverts_x_only():
+    views = _flow_clip()
+    out, label = RandomHorizontalFlip(p=1.0, flow=True)(views, 3, random.Random(0))
+    mirrored = views.flip(-1)
+    assert label == 3
+    assert torch.equal(out[:, :, 0::2], 255 - mirrored[:, :, 0::2])  # x: 255 - v
+    assert torch.equal(out[:, :, 1::2], mirrored[:, :, 1::2])  # y: mirrored only
+    kept, _ = RandomHorizontalFlip(p=0.0, flow=True)(views, 3, random.Random(0))
+    assert torch.equal(kept, views)
+    rgb, _ = RandomHorizontalFlip(p=1.0)(views, 3, random.Random(0))
+    assert torch.equal(rgb, mirrored)
+    with pytest.raises(TypeError, match="before Normalize"):
+        RandomHorizontalFlip(p=1.0, flow=True)(views.float(), 3, random.Random(0))
+
+
+def test_flow_ten_crop_inverts_x_in_the_mirrored_views_only():
+    views = _flow_clip(12, 14)
+    rgb, _ = TenCrop(8)(views, 0, random.Random(0))
+    flow, _ = TenCrop(8, flow=True)(views, 0, random.Random(0))
+    assert torch.equal(flow[:5], rgb[:5])
+    assert torch.equal(flow[5:, :, 0::2], 255 - rgb[5:, :, 0::2])
+    assert torch.equal(flow[5:, :, 1::2], rgb[5:, :, 1::2])
+    assert mirrored_views(10) == [False] * 5 + [True] * 5
+
+
+def test_flow_normalisation_numbers():
+    views = torch.tensor([0, 64, 128, 255], dtype=torch.uint8).view(1, 1, 4, 1, 1)
+    out, _ = Normalize(FLOW_MEAN, FLOW_STD)(views, 0, None)
+    expected = [(v / 255 - 0.5) / 0.226 for v in (0, 64, 128, 255)]
+    assert out.flatten().tolist() == pytest.approx(expected, abs=1e-5)
+    flow_eval = eval_transforms(8, scale_size=8, modality="flow")
+    out, _ = flow_eval(views.expand(1, 1, 4, 8, 8).contiguous(), 0, None)
+    assert out[0, 0, :, 0, 0].tolist() == pytest.approx(expected, abs=1e-5)
+
+
+def test_normalize_repeats_its_values_over_stacked_frames():
+    views = _clip(8, 8).repeat(1, 1, 2, 1, 1)  # two RGB frames stacked: 6 channels
+    out, _ = Normalize()(views, 0, None)
+    single, _ = Normalize()(views[:, :, :3], 0, None)
+    assert torch.equal(out[:, :, :3], single) and torch.equal(out[:, :, 3:], single)
+    with pytest.raises(ValueError, match="4 mean/std values for 6 channels"):
+        Normalize((0.5,) * 4, (0.2,) * 4)(views, 0, None)
+
+
+def test_flow_pipelines_take_the_reference_defaults():
+    train = train_transforms(16, modality="flow")
+    crop, flip, norm = train.transforms
+    assert crop.scales == FLOW_SCALES and flip.flow
+    assert norm.mean.flatten().tolist() == pytest.approx(FLOW_MEAN)
+    assert norm.std.flatten().tolist() == pytest.approx(FLOW_STD)
+    rgb = train_transforms(16)
+    assert rgb.transforms[0].scales == RGB_SCALES and not rgb.transforms[1].flow
+    assert rgb.transforms[2].std.flatten().tolist() == pytest.approx(IMAGENET_STD)
+    assert eval_transforms(16, crops=10, modality="flow").transforms[1].flow
+    with pytest.raises(ValueError, match="modality"):
+        train_transforms(16, modality="depth")

@@ -114,3 +114,36 @@ def test_step_schedule_does_not_depend_on_the_run_length():
 
     assert lrs("step", 2) == lrs("step", 5)
     assert lrs("cosine", 2) != pytest.approx(lrs("cosine", 5))
+
+
+def test_flow_first_conv_trains_faster():
+    # reference get_optim_policies: first conv weight lr x5 (decay x1), bias x10 (no decay) for
+    # Flow; x1 / x2 for RGB; every other group as RGB
+    flow = _model(modality="flow")
+    groups = {g.name: g for g in param_groups(flow, fc_lr5=True)}
+    first = groups["first_conv_weight"]
+    assert first.params == [flow.backbone.conv1.weight] and first.params[0].shape[1] == 10
+    assert (first.lr_mult, first.decay_mult) == (5, 1)
+    rgb = {g.name: g for g in param_groups(_model(), fc_lr5=True)}
+    for name in ("normal_weight", "norm", "fc_weight", "fc_bias"):
+        assert (groups[name].lr_mult, groups[name].decay_mult) == (
+            rgb[name].lr_mult,
+            rgb[name].decay_mult,
+        )
+    opt = build_optimizer(flow, lr=0.01, weight_decay=1e-4)
+    settings = {g["name"]: (g["lr"], g["weight_decay"]) for g in opt.param_groups}
+    assert settings["first_conv_weight"] == (pytest.approx(0.05), 1e-4)
+    assert settings["normal_weight"] == (0.01, 1e-4)
+
+
+def test_flow_first_conv_bias_lr_x10():
+    # a network whose first conv has a bias (the reference's BNInception): bias x10, no decay;
+    # the rule picks the first conv met, whatever wraps it
+    net = nn.Sequential(nn.Sequential(nn.Conv2d(10, 4, 3), nn.ReLU()), nn.Conv2d(4, 4, 1))
+    groups = {g.name: g for g in param_groups(net, modality="flow")}
+    assert groups["first_conv_bias"].params == [net[0][0].bias]
+    assert (groups["first_conv_bias"].lr_mult, groups["first_conv_bias"].decay_mult) == (10, 0)
+    assert groups["normal_bias"].params == [net[1].bias]
+    assert groups["normal_bias"].lr_mult == 2
+    rgb = {g.name: g for g in param_groups(net)}
+    assert (rgb["first_conv_weight"].lr_mult, rgb["first_conv_bias"].lr_mult) == (1, 2)

@@ -100,12 +100,12 @@ def make_runner(
     label: str = "model",
 ) -> Callable[[], object]:
     """A no-argument callable running one inference of ``model`` on a fixed random batch
-    ``(batch, frames, 3, size, size)``. The model is used as given (copy it first if another
+    ``(batch, frames, C, size, size)``. The model is used as given (copy it first if another
     contender needs it in another format)."""
     _check_choice(backend, BACKENDS, "backend")
     _check_choice(memory_format, FORMATS, "memory format")
     model = model.to(device).eval()
-    x = torch.randn(batch, frames, 3, size, size, device=device)
+    x = torch.randn(batch, frames, model.in_chans, size, size, device=device)
     if backend == "onnxruntime":
         return _onnx_runner(model, x, workdir or Path(tempfile.mkdtemp()), label)
     model.set_channels_last(memory_format == "channels_last")

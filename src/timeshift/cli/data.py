@@ -1,4 +1,5 @@
-"""``timeshift data synth|extract-frames``: write the synthetic dataset, decode videos to frames."""
+"""``timeshift data synth|extract-frames|extract-flow``: write the synthetic dataset, decode
+videos to frames, compute their optical flow."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import argparse
 
 from timeshift.cli.common import ROOT_HELP, Parents
 
-__all__ = ["add_parser", "run_extract", "run_synth"]
+__all__ = ["add_parser", "run_extract", "run_extract_flow", "run_synth"]
 
 
 def add_parser(sub, parents: Parents) -> None:
-    p = sub.add_parser("data", help="datasets: synthetic data, frame extraction")
+    p = sub.add_parser("data", help="datasets: synthetic data, frame and flow extraction")
     data = p.add_subparsers(dest="data_command", required=True)
     d = data.add_parser("synth", help="write the synthetic temporal dataset")
     d.add_argument("out_dir")
@@ -26,7 +27,13 @@ def add_parser(sub, parents: Parents) -> None:
     d.add_argument("out_dir")
     d.add_argument("--root", help=ROOT_HELP)
     d.add_argument("--short-side", type=int, default=256, help="resize; 0 keeps the size")
-    d.add_argument("--workers", type=int, default=1)
+    _add_limits(d)
+    d.set_defaults(func=run_extract)
+    _add_flow_parser(data)
+
+
+def _add_limits(d: argparse.ArgumentParser) -> None:
+    d.add_argument("--workers", type=int, default=1, help="processes")
     d.add_argument(
         "--max-frames",
         type=int,
@@ -34,7 +41,39 @@ def add_parser(sub, parents: Parents) -> None:
         help="refuse videos with more frames (default: one hour at 30 fps); the frame size "
         "limit is TIMESHIFT_MAX_FRAME_PIXELS (default 4096x4096)",
     )
-    d.set_defaults(func=run_extract)
+
+
+def _add_flow_parser(data) -> None:
+    from timeshift.data.flow import DEFAULT_BOUND, DEFAULT_FLOW_ALGORITHM, FLOW_ALGORITHMS
+
+    d = data.add_parser(
+        "extract-flow",
+        help="compute optical flow into flow_x/flow_y JPEG folders (TSN dense_flow layout)",
+    )
+    d.add_argument(
+        "video_list",
+        help="video list, class-per-folder tree, or rawframe list (img_00001.jpg folders)",
+    )
+    d.add_argument("out_dir")
+    d.add_argument("--root", help=ROOT_HELP)
+    d.add_argument(
+        "--algorithm",
+        choices=FLOW_ALGORITHMS,
+        default=DEFAULT_FLOW_ALGORITHM,
+        help="dis: fast, any OpenCV (default); farneback; tvl1: what the papers used, needs "
+        "timeshift[flow] (OpenCV contrib)",
+    )
+    d.add_argument(
+        "--bound",
+        type=float,
+        default=DEFAULT_BOUND,
+        help="flow beyond +-bound pixels saturates (default %(default)g, the reference's)",
+    )
+    d.add_argument(
+        "--size", type=int, default=256, help="resize to this short side first; 0 keeps the size"
+    )
+    _add_limits(d)
+    d.set_defaults(func=run_extract_flow)
 
 
 def run_synth(args: argparse.Namespace) -> int:
@@ -71,8 +110,30 @@ def run_extract(args: argparse.Namespace) -> int:
         workers=args.workers,
         max_frames=args.max_frames,
     )
+    return _report(result)
+
+
+def run_extract_flow(args: argparse.Namespace) -> int:
+    from timeshift.data.flow import extract_flow
+
+    result = extract_flow(
+        args.video_list,
+        args.out_dir,
+        root=args.root,
+        algorithm=args.algorithm,
+        bound=args.bound,
+        short_side=args.size or None,
+        workers=args.workers,
+        max_frames=args.max_frames,
+    )
+    return _report(result)
+
+
+def _report(result) -> int:
     print(
         f"extracted {result.extracted}, already done {result.skipped}, failed "
         f"{len(result.failed)}; list: {result.list_file}"
     )
+    if result.failed:  # each was logged by name as it failed
+        print(f"failed videos and why: {result.list_file.parent / 'failed.txt'}")
     return 1 if result.failed else 0

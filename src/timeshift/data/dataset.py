@@ -14,15 +14,27 @@ from torch.utils.data import Dataset, get_worker_info
 
 from timeshift.data.decode import DEFAULT_TEMPLATE, VideoDecodeError, open_video
 from timeshift.data.decode import max_frame_pixels as max_frame_pixels_limit
+from timeshift.data.flow_frames import FLOW_NAMINGS, FlowFolderReader, FlowNaming
 from timeshift.data.formats import Annotations, SampleRecord
-from timeshift.data.sampling import segment_indices
+from timeshift.data.sampling import segment_indices, snippet_indices
 from timeshift.errors import TimeshiftError
 
-__all__ = ["ON_ERROR", "VideoDataset", "sample_seed", "seed_worker"]
+__all__ = [
+    "MODALITIES",
+    "ON_ERROR",
+    "VideoDataset",
+    "default_new_length",
+    "sample_seed",
+    "seed_worker",
+]
 
 _logger = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
+MODALITIES = ("rgb", "flow")
+# channels of one frame, and frames per segment when not given (reference TSN: 1 RGB, 5 flow)
+_CHANNELS = {"rgb": 3, "flow": 2}
+_NEW_LENGTH = {"rgb": 1, "flow": 5}
 _MAX_WORKER_SLOTS = 256
 # decoded frames kept by ``cache=True``, per process: beyond it videos are decoded every time
 DEFAULT_CACHE_BYTES = 2 * 1024**3
@@ -34,6 +46,13 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 0x9E3779B1 + epoch) * 0x85EBCA77 + index) & 0xFFFFFFFFFFFF
 
 
+def default_new_length(modality: str) -> int:
+    """Consecutive frames per segment when not given: 1 for RGB, 5 for flow (reference TSN)."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    return _NEW_LENGTH[modality]
+
+
 def seed_worker(worker_id: int) -> None:
     """``worker_init_fn`` that seeds ``random``, NumPy and torch from the worker's base seed
     (for user code that draws from the global generators; the dataset itself does not)."""
@@ -43,7 +62,8 @@ def seed_worker(worker_id: int) -> None:
 
 
 class VideoDataset(Dataset):
-    """Clips of ``num_segments`` frames from video files or frame folders.
+    """Clips of ``num_segments`` frames from video files or frame folders, or of
+    ``num_segments`` stacks of optical flow from flow folders.
 
     Args:
         records: sample records (or :class:`Annotations`).
@@ -68,10 +88,20 @@ class VideoDataset(Dataset):
             does not fit is decoded every time instead (logged once), never cut.
         max_frame_pixels: refuse videos whose frames are larger (``width * height``): a small
             file can ask for gigabytes. ``None``: ``TIMESHIFT_MAX_FRAME_PIXELS`` or 4096x4096.
+        modality: ``"rgb"``, or ``"flow"``: records are flow folders
+            (:class:`~timeshift.data.flow_frames.FlowFolderReader`; their frame count is the
+            number of flow frames) and each frame has two channels, ``x`` and ``y``.
+        new_length: consecutive frames stacked along channels per segment (``None``: 1 for
+            RGB, 5 for flow, the reference TSN's); sampling places the segments over the
+            ``num_frames - new_length + 1`` possible starts (see
+            :func:`~timeshift.data.segment_indices`).
+        flow_naming: flow file naming (``None``: detected per folder; see
+            :data:`~timeshift.data.flow_frames.FLOW_NAMINGS`).
 
     Returns (per item):
         ``(clip, label)``: ``clip`` is ``(T, C, H, W)``, or ``(V, T, C, H, W)`` when several
-        clips or crops make several views.
+        clips or crops make several views; ``C = 3 * new_length`` for RGB (frames in order)
+        and ``2 * new_length`` for flow, stacked ``x1, y1, x2, y2, ...``.
     """
 
     def __init__(
@@ -94,7 +124,16 @@ class VideoDataset(Dataset):
         cache: bool = False,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_frame_pixels: int | None = None,
+        modality: str = "rgb",
+        new_length: int | None = None,
+        flow_naming: str | FlowNaming | None = None,
     ) -> None:
+        self.modality = modality
+        default = default_new_length(modality)  # also checks the modality
+        self.new_length = default if new_length is None else int(new_length)
+        if isinstance(flow_naming, str) and flow_naming not in FLOW_NAMINGS:
+            raise ValueError(f"flow_naming must be one of {FLOW_NAMINGS}, got {flow_naming!r}")
+        self.flow_naming = flow_naming
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if not 0 < observed <= 1:
@@ -130,7 +169,15 @@ class VideoDataset(Dataset):
         self._skips = torch.zeros(_MAX_WORKER_SLOTS, dtype=torch.int64).share_memory_()
         # which records were already reported as unreadable, shared by all workers
         self._reported = torch.zeros(len(self.records), dtype=torch.bool).share_memory_()
-        segment_indices(1, num_segments, mode=mode, clips=clips, dense=dense, twice=twice)
+        segment_indices(
+            1,
+            num_segments,
+            mode=mode,
+            clips=clips,
+            dense=dense,
+            twice=twice,
+            new_length=self.new_length,
+        )
 
     def __len__(self) -> int:
         return len(self.records)
@@ -149,6 +196,8 @@ class VideoDataset(Dataset):
         return int(self._skips.sum())
 
     def _open(self, record: SampleRecord):
+        if self.modality == "flow":
+            return self._open_flow(record)
         kwargs = {"max_frame_pixels": self.max_frame_pixels}
         backend = self.backend or ("frames" if Path(record.path).is_dir() else "pyav")
         if backend == "pyav" and get_worker_info() is not None:
@@ -159,21 +208,38 @@ class VideoDataset(Dataset):
                 kwargs["num_frames"] = record.offset + record.num_frames
         return open_video(record.path, backend=backend, **kwargs)
 
+    def _open_flow(self, record: SampleRecord) -> FlowFolderReader:
+        if not Path(record.path).is_dir():
+            kind = "a file" if Path(record.path).exists() else "not found"
+            raise VideoDecodeError(
+                record.path,
+                f"{kind}; modality='flow' reads flow folders: extract them with "
+                "'timeshift data extract-flow' and use the flow list it writes",
+            )
+        return FlowFolderReader(
+            record.path, naming=self.flow_naming, max_frame_pixels=self.max_frame_pixels
+        )
+
     def _sample(self, count: int, rng: random.Random) -> list[list[int]]:
+        """Frame indices of each clip: ``T * new_length`` of them, segment by segment."""
         if self.observed < 1:  # the first frames only; at least one
             count = max(1, math.ceil(count * self.observed - 1e-9))
-        return segment_indices(
+        starts = segment_indices(
             count,
             self.num_segments,
             mode=self.mode,
             clips=self.clips,
             dense=self.dense,
             twice=self.twice,
+            new_length=self.new_length,
             rng=rng,
         )
+        if self.new_length == 1:
+            return starts
+        return [snippet_indices(s, new_length=self.new_length, num_frames=count) for s in starts]
 
     def _decode(self, index: int, rng: random.Random):
-        """``(frames (F, H, W, 3) uint8, position of each wanted index, clips)``."""
+        """``(frames (F, H, W, C) uint8, position of each wanted index, clips)``."""
         record = self.records[index]
         cached = self._cache.get(index) if self._cache is not None else None
         if cached is not None:
@@ -209,7 +275,7 @@ class VideoDataset(Dataset):
 
     def _fits_cache(self, record: SampleRecord, reader, count: int) -> bool:
         height, width = reader.size
-        size = count * height * width * 3
+        size = count * height * width * _CHANNELS[self.modality]
         if self._cached_bytes + size <= self.cache_bytes:
             return True
         if not self._cache_full_reported:
@@ -229,7 +295,10 @@ class VideoDataset(Dataset):
         frames, position, clips = self._decode(index, rng)
         frames = torch.from_numpy(frames).permute(0, 3, 1, 2)  # (F, C, H, W) uint8
         order = torch.tensor([[position[i] for i in clip] for clip in clips])
-        views = frames[order]  # (clips, T, C, H, W)
+        views = frames[order]  # (clips, T * new_length, C, H, W)
+        if self.new_length > 1:  # each segment's frames stacked along channels
+            v, _, c, h, w = views.shape
+            views = views.reshape(v, self.num_segments, self.new_length * c, h, w)
         label = self.records[index].label
         if self.transform is not None:
             # all clips in one call: the same crop (and flip, and label) for every view

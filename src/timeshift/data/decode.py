@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_PIXELS",
     "MAX_FRAME_PIXELS_ENV",
     "FrameFolderReader",
+    "ImageFolderReader",
     "OpenCVReader",
     "PyAVReader",
     "VideoDecodeError",
@@ -47,6 +48,7 @@ __all__ = [
     "check_regular_file",
     "max_frame_pixels",
     "open_video",
+    "read_image",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -675,7 +677,54 @@ class OpenCVReader(VideoReader):
             self._cap = None
 
 
-class FrameFolderReader(VideoReader):
+class ImageFolderReader(VideoReader):
+    """Frames stored as image files in one folder; a subclass sets ``_count`` and reads one
+    frame in ``_load(index)`` (RGB frames here, optical flow in
+    :class:`~timeshift.data.flow_frames.FlowFolderReader`).
+
+    Args:
+        path: the folder.
+        fps: frame rate to report, if known.
+        max_frame_pixels: refuse images larger than this (``width * height``), checked from
+            the image header before decoding; ``None``: :func:`max_frame_pixels`.
+    """
+
+    kind = "frame"  # what the folder holds, for messages
+
+    def __init__(
+        self, path, *, fps: float | None = None, max_frame_pixels: int | None = None
+    ) -> None:
+        super().__init__(path)
+        if not Path(self.path).is_dir():
+            raise VideoDecodeError(self.path, f"{self.kind} folder not found")
+        self._max_pixels = _limit(max_frame_pixels)
+        self._fps = fps
+        self._count = 0
+        self._size: tuple[int, int] | None = None
+
+    @abstractmethod
+    def _load(self, index: int) -> np.ndarray:
+        """Frame ``index`` (0-based) as a uint8 ``(H, W, C)`` array."""
+
+    @property
+    def num_frames(self) -> int:
+        return self._count
+
+    @property
+    def fps(self) -> float | None:
+        return self._fps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        if self._size is None:
+            self._size = self._load(0).shape[:2]
+        return self._size
+
+    def _read(self, targets: list[int]) -> dict[int, np.ndarray]:
+        return {i: self._load(i) for i in targets}
+
+
+class FrameFolderReader(ImageFolderReader):
     """Frames stored as image files in one folder.
 
     Args:
@@ -701,19 +750,14 @@ class FrameFolderReader(VideoReader):
         fps: float | None = None,
         max_frame_pixels: int | None = None,
     ) -> None:
-        super().__init__(path)
-        if not Path(self.path).is_dir():
-            raise VideoDecodeError(self.path, "frame folder not found")
-        self._max_pixels = _limit(max_frame_pixels)
+        super().__init__(path, fps=fps, max_frame_pixels=max_frame_pixels)
         self.template = template
         self.start_index = start_index
-        self._fps = fps
         self._count = num_frames if num_frames is not None else self._count_files()
         if self._count <= 0:
             raise VideoDecodeError(
                 self.path, f"no frames named like {template.format(start_index)!r}"
             )
-        self._size: tuple[int, int] | None = None
 
     def _file(self, index: int) -> Path:
         return Path(self.path) / self.template.format(self.start_index + index)
@@ -725,38 +769,29 @@ class FrameFolderReader(VideoReader):
             count += 1
         return count
 
-    @property
-    def num_frames(self) -> int:
-        return self._count
-
-    @property
-    def fps(self) -> float | None:
-        return self._fps
-
-    @property
-    def size(self) -> tuple[int, int]:
-        if self._size is None:
-            self._size = self._load(0).shape[:2]
-        return self._size
-
     def _load(self, index: int) -> np.ndarray:
-        from PIL import Image
+        return read_image(
+            self._file(index), mode="RGB", max_pixels=self._max_pixels, what=f"frame {index}"
+        )
 
-        file = self._file(index)
-        if not file.exists():
-            raise VideoDecodeError(file, f"frame {index} missing")
-        check_regular_file(file)  # a FIFO named img_00001.jpg would block Image.open
-        try:
-            with Image.open(file) as image:  # reads the header only
-                check_frame_size(file, *image.size, self._max_pixels)
-                return np.asarray(image.convert("RGB"))
-        except FileNotFoundError as exc:
-            raise VideoDecodeError(file, f"frame {index} missing") from exc
-        except (OSError, Image.DecompressionBombError) as exc:
-            raise VideoDecodeError(file, f"cannot decode image: {exc}") from exc
 
-    def _read(self, targets: list[int]) -> dict[int, np.ndarray]:
-        return {i: self._load(i) for i in targets}
+def read_image(file: Path, *, mode: str, max_pixels: int, what: str) -> np.ndarray:
+    """One image file as a uint8 array in PIL ``mode`` (``"RGB"``: ``(H, W, 3)``, ``"L"``:
+    ``(H, W)``); :class:`VideoDecodeError` naming the file when it is missing, not a regular
+    file, over ``max_pixels`` or undecodable (``what`` says which frame it is)."""
+    from PIL import Image
+
+    if not file.exists():
+        raise VideoDecodeError(file, f"{what} missing")
+    check_regular_file(file)  # a FIFO named img_00001.jpg would block Image.open
+    try:
+        with Image.open(file) as image:  # reads the header only
+            check_frame_size(file, *image.size, max_pixels)
+            return np.asarray(image.convert(mode))
+    except FileNotFoundError as exc:
+        raise VideoDecodeError(file, f"{what} missing") from exc
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise VideoDecodeError(file, f"cannot decode image: {exc}") from exc
 
 
 def open_video(path: str | os.PathLike, *, backend: str | None = None, **kwargs) -> VideoReader:

@@ -15,10 +15,21 @@ All indices are 0-based. With ``n`` frames and ``T`` segments:
   instead: a window that would wrap becomes the segment centres of the whole video, so indices
   never decrease.
 
+Snippets (``new_length = L > 1``, e.g. 5 stacked flow frames per segment): the indices are the
+first frames of ``L`` consecutive ones (:func:`snippet_indices`), so the rules above run over
+the ``n - L + 1`` possible starts -- the reference TSN/TSM ``TSNDataSet``: train
+``avg = (n - L + 1) // T``, ``offsets = i * avg + randint(avg)``; val/test
+``tick = (n - L + 1) / T``, ``int(tick / 2 + tick * i)``. Dense sampling ignores ``L`` as the
+reference does. A snippet running past the last frame repeats it (the reference's
+``if p < num_frames: p += 1``).
+
 Short videos (``n < T``) repeat frames in order: ``int(tick / 2 + tick * i)`` with ``tick < 1``
 spreads the ``n`` frames evenly over the ``T`` slots (6 frames, 8 segments -> ``[0, 1, 1, 2, 3,
 4, 4, 5]``), and training draws sorted random frames, so no clip is ever all one frame unless the
-video is.
+video is. With snippets, "short" means fewer than ``T`` starts (``n - L + 1 < T``; at least one
+start is always used). This differs from the reference only where the reference degenerates to
+the first frame for every segment (train with ``n <= T``, val with ``n - L + 1 <= T``) or fails
+(``n < L``).
 """
 
 from __future__ import annotations
@@ -28,7 +39,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["DENSE_MODES", "DENSE_TEST_CLIPS", "DENSE_WINDOW", "MODES", "segment_indices"]
+__all__ = [
+    "DENSE_MODES",
+    "DENSE_TEST_CLIPS",
+    "DENSE_WINDOW",
+    "MODES",
+    "segment_indices",
+    "snippet_indices",
+]
 
 MODES = ("train", "val", "test")
 DENSE_MODES = ("wrap", "ordered")
@@ -87,9 +105,11 @@ def segment_indices(
     clips: int = 1,
     dense: bool | str = False,
     twice: bool = False,
+    new_length: int = 1,
     rng: random.Random | np.random.Generator | None = None,
 ) -> list[list[int]]:
-    """Frame indices of the clips to take from a video.
+    """Frame indices of the clips to take from a video (the first frame of each segment's
+    snippet when ``new_length > 1``: expand them with :func:`snippet_indices`).
 
     Args:
         num_frames: frames in the video (``>= 1``).
@@ -100,6 +120,8 @@ def segment_indices(
             the end of a short video as the reference does, ``"ordered"`` never lets indices
             decrease (direction-sensitive data).
         twice: val/test only: add the clip at segment starts (reference ``twice_sample``).
+        new_length: consecutive frames per segment (reference ``new_length``; 5 for flow):
+            segments are placed over the ``num_frames - new_length + 1`` possible starts.
         rng: source of randomness for ``train``; deterministic given its state.
 
     Returns:
@@ -114,7 +136,13 @@ def segment_indices(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if clips < 1:
         raise ValueError(f"clips must be >= 1, got {clips}")
+    if new_length < 1:
+        raise ValueError(f"new_length must be >= 1, got {new_length}")
     dense_mode = _dense_mode(dense)
+    if not dense_mode:
+        # the possible snippet starts (the reference's num_frames - new_length + 1); one at
+        # least: a video shorter than a snippet repeats its last frame
+        n = max(1, n - int(new_length) + 1)
     if mode == "train":
         if twice or clips != 1:
             raise ValueError("train mode samples one clip (clips=1, twice=False)")
@@ -147,3 +175,11 @@ def _dense_eval(n: int, t: int, mode: str, clips: int, ordered: bool) -> list[li
     count = clips if clips != 1 else DENSE_TEST_CLIPS
     starts = np.linspace(0, positions - 1, num=count, dtype=int)
     return [_dense(n, t, int(s), ordered) for s in starts]
+
+
+def snippet_indices(starts: list[int], *, new_length: int, num_frames: int) -> list[int]:
+    """The ``new_length`` consecutive frames from each start, flattened in order (segment 1's
+    frames, then segment 2's, ...), the last frame repeated past the end of the video as the
+    reference does."""
+    last = int(num_frames) - 1
+    return [min(start + k, last) for start in starts for k in range(new_length)]

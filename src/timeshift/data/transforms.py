@@ -5,6 +5,12 @@ test transform makes more), so a crop or resize is one tensor operation over all
 per-frame PIL loop. A transform is called as ``transform(views, label, rng) -> (views, label)``;
 the label passes through so that a horizontal flip can swap direction-sensitive classes.
 :class:`Normalize` ends a pipeline, turning uint8 into normalised float.
+
+Optical flow (``modality="flow"``) travels the same way with ``C = 2 * new_length`` channels
+``x1, y1, x2, y2, ...`` (uint8, zero motion 128): crops and resizes treat every channel alike, a
+horizontal flip also inverts the ``x`` channels (``255 - v``: mirrored motion runs the other way,
+the reference's ``ImageOps.invert``), and normalisation is the reference TSM's for flow, mean 0.5
+and std 0.226 (the mean of the ImageNet stds) on every channel.
 """
 
 from __future__ import annotations
@@ -17,6 +23,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "FLOW_MEAN",
+    "FLOW_SCALES",
+    "FLOW_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RGB_SCALES",
     "CenterCrop",
     "Compose",
     "MultiScaleCrop",
@@ -34,6 +46,16 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RGB_SCALES = (1.0, 0.875, 0.75, 0.66)
+# reference TSM (ops/models.py) for flow: input_mean [0.5], input_std [np.mean(ImageNet std)],
+# repeated over the 2 * new_length channels; GroupMultiScaleCrop scales [1, .875, .75]
+FLOW_MEAN = (0.5,)
+FLOW_STD = (0.226,)
+FLOW_SCALES = (1.0, 0.875, 0.75)
+_MODALITY_DEFAULTS = {
+    "rgb": (IMAGENET_MEAN, IMAGENET_STD, RGB_SCALES),
+    "flow": (FLOW_MEAN, FLOW_STD, FLOW_SCALES),
+}
 
 
 def _check(views: torch.Tensor) -> None:
@@ -54,6 +76,26 @@ def _resize(views: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def _crop(views: torch.Tensor, x: int, y: int, w: int, h: int) -> torch.Tensor:
     return views[..., y : y + h, x : x + w]
+
+
+def _invert_flow_x(views: torch.Tensor) -> torch.Tensor:
+    """Mirrored flow: ``255 - v`` on the ``x`` channels (0, 2, 4, ...), ``y`` unchanged."""
+    if views.dtype != torch.uint8:
+        raise TypeError(
+            f"flipping flow inverts uint8 x images (255 - v), got {views.dtype}: flip before "
+            "Normalize"
+        )
+    out = views.clone()
+    out[..., 0::2, :, :] = 255 - views[..., 0::2, :, :]
+    return out
+
+
+def _defaults(modality: str, *given):
+    """``(mean, std, scales)``: those given, the modality's reference values for ``None``."""
+    if modality not in _MODALITY_DEFAULTS:
+        raise ValueError(f"modality must be one of {tuple(_MODALITY_DEFAULTS)}, got {modality!r}")
+    defaults = _MODALITY_DEFAULTS[modality]
+    return tuple(d if g is None else g for g, d in zip(given, defaults, strict=True))
 
 
 def _size(size: int | Sequence[int]) -> tuple[int, int]:
@@ -199,19 +241,28 @@ class RandomResizedCrop:
 
 class RandomHorizontalFlip:
     """Mirror all frames with probability ``p``; a flipped clip's label goes through
-    ``label_map`` (e.g. "pushing left to right" <-> "pushing right to left")."""
+    ``label_map`` (e.g. "pushing left to right" <-> "pushing right to left"). ``flow=True``:
+    the channels are flow ``x1, y1, x2, ...`` and the ``x`` ones are also inverted
+    (``255 - v``), as the reference's ``GroupRandomHorizontalFlip(is_flow=True)``."""
 
-    def __init__(self, p: float = 0.5, label_map: Mapping[int, int] | None = None) -> None:
+    def __init__(
+        self, p: float = 0.5, label_map: Mapping[int, int] | None = None, *, flow: bool = False
+    ) -> None:
         self.p = p
         self.label_map = dict(label_map or {})
+        self.flow = flow
 
     def __call__(self, views, label, rng):
         if rng.random() < self.p:
-            return views.flip(-1), self.label_map.get(label, label)
+            views = views.flip(-1)
+            if self.flow:
+                views = _invert_flow_x(views)
+            return views, self.label_map.get(label, label)
         return views, label
 
     def __repr__(self) -> str:
-        return f"RandomHorizontalFlip(p={self.p}, swaps={len(self.label_map) // 2} pairs)"
+        flow = ", flow" if self.flow else ""
+        return f"RandomHorizontalFlip(p={self.p}, swaps={len(self.label_map) // 2} pairs{flow})"
 
 
 class CenterCrop:
@@ -258,23 +309,30 @@ class TenCrop:
     """Four corners and the centre, each also mirrored: 10 views per input view (positions from
     :func:`fixed_crop_offsets`, as the reference's over-sampling). The mirrored views are the
     second half (:func:`mirrored_views`): for direction-sensitive classes their scores must go
-    through the flip map before they are averaged with the others."""
+    through the flip map before they are averaged with the others. ``flow=True``: mirrored
+    views also invert the flow ``x`` channels (the reference's ``GroupOverSample``)."""
 
-    def __init__(self, size: int | Sequence[int]) -> None:
+    def __init__(self, size: int | Sequence[int], *, flow: bool = False) -> None:
         self.height, self.width = _size(size)
+        self.flow = flow
 
     def __call__(self, views, label, rng):
         image_h, image_w = views.shape[-2:]
         spots = fixed_crop_offsets(image_w, image_h, self.width, self.height, more=False)
         crops = [_crop(views, x, y, self.width, self.height) for x, y in spots]
-        return torch.cat(crops + [c.flip(-1) for c in crops]), label
+        mirrored = [c.flip(-1) for c in crops]
+        if self.flow:
+            mirrored = [_invert_flow_x(c) for c in mirrored]
+        return torch.cat(crops + mirrored), label
 
     def __repr__(self) -> str:
         return f"TenCrop({(self.height, self.width)})"
 
 
 class Normalize:
-    """uint8 -> float in [0, 1] -> ``(x - mean) / std`` per channel."""
+    """uint8 -> float in [0, 1] -> ``(x - mean) / std`` per channel; with more channels than
+    ``mean`` values (stacked snippets: ``3 * new_length`` RGB or ``2 * new_length`` flow
+    channels) the values repeat over them, as the reference's ``GroupNormalize``."""
 
     def __init__(
         self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
@@ -283,9 +341,21 @@ class Normalize:
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
 
     def __call__(self, views, label, rng):
+        mean, std = self._repeated(views.shape[-3])
         # one fused pass: x / 255 then standardise == x * (1 / (255 std)) - mean / std
-        scale = 1.0 / (255.0 * self.std)
-        return torch.addcmul(-self.mean / self.std, views.to(torch.float32), scale), label
+        scale = 1.0 / (255.0 * std)
+        return torch.addcmul(-mean / std, views.to(torch.float32), scale), label
+
+    def _repeated(self, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        count = len(self.mean)
+        if channels == count or count == 1:
+            return self.mean, self.std
+        if channels % count:
+            raise ValueError(
+                f"Normalize has {count} mean/std values for {channels} channels: give "
+                f"{channels} values or a divisor of {channels}"
+            )
+        return self.mean.repeat(channels // count, 1, 1), self.std.repeat(channels // count, 1, 1)
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
@@ -294,23 +364,28 @@ class Normalize:
 def train_transforms(
     size: int = 224,
     *,
-    scales: Sequence[float] = (1.0, 0.875, 0.75, 0.66),
+    scales: Sequence[float] | None = None,
     flip: bool = True,
     flip_map: Mapping[int, int] | None = None,
     random_resized: bool = False,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    modality: str = "rgb",
 ) -> Compose:
     """Training views: TSN multi-scale crop (or random resized crop), optional flip with a
     label swap map, normalisation.
 
     For datasets whose labels name a horizontal direction (Something-Something, Jester) pass
-    ``flip=False`` or ``flip_map=flip_label_map(classes, "sthv2")``.
+    ``flip=False`` or ``flip_map=flip_label_map(classes, "sthv2")``. ``modality="flow"``: the
+    flip also inverts the flow ``x`` channels; ``scales``, ``mean`` and ``std`` left ``None``
+    take the modality's reference values (RGB: ``RGB_SCALES`` and ImageNet; flow:
+    ``FLOW_SCALES``, ``FLOW_MEAN``, ``FLOW_STD``).
     """
+    mean, std, scales = _defaults(modality, mean, std, scales)
     crop = RandomResizedCrop(size) if random_resized else MultiScaleCrop(size, scales)
     steps = [crop]
     if flip:
-        steps.append(RandomHorizontalFlip(label_map=flip_map))
+        steps.append(RandomHorizontalFlip(label_map=flip_map, flow=modality == "flow"))
     steps.append(Normalize(mean, std))
     return Compose(steps)
 
@@ -331,12 +406,16 @@ def eval_transforms(
     crops: int = 1,
     full_res: bool = False,
     scale_size: int | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    modality: str = "rgb",
 ) -> Compose:
     """Test views: resize the shorter side to ``scale_size`` (``size * 256 // 224`` by default),
     then 1 centre crop, 3 crops or 10 crops of ``size``; ``full_res`` crops at the resized
-    size itself (256 x 256 for a 224 model), the papers' accuracy protocol."""
+    size itself (256 x 256 for a 224 model), the papers' accuracy protocol. ``modality="flow"``:
+    the mirrored views of 10 crops invert the flow ``x`` channels; ``mean`` / ``std`` left
+    ``None`` take the modality's reference values."""
+    mean, std, _ = _defaults(modality, mean, std, None)
     scale = scale_size or size * 256 // 224
     crop_size = scale if full_res else size
     if crops == 1:
@@ -344,7 +423,7 @@ def eval_transforms(
     elif crops == 3:
         crop = ThreeCrop(crop_size)
     elif crops == 10:
-        crop = TenCrop(crop_size)
+        crop = TenCrop(crop_size, flow=modality == "flow")
     else:
         raise ValueError(f"crops must be 1, 3 or 10, got {crops}")
     return Compose([ResizeShorter(scale), crop, Normalize(mean, std)])

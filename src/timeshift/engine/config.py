@@ -45,6 +45,11 @@ class ModelConfig:
     # ImageNet, reference TSM, MMAction2, ours); new classifiers are initialised fresh
     pretrained: str | None = None
     channels_last: bool = True
+    # what a frame is: "rgb", or "flow" (a flow list: data.format rawframes over the folders
+    # of 'timeshift data extract-flow'); new_length images stacked per frame, null: the
+    # reference default (1 for RGB, 5 for flow: a 10-channel first conv)
+    modality: str = "rgb"
+    new_length: int | None = None
     # further create_model options (direction, fold_div, place, backbone widths, ...)
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -84,6 +89,8 @@ class DataConfig:
     on_error: str = "skip"
     cache: bool = False  # keep decoded videos in memory (small datasets of short videos)
     frame_template: str = "img_{:05d}.jpg"
+    # normalisation; for model.modality=flow these ImageNet defaults stand for the reference's
+    # flow values, mean [0.5] and std [0.226] on every channel
     mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

@@ -147,6 +147,8 @@ def _preprocessing(inputs: InputConfig) -> dict:
         "scale_size": inputs.scale_size,
         "mean": inputs.mean,
         "std": inputs.std,
+        "modality": inputs.modality,
+        "new_length": inputs.new_length,
     }
 
 

@@ -29,13 +29,19 @@ from timeshift.data.formats import (
 from timeshift.data.sampling import segment_indices
 from timeshift.data.synthetic import FORMAT_VERSION, SyntheticSpec, make_synthetic
 from timeshift.data.transforms import (
+    FLOW_MEAN,
+    FLOW_SCALES,
+    FLOW_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    RGB_SCALES,
     eval_transforms,
     mirrored_views,
     train_transforms,
 )
+from timeshift.engine.config import ConfigError
 from timeshift.engine.distributed import DistInfo
+from timeshift.models.registry import DEFAULT_NEW_LENGTH, input_channels
 
 __all__ = [
     "DATA_FORMATS",
@@ -52,7 +58,10 @@ __all__ = [
     "direction_protocol",
     "direction_sensitive",
     "flip_map_name",
+    "frame_options",
+    "input_modality",
     "load_split",
+    "normalisation",
     "synthetic_paths",
 ]
 
@@ -214,6 +223,53 @@ def checkpoint_direction(meta: Mapping) -> tuple[bool, str | None]:
     return sensitive, (flip_map_name(data) if sensitive else None)
 
 
+def input_modality(cfg: DictConfig | Mapping) -> tuple[str, int]:
+    """``(modality, new_length)`` of a training config: ``model.modality`` and
+    ``model.new_length`` (``None``: the reference default, 1 for RGB and 5 for flow)."""
+    model = cfg["model"] if isinstance(cfg, Mapping) else cfg.model
+    modality = _get(model, "modality", "rgb")
+    try:
+        input_channels(modality, _get(model, "new_length"))
+    except ValueError as exc:
+        raise ConfigError(f"model.modality / model.new_length: {exc}") from None
+    return modality, int(_get(model, "new_length", DEFAULT_NEW_LENGTH[modality]))
+
+
+def normalisation(cfg: DictConfig) -> tuple[list[float], list[float]]:
+    """``(mean, std)`` of a training config's frames: ``data.mean`` / ``data.std``; for flow,
+    the ImageNet defaults stand for the reference's flow values (``FLOW_MEAN`` 0.5,
+    ``FLOW_STD`` 0.226 on every channel), and RGB values given for flow are refused."""
+    modality, _ = input_modality(cfg)
+    mean, std = list(cfg.data.mean), list(cfg.data.std)
+    if modality != "flow":
+        return mean, std
+    if (mean, std) == (list(IMAGENET_MEAN), list(IMAGENET_STD)):
+        return list(FLOW_MEAN), list(FLOW_STD)
+    if len(mean) == len(IMAGENET_MEAN) or len(std) == len(IMAGENET_STD):
+        raise ConfigError(
+            f"data.mean {mean} / data.std {std} have 3 values (one per RGB channel) but "
+            "model.modality is flow: give one value for every flow channel (the reference: "
+            f"data.mean={list(FLOW_MEAN)} data.std={list(FLOW_STD)}), or leave both unset"
+        )
+    return mean, std
+
+
+def _scales(cfg: DictConfig) -> list[float]:
+    """Multi-scale crop scales; for flow the RGB default stands for the reference's flow ones
+    (``GroupMultiScaleCrop(size, [1, .875, .75])``)."""
+    scales = list(cfg.data.scales)
+    flow = input_modality(cfg)[0] == "flow"
+    return list(FLOW_SCALES) if flow and scales == list(RGB_SCALES) else scales
+
+
+def frame_options(modality: str, new_length: int) -> dict:
+    """``VideoDataset`` / ``create_model`` options for the frames; none for single RGB frames,
+    which datasets, models and stored configs mean without them."""
+    if (modality, new_length) == ("rgb", 1):
+        return {}
+    return {"modality": modality, "new_length": new_length}
+
+
 def _flip_map(classes: Sequence[str], name: str | None) -> dict[int, int] | None:
     if name is None:
         return None
@@ -348,18 +404,21 @@ def build_train_loader(cfg: DictConfig, ann: Annotations, info: DistInfo):
             "swapping their labels ('left' would be trained as 'right'): set data.flip=false, "
             "or data.flip_map to the class pairs a mirror swaps"
         )
+    modality, new_length = input_modality(cfg)
+    mean, std = normalisation(cfg)
     dataset = VideoDataset(
         ann,
         num_segments=cfg.model.num_segments,
         mode="train",
         transform=train_transforms(
             data.size,
-            scales=data.scales,
+            scales=_scales(cfg),
             flip=data.flip,
             flip_map=flip_map,
             random_resized=data.random_resized_crop,
-            mean=data.mean,
-            std=data.std,
+            mean=mean,
+            std=std,
+            **({"modality": modality} if modality != "rgb" else {}),
         ),
         backend=data.backend,
         on_error=data.on_error,
@@ -367,6 +426,7 @@ def build_train_loader(cfg: DictConfig, ann: Annotations, info: DistInfo):
         seed=cfg.train.seed,
         frame_template=data.frame_template,
         cache=data.cache,
+        **frame_options(modality, new_length),
     )
     sampler = DistributedSampler(
         dataset,
@@ -417,12 +477,22 @@ def eval_dataset(
     backend: str | None = None,
     frame_template: str = "img_{:05d}.jpg",
     observed: float = 1.0,
+    modality: str = "rgb",
+    new_length: int = 1,
 ) -> VideoDataset:
     """A test-protocol dataset: fixed sampling, resize + 1/3/10 crops, normalisation;
     ``observed < 1`` samples from the first part of each video only (early recognition);
-    ``dense="ordered"`` never wraps a short video (see :func:`segment_indices`)."""
+    ``dense="ordered"`` never wraps a short video (see :func:`segment_indices`);
+    ``modality`` / ``new_length``: what a frame is (``InputConfig``; flow folders for
+    ``"flow"``, whose 10-crop mirrors invert the x images)."""
     transform = eval_transforms(
-        size, crops=crops, full_res=full_res, scale_size=scale_size, mean=mean, std=std
+        size,
+        crops=crops,
+        full_res=full_res,
+        scale_size=scale_size,
+        mean=mean,
+        std=std,
+        **({"modality": modality} if modality != "rgb" else {}),
     )
     return VideoDataset(
         ann,
@@ -435,6 +505,7 @@ def eval_dataset(
         dense=dense,
         frame_template=frame_template,
         observed=observed,
+        **frame_options(modality, new_length),
     )
 
 
@@ -452,13 +523,17 @@ def build_eval_dataset(cfg: DictConfig, ann: Annotations) -> VideoDataset:
             "dataset ('left' scored as 'right'): use eval.crops=1 or 3 for validation during "
             "training ('timeshift test --crops 10' un-mirrors them with the flip map)"
         )
+    modality, new_length = input_modality(cfg)
+    mean, std = normalisation(cfg)
     return eval_dataset(
         ann,
         num_segments=cfg.model.num_segments,
         size=data.size,
         scale_size=data.scale_size,
-        mean=data.mean,
-        std=data.std,
+        mean=mean,
+        std=std,
+        modality=modality,
+        new_length=new_length,
         clips=ev.clips,
         crops=ev.crops,
         full_res=ev.full_res,

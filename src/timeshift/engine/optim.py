@@ -8,7 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["ParamGroup", "build_optimizer", "build_scheduler", "param_groups"]
+from timeshift.models.recognizer import first_conv
+
+__all__ = ["FIRST_CONV_LR_MULT", "ParamGroup", "build_optimizer", "build_scheduler", "param_groups"]
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (
@@ -29,17 +31,26 @@ class ParamGroup:
     decay_mult: float
 
 
-def param_groups(model: nn.Module, *, fc_lr5: bool = False) -> list[ParamGroup]:
-    """The reference TSM grouping.
+# the first conv's (weight, bias) lr multipliers per input modality (reference
+# get_optim_policies: 5 and 10 for Flow, whose first conv is a new cross-modality kernel)
+FIRST_CONV_LR_MULT = {"rgb": (1, 2), "flow": (5, 10)}
 
-    first conv weight (lr x1, decay x1) and bias (lr x2, no decay); other conv / linear weights
-    (x1, x1) and biases (x2, no decay); normalisation layers (x1, no decay); with ``fc_lr5``
-    the classifier weight x5 and bias x10 (a new head trained faster than an ImageNet-initialised
-    backbone). Parameters that do not require gradients (frozen by partial BN) are left out.
+
+def param_groups(
+    model: nn.Module, *, fc_lr5: bool = False, modality: str | None = None
+) -> list[ParamGroup]:
+    """The reference TSM grouping (``get_optim_policies``).
+
+    first conv weight (lr x1, decay x1) and bias (lr x2, no decay), for flow x5 and x10; other
+    conv / linear weights (x1, x1) and biases (x2, no decay); normalisation layers (x1, no
+    decay); with ``fc_lr5`` the classifier weight x5 and bias x10 (a new head trained faster
+    than an ImageNet-initialised backbone). Parameters that do not require gradients (frozen by
+    partial BN) are left out. ``modality`` defaults to the model's (``Recognizer.modality``).
     """
+    weight_mult, bias_mult = FIRST_CONV_LR_MULT[modality or _modality(model)]
     groups = {
-        "first_conv_weight": ParamGroup("first_conv_weight", [], 1, 1),
-        "first_conv_bias": ParamGroup("first_conv_bias", [], 2, 0),
+        "first_conv_weight": ParamGroup("first_conv_weight", [], weight_mult, 1),
+        "first_conv_bias": ParamGroup("first_conv_bias", [], bias_mult, 0),
         "normal_weight": ParamGroup("normal_weight", [], 1, 1),
         "normal_bias": ParamGroup("normal_bias", [], 2, 0),
         "norm": ParamGroup("norm", [], 1, 0),
@@ -49,7 +60,7 @@ def param_groups(model: nn.Module, *, fc_lr5: bool = False) -> list[ParamGroup]:
     }
     head = getattr(model, "fc", None)
     head_modules = set(head.modules()) if isinstance(head, nn.Module) else set()
-    seen_conv = False
+    stem = _first_conv(model)
     for module in model.modules():
         own = [p for p in module.parameters(recurse=False) if p.requires_grad]
         if not own:
@@ -57,12 +68,10 @@ def param_groups(model: nn.Module, *, fc_lr5: bool = False) -> list[ParamGroup]:
         if module in head_modules and isinstance(module, nn.Linear):
             _add(groups["fc_weight"], module.weight)
             _add(groups["fc_bias"], module.bias)
-        elif isinstance(module, (*_CONV, nn.Linear)):
-            first = isinstance(module, _CONV) and not seen_conv
-            seen_conv = seen_conv or isinstance(module, _CONV)
-            prefix = "first_conv" if first else "normal"
+        elif module is stem or isinstance(module, (*_CONV, nn.Linear)):
+            prefix = "first_conv" if module is stem else "normal"
             _add(groups[f"{prefix}_weight"], module.weight)
-            _add(groups[f"{prefix}_bias"], module.bias)
+            _add(groups[f"{prefix}_bias"], getattr(module, "bias", None))
         elif isinstance(module, _NORM):
             for p in own:
                 _add(groups["norm"], p)
@@ -70,6 +79,19 @@ def param_groups(model: nn.Module, *, fc_lr5: bool = False) -> list[ParamGroup]:
             for p in own:
                 _add(groups["other"], p)
     return [g for g in groups.values() if g.params]
+
+
+def _modality(model: nn.Module) -> str:
+    # DDP / DataParallel wrap the model under .module
+    inner = getattr(model, "module", model)
+    return getattr(inner, "modality", "rgb")
+
+
+def _first_conv(model: nn.Module) -> nn.Module | None:
+    try:
+        return first_conv(model)[1]
+    except ValueError:
+        return None
 
 
 def _add(group: ParamGroup, param: nn.Parameter | None) -> None:

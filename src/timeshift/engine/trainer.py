@@ -47,7 +47,10 @@ from timeshift.engine.loaders import (
     build_train_loader,
     build_val_loader,
     direction_meta,
+    frame_options,
+    input_modality,
     load_split,
+    normalisation,
 )
 from timeshift.engine.optim import build_optimizer, build_scheduler
 from timeshift.engine.run_directory import RunDirectory
@@ -219,12 +222,14 @@ def _device(requested: str | None) -> torch.device:
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    modality, new_length = input_modality(cfg)
     model = create_model(
         cfg.model.name,
         num_classes=num_classes,
         num_segments=cfg.model.num_segments,
         dropout=cfg.model.dropout,
         partial_bn=cfg.model.partial_bn,
+        **frame_options(modality, new_length),
         **to_dict(cfg.model.kwargs),
     )
     if cfg.model.pretrained:
@@ -447,12 +452,16 @@ def _new_state(
 
 def _checkpoint_meta(cfg: DictConfig, classes: list[str]) -> dict:
     """What inference reads from the run's checkpoints (``resolve_input_config``, ``test``)."""
+    modality, new_length = input_modality(cfg)
+    mean, std = normalisation(cfg)
     return {
         "classes": classes,
         "input_size": cfg.data.size,
         "scale_size": cfg.data.scale_size or default_scale_size(cfg.data.size),
-        "mean": list(cfg.data.mean),
-        "std": list(cfg.data.std),
+        "mean": mean,
+        "std": std,
+        "modality": modality,  # the frames test / predict must read (flow folders for flow)
+        "new_length": new_length,
         "config": to_dict(cfg),
         **direction_meta(cfg.data),  # lets 'test' keep mirrored/dense views direction-correct
     }

@@ -78,10 +78,11 @@ def _onnx_names(num_caches: int, online: bool) -> tuple[list[str], list[str]]:
 def _example_inputs(module, online: bool, batch: int, size: int, frames: int, generator=None):
     """Random inputs: a clip batch, or a frame plus random (not zero) caches so that the
     verification exercises the cache path."""
+    channels = int(getattr(module, "in_chans", 3))  # 2 * new_length for a flow model
     if not online:
-        return (torch.randn(batch, frames, 3, size, size, generator=generator),)
+        return (torch.randn(batch, frames, channels, size, size, generator=generator),)
     caches = module.init_caches(batch, size, size)
-    frame = torch.randn(batch, 3, size, size, generator=generator)
+    frame = torch.randn(batch, channels, size, size, generator=generator)
     return (frame, *(torch.randn(c.shape, generator=generator) for c in caches))
 
 

@@ -59,19 +59,28 @@ class _OnnxModel:
     def num_classes(self) -> int:
         return self.meta["num_classes"]
 
+    @property
+    def in_chans(self) -> int:
+        """Channels of a frame, read from the graph's input: 3 for RGB, ``2 * new_length`` for
+        a flow model."""
+        shape = self.session.get_inputs()[0].shape  # (N, T, C, H, W) or (N, C, H, W)
+        return int(shape[-3])
+
 
 class OnnxRecognizer(_OnnxModel):
-    """An offline export: ``recognizer(video)`` with ``video (N, T, 3, H, W)`` -> logits."""
+    """An offline export: ``recognizer(video)`` with ``video (N, T, C, H, W)`` -> logits (C = 3
+    for RGB, ``2 * new_length`` for flow)."""
 
     mode = "offline"
 
     def __call__(self, video) -> torch.Tensor:
         clips = _as_numpy(video)
         frames, size = self.meta["num_segments"], self.meta["input_size"]
-        expected = (frames, 3, size, size)
+        expected = (frames, self.in_chans, size, size)
         if clips.ndim != 5 or clips.shape[1:] != expected:
             raise ValueError(
-                f"expected clips (N, T, C, H, W) with T={frames} (num_segments), C=3, "
+                f"expected clips (N, T, C, H, W) with T={frames} (num_segments), "
+                f"C={self.in_chans}, "
                 f"H=W={size} (the exported size), got {tuple(clips.shape)}"
             )
         if clips.shape[0] == 0:  # onnxruntime cannot run an empty batch: nothing to compute
@@ -90,7 +99,7 @@ class OnnxOnlineRecognizer(_OnnxModel):
     """An online export run frame by frame: the same ``step``/``reset`` API and cache sizes as
     :class:`timeshift.OnlineRecognizer`.
 
-    ``step(frame)`` takes ``(3, H, W)`` or ``(N, 3, H, W)`` (torch or numpy, float) and returns
+    ``step(frame)`` takes ``(C, H, W)`` or ``(N, C, H, W)`` (torch or numpy, float) and returns
     torch logits ``(K,)`` or ``(N, K)``; H and W are the exported size.
     """
 
@@ -112,10 +121,10 @@ class OnnxOnlineRecognizer(_OnnxModel):
         single = frames.ndim == 3
         if single:
             frames = frames[None]
-        size = self.meta["input_size"]
-        if frames.ndim != 4 or frames.shape[2:] != (size, size):
+        size, c = self.meta["input_size"], self.in_chans
+        if frames.ndim != 4 or frames.shape[1:] != (c, size, size):
             raise ValueError(
-                f"expected a frame (3, {size}, {size}) or frames (N, 3, {size}, {size}) "
+                f"expected a frame ({c}, {size}, {size}) or frames (N, {c}, {size}, {size}) "
                 f"(the exported size), got {tuple(np.shape(frame))}"
             )
         n = frames.shape[0]

@@ -8,11 +8,13 @@ from timeshift.models.checkpoints import (
     save_model,
 )
 from timeshift.models.preprocessing import InputConfig, resolve_input_config
-from timeshift.models.recognizer import Recognizer
+from timeshift.models.recognizer import Recognizer, first_conv
 from timeshift.models.registry import (
+    MODALITIES,
     ModelInfo,
     build_recognizer,
     create_model,
+    input_channels,
     list_models,
     model_info,
     register_model,
@@ -23,6 +25,7 @@ from timeshift.models.temporalize import BlockSite, register_temporal_layer, tem
 from timeshift.models import blvnet, i3d, stsm, vsn  # noqa: F401  isort: skip
 
 __all__ = [
+    "MODALITIES",
     "BlockSite",
     "CheckpointError",
     "InputConfig",
@@ -31,6 +34,8 @@ __all__ = [
     "Recognizer",
     "build_recognizer",
     "create_model",
+    "first_conv",
+    "input_channels",
     "list_models",
     "load_checkpoint",
     "load_model",

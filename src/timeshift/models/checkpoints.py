@@ -18,6 +18,12 @@ Formats understood by :func:`load_checkpoint`:
   classifier is dropped). A ``module.`` prefix (DataParallel) is ignored, so IBM/BigLittleNet's
   ImageNet bLResNet checkpoints initialise a bLVNet-TAM the same way (its TAMs start fresh).
 
+A model whose first conv takes other input channels than the checkpoint's RGB kernel (a flow
+model, ``modality="flow"``: ``2 * new_length`` channels) is initialised the reference TSN/TSM way
+(``_construct_flow_model``): the RGB kernel averaged over its 3 input channels and copied to
+every input channel, its bias (if any) kept as it is. Flow checkpoints (first conv already
+``2 * new_length`` channels, e.g. the reference Kinetics flow TSM) load unchanged.
+
 All of them are matched against the model through *canonical* key names with the wrapper segments
 (``.net`` of temporal shift/pool, ``.block`` of non-local) removed, which is what lets TSN weights
 load into TSM models and back. A classifier whose shape differs (another class count) is dropped
@@ -40,6 +46,7 @@ import torch
 from torch import nn
 
 from timeshift.errors import TimeshiftError
+from timeshift.models.recognizer import first_conv
 
 __all__ = [
     "FORMAT_VERSION",
@@ -79,6 +86,8 @@ class LoadReport:
     source: str
     loaded: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)  # in the checkpoint, deliberately unused
+    # converted to fit: the first conv's RGB kernel averaged for another modality
+    adapted: list[str] = field(default_factory=list)
     initialised: list[str] = field(default_factory=list)  # in the model, left at their init
     missing: list[str] = field(default_factory=list)  # only when strict=False
     unexpected: list[str] = field(default_factory=list)  # only when strict=False
@@ -432,7 +441,7 @@ def load_model(
             config["num_segments"] = num_segments
         source, meta = "timeshift", dict(payload.get("meta", {}))
     model = _checked_build(config, payload, source, str(path), max_params)
-    report = _load(model, payload, source, True, "error", str(path))
+    report = _load(model, payload, source, True, "error", str(path), adapt=False)
     fresh = [k for k in report.initialised if not k.endswith("num_batches_tracked")]
     if fresh:
         raise CheckpointError(
@@ -517,7 +526,15 @@ def _checked_build(
             f"limit ({knob}, e.g. TIMESHIFT_MAX_MODEL_PARAMS={params})"
         )
     # raises CheckpointError on any shape that does not fit, still without allocating
-    _plan(skeleton, payload, source=source, strict=True, head_mismatch="error", origin=origin)
+    _plan(
+        skeleton,
+        payload,
+        source=source,
+        strict=True,
+        head_mismatch="error",
+        origin=origin,
+        adapt=False,
+    )
     return build()
 
 
@@ -751,6 +768,10 @@ def load_checkpoint(
 ) -> LoadReport:
     """Load weights from any supported format into ``model``.
 
+    An RGB first conv loaded into a model with other input channels (``modality="flow"``) is
+    averaged over its 3 channels and copied to each, the reference TSN/TSM cross-modality
+    initialisation (logged, listed in ``LoadReport.adapted``).
+
     Args:
         model: a :class:`~timeshift.models.Recognizer` (keys ``backbone.*``, ``fc.*``).
         checkpoint: a file path, or an already loaded checkpoint object.
@@ -775,9 +796,15 @@ def load_checkpoint(
     return _load(model, payload, source, strict, head_mismatch, origin)
 
 
-def _load(model, payload, source, strict, head_mismatch, origin) -> LoadReport:
+def _load(model, payload, source, strict, head_mismatch, origin, *, adapt=True) -> LoadReport:
     report, mapped = _plan(
-        model, payload, source=source, strict=strict, head_mismatch=head_mismatch, origin=origin
+        model,
+        payload,
+        source=source,
+        strict=strict,
+        head_mismatch=head_mismatch,
+        origin=origin,
+        adapt=adapt,
     )
     model.load_state_dict(mapped, strict=False)
     report.loaded = sorted(mapped)
@@ -801,9 +828,11 @@ def _plan(
     strict: bool,
     head_mismatch: str,
     origin: str,
+    adapt: bool = True,
 ) -> tuple[LoadReport, dict[str, torch.Tensor]]:
     """Which checkpoint tensor goes to which model key; raises on anything that does not fit.
-    Reads only shapes of ``model``, so a model on the meta device can be checked for free."""
+    Reads only shapes of ``model``, so a model on the meta device can be checked for free.
+    ``adapt``: convert an RGB first conv for another modality (initialisation, not inference)."""
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if head_mismatch not in HEAD_MISMATCH:
@@ -823,8 +852,12 @@ def _plan(
 
     mapped: dict[str, torch.Tensor] = {}
     unexpected, mismatched = [], []
+    stem = _first_conv_key(model)
     for canon, value in incoming.items():
         key = by_canonical.get(canon)
+        if key is not None and key == stem and adapt and _other_modality(target[key], value):
+            value = _average_input_channels(value, target[key].shape[1], origin, key)
+            report.adapted.append(key)
         if key is None:
             unexpected.append(canon)
         elif target[key].shape != value.shape and not _inflatable(target[key], value):
@@ -833,6 +866,7 @@ def _plan(
             else:
                 mismatched.append(
                     f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(target[key].shape)}"
+                    + (_input_channels_hint(target[key], value, adapt) if key == stem else "")
                 )
         else:
             mapped[key] = value
@@ -849,6 +883,67 @@ def _plan(
         _classifier_dropped(model, incoming, source, origin, head_mismatch)
     report.missing, report.unexpected = missing, unexpected
     return report, mapped
+
+
+def _first_conv_key(model: nn.Module) -> str | None:
+    try:
+        name, _ = first_conv(model)
+    except ValueError:
+        return None
+    return f"{name}.weight"
+
+
+_RGB_CHANNELS = 3
+
+
+def _other_modality(target: torch.Tensor, value: torch.Tensor) -> bool:
+    """An RGB first-conv kernel for a first conv with other input channels (flow, stacked
+    frames), same kernel otherwise (a 2D kernel for an inflated one included)."""
+    return (
+        value.dim() >= 4
+        and value.shape[1] == _RGB_CHANNELS
+        and target.shape[1] != _RGB_CHANNELS
+        and target.shape[0] == value.shape[0]
+        and target.shape[-2:] == value.shape[-2:]
+    )
+
+
+def _average_input_channels(
+    value: torch.Tensor, channels: int, origin: str, key: str
+) -> torch.Tensor:
+    """The reference TSN/TSM cross-modality initialisation (``_construct_flow_model``): the
+    kernel averaged over its input channels, copied to each of ``channels``."""
+    shape = (value.shape[0], channels, *value.shape[2:])
+    _logger.info(
+        "%s: %s is an RGB kernel %s: averaged over its %d input channels and copied to the "
+        "model's %d (cross-modality initialisation, as the reference TSN/TSM flow models)",
+        origin,
+        key,
+        tuple(value.shape),
+        value.shape[1],
+        channels,
+    )
+    return value.mean(dim=1, keepdim=True).expand(shape).contiguous()
+
+
+def _input_channels_hint(target: torch.Tensor, value: torch.Tensor, adapt: bool) -> str:
+    """Why a first conv does not fit: another modality, named with what to build instead."""
+    if value.dim() < 4 or target.shape[1] == value.shape[1]:
+        return ""
+    theirs, ours = value.shape[1], target.shape[1]
+    kind = (
+        f"a flow model's (create_model(..., modality='flow', new_length={theirs // 2}))"
+        if theirs % 2 == 0 and theirs != _RGB_CHANNELS
+        else "an RGB model's"
+        if theirs == _RGB_CHANNELS
+        else f"{theirs} channels"
+    )
+    if theirs == _RGB_CHANNELS and not adapt:
+        return (
+            f" (the checkpoint's first conv is {kind}: it can initialise a model for "
+            f"{ours} input channels for training, model.pretrained / load_checkpoint, not run it)"
+        )
+    return f" (the checkpoint's first conv takes {theirs} input channels: {kind}; the model {ours})"
 
 
 def _other_class_count(target: torch.Tensor, value: torch.Tensor) -> bool:

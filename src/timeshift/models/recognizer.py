@@ -7,7 +7,34 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["Recognizer", "check_input_dtype"]
+__all__ = [
+    "DEFAULT_NEW_LENGTH",
+    "MODALITY_CHANNELS",
+    "Recognizer",
+    "check_input_dtype",
+    "first_conv",
+]
+
+# channels of one frame of each input modality: an RGB image, or the x and y images of a flow
+# field; a model input frame stacks ``new_length`` of them (the reference TSN's ``sample_len``)
+MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
+# images stacked per frame when not given: the reference TSN/TSM default
+# (``new_length = 1 if modality == "RGB" else 5``)
+DEFAULT_NEW_LENGTH = {"rgb": 1, "flow": 5}
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Module]:
+    """``(name, module)`` of the first convolution of ``model`` in ``modules()`` order: the
+    first module owning a kernel ``weight`` (3 or more dims: Conv1d/2d/3d, an inflated conv).
+
+    This is the reference TSN/TSM rule (``_construct_flow_model``, ``get_optim_policies``: the
+    first ``nn.Conv*`` met), the layer that sees the input channels: its kernel is averaged for
+    another modality and it trains faster on flow."""
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is not None and weight.dim() >= 3:
+            return name, module
+    raise ValueError(f"{type(model).__name__} has no convolution")
 
 
 def check_input_dtype(x: torch.Tensor, dtype: torch.dtype, *, what: str) -> None:
@@ -43,6 +70,9 @@ class Recognizer(nn.Module):
         partial_bn: freeze every BatchNorm2d but the first (statistics and affine parameters),
             the reference's trick for fine-tuning with small batches.
         init_std: std of the normal init of the classifier weight (bias zero).
+        modality: what a frame of the input is, ``"rgb"`` or ``"flow"``; the backbone's first
+            conv takes ``MODALITY_CHANNELS[modality] * new_length`` channels.
+        new_length: images stacked per frame (5 flow fields: ``x1, y1, ..., x5, y5``).
     """
 
     def __init__(
@@ -54,10 +84,14 @@ class Recognizer(nn.Module):
         dropout: float = 0.5,
         partial_bn: bool = False,
         init_std: float = 0.001,
+        modality: str = "rgb",
+        new_length: int = 1,
     ) -> None:
         super().__init__()
         if num_segments < 1:
             raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+        self.modality = modality
+        self.new_length = new_length
         # filled in by create_model so that checkpoints can rebuild the model
         self.config: dict[str, Any] | None = None
         # what the checkpoint it was loaded from says (classes, input size, normalisation, ...);
@@ -67,6 +101,13 @@ class Recognizer(nn.Module):
         self.num_segments = num_segments
         self.num_features = int(backbone.num_features)
         self.in_chans = int(getattr(backbone, "in_chans", 3))
+        stacked = MODALITY_CHANNELS[modality] * new_length
+        # a plain RGB model keeps whatever its backbone takes (a user's greyscale network)
+        if (modality, new_length) != ("rgb", 1) and self.in_chans != stacked:
+            raise ValueError(
+                f"the backbone takes {self.in_chans} input channels; {modality} frames with "
+                f"new_length={new_length} have {stacked}"
+            )
         self.init_std = init_std
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc: nn.Module = nn.Identity()
@@ -195,7 +236,10 @@ class Recognizer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def extra_repr(self) -> str:
-        return (
+        text = (
             f"num_segments={self.num_segments}, num_classes={self.num_classes}, "
             f"partial_bn={self.partial_bn}"
         )
+        if (self.modality, self.new_length) != ("rgb", 1):
+            text += f", modality={self.modality}, new_length={self.new_length}"
+        return text

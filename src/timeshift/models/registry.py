@@ -13,7 +13,7 @@ from torch import nn
 
 from timeshift.models.backbones import BACKBONES, add_non_local, create_backbone
 from timeshift.models.preprocessing import IMAGENET_MEAN, IMAGENET_STD
-from timeshift.models.recognizer import Recognizer
+from timeshift.models.recognizer import DEFAULT_NEW_LENGTH, MODALITY_CHANNELS, Recognizer
 from timeshift.models.temporalize import (
     TEMPORAL_LAYERS,
     TEMPORALIZE_OPTIONS,
@@ -26,8 +26,10 @@ from timeshift.models.temporalize import (
 from timeshift.ops.pool import TemporalPool, pooled_segments
 
 __all__ = [
+    "DEFAULT_NEW_LENGTH",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MODALITIES",
     "TAGS",
     "ModelInfo",
     "build_recognizer",
@@ -129,7 +131,10 @@ def create_model(name: str, *, num_classes: int, num_segments: int, **kwargs: An
         num_segments: frames per clip ``T``.
         **kwargs: model options: ``direction`` ("bidirectional"/"unidirectional"), ``fold_div``,
             ``place`` ("residual"/"inplace"), ``inplace``, ``temporal_pool``, ``non_local``,
-            ``dropout``, ``partial_bn``, and backbone options such as ``width_mult``.
+            ``dropout``, ``partial_bn``, ``modality`` ("rgb"/"flow") and ``new_length``
+            (frames stacked per segment, default 1 for RGB and 5 for flow: the first conv
+            takes ``2 * new_length`` channels for flow), and backbone options such as
+            ``width_mult``.
 
     Returns:
         A :class:`~timeshift.models.Recognizer` whose ``config`` rebuilds it.
@@ -138,11 +143,15 @@ def create_model(name: str, *, num_classes: int, num_segments: int, **kwargs: An
         kwargs = dict(kwargs)
         kwargs["block_stride"] = kwargs.pop("every")
     model = _entrypoint(name)(num_classes=num_classes, num_segments=num_segments, **kwargs)
+    stored = _plain(kwargs)
+    if "modality" in kwargs or "new_length" in kwargs:
+        # both, resolved: a checkpoint rebuilds the same first conv whatever the defaults become
+        stored.update(modality=model.modality, new_length=model.new_length)
     model.config = {
         "name": name,
         "num_classes": num_classes,
         "num_segments": num_segments,
-        "kwargs": _plain(kwargs),
+        "kwargs": stored,
     }
     return model
 
@@ -172,6 +181,8 @@ def build_recognizer(
     non_local: bool = False,
     dropout: float = 0.5,
     partial_bn: bool = False,
+    modality: str = "rgb",
+    new_length: int | None = None,
     **options: Any,
 ) -> Recognizer:
     """Backbone by name -> temporal modules -> optional non-local -> Recognizer: every
@@ -191,6 +202,8 @@ def build_recognizer(
             ``temporal_layer``.
         non_local: wrap the TSM-NL blocks (layer2: 0, 2; layer3: 0, 2, 4) in non-local blocks.
         dropout, partial_bn: Recognizer options.
+        modality, new_length: the input frames (:func:`input_channels`); the backbone's
+            ``in_chans`` follows from them.
         **options: given to whoever declares them by a keyword parameter: the temporal layer
             (``fold_div``, ``direction``, ``alpha``, ...), ``temporalize`` (``place``,
             ``block_stride``, ``temporal_pool``), the transform, then the backbone
@@ -204,6 +217,7 @@ def build_recognizer(
         create_backbone(backbone)  # raises the unknown-backbone error
     consumers = _consumers(backbone, make_backbone, temporal_layer, transform)
     routed = _route_options(options, consumers, subject=_subject(temporal_layer, transform))
+    new_length = _stacked_input(routed["backbone"], backbone, make_backbone, modality, new_length)
     if "num_segments" in inspect.signature(make_backbone).parameters:
         routed["backbone"]["num_segments"] = num_segments
     net = create_backbone(backbone, num_classes=0, **routed["backbone"])
@@ -226,7 +240,47 @@ def build_recognizer(
         num_segments=num_segments,
         dropout=dropout,
         partial_bn=partial_bn,
+        modality=modality,
+        new_length=new_length,
     )
+
+
+MODALITIES = tuple(MODALITY_CHANNELS)
+
+
+def input_channels(modality: str = "rgb", new_length: int | None = None) -> int:
+    """Channels of one input frame: ``new_length`` stacked images of ``modality`` (3 for RGB,
+    2 for a flow field's x and y images; 10 for the reference flow models)."""
+    if modality not in MODALITY_CHANNELS:
+        raise ValueError(f"modality must be one of {list(MODALITIES)}, got {modality!r}")
+    length = DEFAULT_NEW_LENGTH[modality] if new_length is None else new_length
+    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+        raise ValueError(f"new_length must be a whole number >= 1, got {new_length!r}")
+    return MODALITY_CHANNELS[modality] * length
+
+
+def _stacked_input(
+    backbone_options: dict[str, Any],
+    backbone: str,
+    make_backbone: Callable[..., nn.Module],
+    modality: str,
+    new_length: int | None,
+) -> int:
+    """Set the backbone's ``in_chans`` for ``modality`` / ``new_length`` (left alone for plain
+    RGB); returns the resolved ``new_length``."""
+    channels = input_channels(modality, new_length)
+    length = channels // MODALITY_CHANNELS[modality]
+    if (modality, length) == ("rgb", 1):
+        return length
+    if "in_chans" in backbone_options:
+        raise TypeError(
+            f"give modality/new_length or in_chans, not both (in_chans="
+            f"{backbone_options['in_chans']}; {modality} with new_length={length} is {channels})"
+        )
+    if "in_chans" not in (declared_options(make_backbone) or {"in_chans"}):
+        raise TypeError(f"backbone {backbone!r} takes no in_chans: it cannot take {modality} input")
+    backbone_options["in_chans"] = channels
+    return length
 
 
 # (key in the routed options, label in messages, accepted names or None for any)
@@ -290,7 +344,7 @@ def _unknown_options_message(unknown: list[str], consumers: list[_Consumer], sub
     ]
     if owners and not any(key == "layer" for key, _, _ in consumers):
         takes.insert(0, f"{sorted(owners)} are options of temporal layer {layers}")
-    takes.append("the recognizer takes dropout, non_local and partial_bn")
+    takes.append("the recognizer takes dropout, non_local, partial_bn, modality and new_length")
     return f"{subject} do not take {unknown}: " + "; ".join(takes)
 
 

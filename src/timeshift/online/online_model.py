@@ -89,6 +89,11 @@ class OnlineModule(nn.Module):
     def num_caches(self) -> int:
         return len(self.streaming_ops)
 
+    @property
+    def in_chans(self) -> int:
+        """Channels of a frame (3 for RGB, ``2 * new_length`` for a flow model)."""
+        return int(self.model.in_chans)
+
     def forward(self, frame: torch.Tensor, *caches: torch.Tensor):
         """Without caches the past is taken as zeros (the first frame of a stream)."""
         ops = self.streaming_ops
