@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from timeshift.bench.overhead import _fold_div, benchmark_shift_overhead, overhead_specs
@@ -142,3 +143,38 @@ def test_cli_memory_and_shift_reports(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: "expected MODEL or MODEL:FRAMES"
         main(["bench", "memory", "tsm_resnet_tiny:x"])
     assert "MODEL:FRAMES" in capsys.readouterr().err
+
+
+def test_flow_benchmark_rows_and_ratio(tmp_path, capsys, monkeypatch):
+    """`bench flow`: one row per algorithm and one for the model, from one interleaved run;
+    vs_model is the model's frames/s over the algorithm's; an algorithm that is missing here
+    (TV-L1 without OpenCV's contrib build) gets a row naming the extra, the rest is measured."""
+    import cv2
+
+    from timeshift.bench.flow_speed import benchmark_flow, moving_frames
+
+    frames = moving_frames(3, height=24, width=32, step=2)
+    assert frames.shape == (3, 24, 32, 3)
+    assert np.array_equal(frames[1][:, :-2], frames[0][:, 2:])  # the scene pans 2 px per frame
+    monkeypatch.delattr(cv2, "optflow", raising=False)
+    rows = benchmark_flow(
+        ["dis", "farneback", "tvl1"], model="tsm_resnet_tiny", frames=4, size=32, rounds=2
+    )
+    assert [r["contender"] for r in rows] == ["dis", "farneback", "tvl1", "tsm_resnet_tiny"]
+    assert "timeshift[flow]" in rows[2]["error"]
+    model = rows[3]
+    assert model["kind"] == "model" and model["vs_model"] is None
+    assert model["frames_per_s"] == pytest.approx(4 / model["median_ms"] * 1e3, rel=1e-3)
+    for row in rows[:2]:
+        assert row["resolution"] == "42x32" and row["frames_per_s"] > 0
+        assert row["vs_model"] == pytest.approx(
+            model["frames_per_s"] / row["frames_per_s"], rel=0.02
+        )
+    code = main(
+        ["bench", "flow", "--algorithms", "dis", "--model", "tsm_resnet_tiny", "--frames", "4",
+         "--size", "32", "--iters", "2", "--no-progress", "--json", "--output", str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["contender"] for r in report["rows"]] == ["dis", "tsm_resnet_tiny"]
+    assert (tmp_path / "flow.png").stat().st_size > 0 and (tmp_path / "flow.md").exists()

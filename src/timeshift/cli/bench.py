@@ -19,6 +19,7 @@ from typing import Any
 from timeshift.bench.overhead import PLACES, PROPORTIONS
 from timeshift.bench.speed import BACKENDS, FORMATS
 from timeshift.cli.common import Parents
+from timeshift.data.flow import FLOW_ALGORITHMS
 
 __all__ = ["SUITES", "Suite", "add_parser"]
 
@@ -446,6 +447,47 @@ def run_data(args: argparse.Namespace) -> int:
     )
 
 
+def run_flow(args: argparse.Namespace) -> int:
+    from timeshift.bench.charts import grouped_bars
+    from timeshift.bench.flow_speed import benchmark_flow
+
+    rows = benchmark_flow(
+        args.algorithms,
+        model=args.model,
+        frames=args.frames,
+        size=args.size,
+        rounds=args.iters,
+        progress=not args.no_progress,
+    )
+    title = (
+        f"optical flow vs {args.model} ({args.frames} frames, batch 1, eager channels_last): "
+        f"frames per second at {args.size} px short side, 1 process"
+    )
+    columns = ["contender", "kind", "resolution", "unit", "median_ms", "spread"]
+    columns += ["frames_per_s", "vs_model"]
+    timed = [r for r in rows if "error" not in r]
+
+    def plot(path: Path) -> None:
+        grouped_bars(
+            [r["contender"] for r in timed],
+            {"frames / s": [r["frames_per_s"] for r in timed]},
+            path,
+            ylabel="frames per second (CPU)",
+            title=f"optical flow vs {args.model} ({args.frames}-frame clips), "
+            f"{args.size} px short side",
+        )
+
+    return _finish(
+        args,
+        "flow",
+        rows,
+        columns,
+        title,
+        plot=plot,
+        footer="vs_model: how many times longer a frame of flow takes than a frame of the model",
+    )
+
+
 # -- the suites ----------------------------------------------------------------------------------
 
 Arg = tuple[tuple[str, ...], dict[str, Any]]
@@ -577,6 +619,24 @@ SUITES: dict[str, Suite] = {
         iters=30,
     ),
     "shift": Suite("the shift op vs clone() vs the reference shift", run_shift, iters=50),
+    "flow": Suite(
+        "optical flow frames/s vs the model's (TSM: flow costs more than the model)",
+        run_flow,
+        args=(
+            _arg(
+                "--algorithms",
+                nargs="+",
+                choices=FLOW_ALGORITHMS,
+                default=list(FLOW_ALGORITHMS),
+                help="flow algorithms (tvl1 needs the flow extra)",
+            ),
+            _arg("--model", default="tsm_resnet50"),
+            _arg("--frames", type=int, default=8, help="frames per clip of the model (8)"),
+            _arg("--size", type=int, default=224, help="short side of the frames (224)"),
+            _arg("--no-progress", action="store_true"),
+        ),
+        iters=10,
+    ),
     "data": Suite(
         "dataset clips/s vs raw decode of the same frames",
         run_data,

@@ -25,6 +25,12 @@ def add_parser(sub, parents: Parents) -> None:
         "cores at 20 epochs)",
     )
     p.add_argument("--models", nargs="+", metavar="NAME", help="a subset of the --all rows")
+    p.add_argument(
+        "--two-stream",
+        action="store_true",
+        help="extract optical flow, train TSN and TSM on RGB and on flow, fuse each pair "
+        "(TSM Tables 2-3 at demo scale)",
+    )
     p.add_argument("--epochs", type=int, help="training epochs per model (default 20)")
     p.set_defaults(func=run)
 
@@ -32,6 +38,8 @@ def add_parser(sub, parents: Parents) -> None:
 def run(args: argparse.Namespace) -> int:
     from timeshift.engine.demo import format_results, run_demo
 
+    if args.two_stream:
+        return _run_two_stream(args)
     variants = "all" if args.all else (args.models or "main")
     output = args.output or ("runs/demo-all" if variants != "main" else "runs/demo")
     overrides = [f"train.epochs={args.epochs}"] if args.epochs else None
@@ -43,4 +51,18 @@ def run(args: argparse.Namespace) -> int:
         overrides=overrides,
     )
     print(format_results(results))
+    return 0
+
+
+def _run_two_stream(args: argparse.Namespace) -> int:
+    from timeshift.engine.demo_two_stream import format_two_stream, run_two_stream_demo
+
+    if args.all or args.models or args.full:
+        raise ValueError("--two-stream trains its own four models: drop --all/--models/--full")
+    results = run_two_stream_demo(
+        args.output or "runs/demo-two-stream",
+        progress=not args.no_progress,
+        overrides=[f"train.epochs={args.epochs}"] if args.epochs else None,
+    )
+    print(format_two_stream(results))
     return 0

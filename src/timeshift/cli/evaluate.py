@@ -1,4 +1,5 @@
-"""``timeshift test`` (accuracy protocols, ensembles, early recognition), ``timeshift predict``."""
+"""``timeshift test`` (accuracy protocols, ensembles, two streams, early recognition),
+``timeshift fuse`` (fusing saved scores), ``timeshift predict``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import sys
 
 from timeshift.cli.common import ROOT_HELP, Parents, json_dumps
 
-__all__ = ["add_parser", "run_predict", "run_test"]
+__all__ = ["add_parser", "run_fuse", "run_predict", "run_test"]
 
 
 def add_parser(sub, parents: Parents) -> None:
@@ -46,8 +47,31 @@ def add_parser(sub, parents: Parents) -> None:
         action="store_true",
         help="--online for a bidirectional model: zero the channels it takes from the future",
     )
-    p.add_argument("--output", help="directory for metrics, confusion matrix, predictions")
+    two_stream = p.add_argument_group(
+        "two-stream", "test CHECKPOINT (RGB) with a flow checkpoint and fuse their scores"
+    )
+    two_stream.add_argument("--flow", metavar="CHECKPOINT", help="the flow stream's checkpoint")
+    two_stream.add_argument(
+        "--flow-data",
+        metavar="LIST",
+        help="flow list of the same videos (extract-flow's <list>_flow.txt), matched by name",
+    )
+    two_stream.add_argument("--flow-root", help="folder the flow list's paths are relative to")
+    _add_fusion_args(p)
+    p.add_argument(
+        "--output", help="directory for metrics, confusion matrix, predictions, scores.npz"
+    )
     p.set_defaults(func=run_test)
+
+    p = sub.add_parser(
+        "fuse",
+        help="fuse the per-video scores of test runs (scores.npz): two streams, ensembles",
+        parents=[parents.json],
+    )
+    p.add_argument("scores", nargs="+", metavar="SCORES", help="scores.npz of timeshift test")
+    _add_fusion_args(p)
+    p.add_argument("--output", help="directory for the fusion's metrics, predictions, scores")
+    p.set_defaults(func=run_fuse)
 
     p = sub.add_parser("predict", help="top-k classes of videos", parents=inference)
     p.add_argument("checkpoint")
@@ -56,29 +80,119 @@ def add_parser(sub, parents: Parents) -> None:
     p.set_defaults(func=run_predict)
 
 
+def _add_fusion_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fusion-weights",
+        nargs="+",
+        type=float,
+        metavar="W",
+        help="one weight per stream / checkpoint / score file (default: TSN's 1 1.5 for RGB "
+        "and flow, equal otherwise; 1 1 is the reference TSM's equal weighting)",
+    )
+    p.add_argument(
+        "--fuse",
+        choices=("logits", "softmax"),
+        help="fuse logits (default for two streams and score files: TSN, reference TSM) or "
+        "softmax scores (default for --ensemble)",
+    )
+
+
 def run_test(args: argparse.Namespace) -> int:
     from timeshift.engine.evaluate import evaluate_checkpoints
 
     if args.early:
+        _refuse_fusion_flags(args, "--early")
         return _run_early(args)
+    if args.flow or args.flow_data or args.flow_root:
+        return _run_two_stream(args)
+    fusion = {}
+    if args.fuse or args.fusion_weights:
+        if not args.ensemble:
+            raise ValueError(
+                "--fuse / --fusion-weights need several checkpoints: --ensemble, or --flow "
+                "CHECKPOINT --flow-data LIST for a two-stream pair"
+            )
+        fusion = {"fuse": args.fuse or "softmax", "fusion_weights": args.fusion_weights}
     summary = evaluate_checkpoints(
         [args.checkpoint, *(args.ensemble or [])],
         args.data,
         root=args.root,
-        options=_eval_options(args),
-        output_dir=args.output,
-        device=args.device,
-        progress=not args.no_progress,
+        **_run_options(args),
+        **fusion,
     )
+    return _report_test(args, summary)
+
+
+def _refuse_fusion_flags(args: argparse.Namespace, mode: str) -> None:
+    flags = (
+        ("--flow", args.flow),
+        ("--flow-data", args.flow_data),
+        ("--fuse", args.fuse),
+        ("--fusion-weights", args.fusion_weights),
+    )
+    given = [flag for flag, value in flags if value]
+    if given:
+        raise ValueError(f"{' and '.join(given)} cannot be combined with {mode}")
+
+
+def _run_two_stream(args: argparse.Namespace) -> int:
+    from timeshift.engine.evaluate import evaluate_two_stream
+    from timeshift.engine.fusion import TSN_WEIGHTS
+
+    if not (args.flow and args.flow_data):
+        raise ValueError(
+            "a two-stream test needs both --flow CHECKPOINT and --flow-data LIST (the flow list "
+            "of the same videos, e.g. extract-flow's val_flow.txt)"
+        )
+    if args.ensemble:
+        raise ValueError("--ensemble cannot be combined with --flow; fuse saved scores instead")
+    summary = evaluate_two_stream(
+        args.checkpoint,
+        args.data,
+        args.flow,
+        args.flow_data,
+        rgb_root=args.root,
+        flow_root=args.flow_root,
+        weights=args.fusion_weights or (TSN_WEIGHTS["rgb"], TSN_WEIGHTS["flow"]),
+        mode=args.fuse or "logits",
+        **_run_options(args),
+    )
+    return _report_test(args, summary)
+
+
+def _report_test(args: argparse.Namespace, summary: dict) -> int:
     if args.json:
         print(json_dumps(summary))
     else:
         _print_test(summary)
         if args.output and "output_error" not in summary:
             print(
-                f"metrics.json, per_class.csv, confusion.csv/png, predictions.json in {args.output}"
+                "metrics.json, per_class.csv, confusion.csv/png, predictions.json, "
+                f"scores*.npz in {args.output}"
             )
     return _output_status(summary.get("output_error"))
+
+
+def run_fuse(args: argparse.Namespace) -> int:
+    from timeshift.engine.evaluate import fuse_saved_scores
+
+    summary = fuse_saved_scores(
+        args.scores,
+        weights=args.fusion_weights,
+        mode=args.fuse or "logits",
+        output_dir=args.output,
+    )
+    return _report_test(args, summary)
+
+
+def _run_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments every test run takes from the command line."""
+    return {
+        "options": _eval_options(args),
+        "output_dir": args.output,
+        "device": args.device,
+        "progress": not args.no_progress,
+    }
 
 
 def _eval_options(args: argparse.Namespace):
@@ -108,10 +222,7 @@ def _run_early(args: argparse.Namespace) -> int:
         args.data,
         fractions=[k / args.early_steps for k in range(1, args.early_steps + 1)],
         root=args.root,
-        options=_eval_options(args),
-        output_dir=args.output,
-        device=args.device,
-        progress=not args.no_progress,
+        **_run_options(args),
     )
     output_error = next((r["output_error"] for r in rows if "output_error" in r), None)
     if args.json:
@@ -127,21 +238,41 @@ def _run_early(args: argparse.Namespace) -> int:
 
 
 def _print_test(summary: dict) -> None:
-    print(
-        f"{summary['samples']} videos ({summary['unreadable']} unreadable), protocol "
-        f"{summary['protocol']['clips']} clip(s) x {summary['protocol']['crops']} crop(s)"
-        f"{' full-res' if summary['protocol']['full_res'] else ''}"
-    )
-    print(
-        f"  top-1 {summary['top1']:.4f}   top-5 {summary['top5']:.4f}   mean class accuracy "
-        f"{summary['mean_class_accuracy']:.4f}"
-    )
+    protocol = summary.get("protocol")
+    if protocol is None:  # fused score files
+        print(f"{summary['samples']} videos")
+    else:
+        print(
+            f"{summary['samples']} videos ({summary['unreadable']} unreadable), protocol "
+            f"{protocol['clips']} clip(s) x {protocol['crops']} crop(s)"
+            f"{' full-res' if protocol['full_res'] else ''}"
+        )
+    if "streams" in summary:
+        _print_streams(summary)
+    else:
+        print(
+            f"  top-1 {summary['top1']:.4f}   top-5 {summary['top5']:.4f}   mean class accuracy "
+            f"{summary['mean_class_accuracy']:.4f}"
+        )
     print(f"  {'class':32} {'videos':>7} {'accuracy':>9}")
     for name, support, acc in zip(
         summary["classes"], summary["support"], summary["per_class"], strict=True
     ):
         shown = "-" if acc != acc else f"{acc:.3f}"  # NaN: no video of that class
         print(f"  {name[:32]:32} {support:7d} {shown:>9}")
+
+
+def _print_streams(summary: dict) -> None:
+    """Each stream's (or score file's) metrics and the fusion's."""
+    fusion = summary["fusion"]
+    weights = " : ".join(f"{w:g}" for w in fusion["weights"])
+    rows = [*summary["streams"].items(), (f"fused ({fusion['mode']}, {weights})", summary)]
+    width = max(24, *(len(name) for name, _ in rows))
+    print(f"  {'':{width}} {'top-1':>7} {'top-5':>7} {'mean class':>10}")
+    for name, m in rows:
+        print(
+            f"  {name:{width}} {m['top1']:7.4f} {m['top5']:7.4f} {m['mean_class_accuracy']:10.4f}"
+        )
 
 
 def _output_status(error: str | None) -> int:

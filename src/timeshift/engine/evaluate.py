@@ -22,6 +22,19 @@ from timeshift.data.formats import VIDEO_EXTENSIONS, Annotations, SampleRecord, 
 from timeshift.engine.backend import inference_model
 from timeshift.engine.distributed import SINGLE_PROCESS, DistInfo, all_gather_tensors
 from timeshift.engine.figures import plot_confusion
+from timeshift.engine.fusion import (
+    FUSION_MODES,
+    TSN_WEIGHTS,
+    FusionError,
+    ScoreSet,
+    align_videos,
+    check_labels,
+    check_weights,
+    fuse_scores,
+    load_scores,
+    save_scores,
+    video_ids,
+)
 from timeshift.engine.loaders import eval_dataset, eval_loader
 from timeshift.engine.metrics import classification_report, json_dumps
 from timeshift.models.checkpoints import check_writable as _check_writable
@@ -35,6 +48,8 @@ __all__ = [
     "early_recognition",
     "evaluate",
     "evaluate_checkpoints",
+    "evaluate_two_stream",
+    "fuse_saved_scores",
     "measure_latency",
     "mixed_precision",
     "predict_videos",
@@ -199,34 +214,25 @@ def _model_scores(model, meta, ann: Annotations, options: EvalOptions, device, p
     return evaluate(model, loader, device=device, num_classes=model.num_classes, progress=progress)
 
 
-def evaluate_checkpoints(
-    checkpoints: Sequence[str | Path],
-    data: str | Path,
-    *,
-    root: str | Path | None = None,
-    options: EvalOptions | None = None,
-    output_dir: str | Path | None = None,
-    device: str = "cpu",
-    progress: bool = True,
-) -> dict:
-    """Evaluate one checkpoint, or several averaged by score (an ensemble: softmax
-    probabilities averaged, e.g. TSM 8f + 16f). Writes metrics.json, per_class.csv,
-    confusion.csv/png and predictions.json to ``output_dir`` when given.
+def _check_fusion(mode: str, weights: Sequence[float] | None, count: int) -> None:
+    """Fusion options checked before any work, not after the evaluation."""
+    if mode not in FUSION_MODES:
+        raise FusionError(f"fusion mode must be one of {list(FUSION_MODES)}, got {mode!r}")
+    if weights is not None:
+        check_weights(weights, count)
 
-    ``output_dir`` is checked for writing before any work (``OSError`` naming it); if writing
-    the files fails anyway, the summary is still returned, with ``output_error`` saying what
-    was not written. Raises ``ValueError`` when no video could be read (nothing to score)."""
-    if not checkpoints:
-        raise ValueError("no checkpoint given")
-    if output_dir is not None:
-        check_writable(output_dir)  # before the work, not after an hour of evaluation
-    options = options or EvalOptions()
-    torch_device = torch.device(device)
-    models = [(path, load_model(path).to(torch_device).eval()) for path in checkpoints]
+
+def _load_models(checkpoints: Sequence[str | Path], device: torch.device) -> tuple[list, list]:
+    """The models of ``checkpoints`` and their class names (the same for all, or an error)."""
+    models = [(path, load_model(path).to(device).eval()) for path in checkpoints]
     classes = _meta(models[0][1], checkpoints[0])["classes"]
     for path, model in models[1:]:
         if _meta(model, path)["classes"] != classes:
             raise ValueError(f"{path} was trained on other classes than {checkpoints[0]}")
+    return models, classes
+
+
+def _test_annotations(data, root, classes: list[str]) -> Annotations:
     # labels from the checkpoint's classes (a folder's sub-folders by name); fails before any
     # work on unlabelled (-1) lines or when most listed paths are missing
     ann = read_annotations(data, root=root, classes=classes, labelled=True)
@@ -238,46 +244,262 @@ def evaluate_checkpoints(
             f"{data}: label {bad[0].label} of {bad[0].path} is not one of the "
             f"{len(classes)} classes of the checkpoint"
         )
-    probabilities, failed = None, set()
-    single = len(models) == 1
-    for path, model in models:
-        result = _model_scores(model, _meta(model, path), ann, options, torch_device, progress)
-        full = torch.full((len(ann.records), len(classes)), float("nan"))
-        full[result.indices] = result.scores if single else result.scores.softmax(dim=1)
-        failed |= set(range(len(ann.records))) - set(result.indices.tolist())
-        probabilities = full if probabilities is None else probabilities + full
-    keep = torch.tensor([i not in failed for i in range(len(ann.records))])
+    return ann
+
+
+def _video_logits(path, model, ann: Annotations, options, device, progress):
+    """``(N, K)`` logits in list order (NaN rows for unreadable videos) and the unreadable
+    indices."""
+    result = _model_scores(model, _meta(model, path), ann, options, device, progress)
+    full = torch.full((len(ann.records), model.num_classes), float("nan"))
+    full[result.indices] = result.scores
+    return full, set(range(len(ann.records))) - set(result.indices.tolist())
+
+
+def _readable(failed: set[int], count: int, data) -> torch.Tensor:
+    keep = torch.tensor([i not in failed for i in range(count)])
     if not keep.any():
         raise ValueError(
-            f"{data}: no video of the {len(ann.records)} listed could be read (the log names "
+            f"{data}: no video of the {count} listed could be read (the log names "
             "each one and its cause); nothing was evaluated"
         )
-    scores = probabilities[keep] / len(models)
+    return keep
+
+
+def _score_set(ann: Annotations, keep, scores, *, modality: str, meta: dict) -> ScoreSet:
+    ids = [v for v, k in zip(video_ids(ann), keep.tolist(), strict=True) if k]
     labels = torch.tensor([r.label for r in ann.records])[keep]
-    report = classification_report(scores, labels, len(classes))
+    return ScoreSet(ids, labels, list(ann.classes), scores, modality=modality, meta=meta)
+
+
+def _source(checkpoint, data) -> dict:
+    return {"source": str(checkpoint), "checkpoints": [str(checkpoint)], "data": str(data)}
+
+
+def _with_classes(summary: dict, report, classes: list[str]) -> dict:
+    """The returned summary: what metrics.json holds plus the per-class results."""
+    return {**summary, **{k: report[k] for k in ("per_class", "support")}, "classes": classes}
+
+
+def _metrics(report) -> dict:
+    return {k: report[k] for k in ("top1", "top5", "mean_class_accuracy")}
+
+
+def evaluate_checkpoints(
+    checkpoints: Sequence[str | Path],
+    data: str | Path,
+    *,
+    root: str | Path | None = None,
+    options: EvalOptions | None = None,
+    output_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+    fuse: str = "softmax",
+    fusion_weights: Sequence[float] | None = None,
+) -> dict:
+    """Evaluate one checkpoint, or several fused by score (an ensemble, e.g. TSM 8f + 16f:
+    by default softmax probabilities averaged; ``fuse="logits"`` and ``fusion_weights`` as
+    :func:`~timeshift.engine.fusion.fuse_scores`). Writes metrics.json, per_class.csv,
+    confusion.csv/png, predictions.json and the per-video scores (scores.npz, for
+    ``timeshift fuse``) to ``output_dir`` when given.
+
+    ``output_dir`` is checked for writing before any work (``OSError`` naming it); if writing
+    the files fails anyway, the summary is still returned, with ``output_error`` saying what
+    was not written. Raises ``ValueError`` when no video could be read (nothing to score)."""
+    if not checkpoints:
+        raise ValueError("no checkpoint given")
+    if output_dir is not None:
+        check_writable(output_dir)  # before the work, not after an hour of evaluation
+    if len(checkpoints) > 1:
+        _check_fusion(fuse, fusion_weights, len(checkpoints))
+    options = options or EvalOptions()
+    torch_device = torch.device(device)
+    models, classes = _load_models(checkpoints, torch_device)
+    ann = _test_annotations(data, root, classes)
+    runs = [_video_logits(p, m, ann, options, torch_device, progress) for p, m in models]
+    keep = _readable(set().union(*(failed for _, failed in runs)), len(ann.records), data)
+    modality = resolve_input_config(models[0][1]).modality
+    sets = [
+        _score_set(ann, keep, logits[keep], modality=modality, meta={"source": str(path)})
+        for (path, _), (logits, _) in zip(models, runs, strict=True)
+    ]
+    if len(sets) == 1:
+        result = sets[0]
+    else:
+        weights = fusion_weights if fusion_weights is not None else [1.0] * len(sets)
+        result = fuse_scores(sets, weights=weights, mode=fuse)
+    report = result.report()
     summary = {
         "checkpoints": [str(p) for p in checkpoints],
         "data": str(data),
         "protocol": options.__dict__,
         "samples": int(keep.sum()),
-        "unreadable": len(failed),
-        "top1": report["top1"],
-        "top5": report["top5"],
-        "mean_class_accuracy": report["mean_class_accuracy"],
+        "unreadable": int((~keep).sum()),
+        **_metrics(report),
     }
+    if len(sets) > 1:
+        summary["fusion"] = result.meta["fusion"]
+    result.meta = {**result.meta, "checkpoints": summary["checkpoints"], "data": str(data)}
+    records = [r for r, k in zip(ann.records, keep.tolist(), strict=True) if k]
+    _write_outputs(output_dir, summary, report, classes, records, {"scores.npz": result})
+    return _with_classes(summary, report, classes)
+
+
+def evaluate_two_stream(
+    rgb_checkpoint: str | Path,
+    rgb_data: str | Path,
+    flow_checkpoint: str | Path,
+    flow_data: str | Path,
+    *,
+    rgb_root: str | Path | None = None,
+    flow_root: str | Path | None = None,
+    weights: Sequence[float] = (TSN_WEIGHTS["rgb"], TSN_WEIGHTS["flow"]),
+    mode: str = "logits",
+    options: EvalOptions | None = None,
+    output_dir: str | Path | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Test a two-stream pair: the RGB checkpoint on ``rgb_data``, the flow checkpoint on the
+    flow list ``flow_data`` (the same videos, matched by id: a flow folder is named after the
+    video's path without extension), and their fusion (TSN: logits, weights 1 : 1.5).
+
+    Every stream is scored on the videos readable in both. Returns the fusion's metrics at the
+    top level (as :func:`evaluate_checkpoints`) and each stream's under ``streams``. Writes to
+    ``output_dir``: metrics.json, per_class.csv, confusion.csv/png and predictions.json of the
+    fusion, and the per-video scores scores.npz (fused), scores_rgb.npz, scores_flow.npz.
+
+    Raises:
+        FusionError: the lists name other videos or labels (the first mismatching line), the
+            checkpoints other classes, or a checkpoint is not of its stream's modality.
+    """
     if output_dir is not None:
-        try:
-            _write_test_outputs(Path(output_dir), summary, report, classes, ann, scores, keep)
-        except OSError as exc:  # a full disk: the evaluation is done, return it all the same
-            summary["output_error"] = f"could not write the outputs to {output_dir}: {exc}"
-            _logger.error("%s", summary["output_error"])
-    summary["per_class"] = report["per_class"]
-    summary["support"] = report["support"]
-    summary["classes"] = classes
-    return summary
+        check_writable(output_dir)
+    _check_fusion(mode, weights, 2)
+    options = options or EvalOptions()
+    torch_device = torch.device(device)
+    models, classes = _load_models([rgb_checkpoint, flow_checkpoint], torch_device)
+    for (path, model), expected in zip(models, ("rgb", "flow"), strict=True):
+        found = resolve_input_config(model).modality
+        if found != expected:
+            raise FusionError(
+                f"{path} is a model of modality {found!r} where the {expected} stream is "
+                "expected; give the RGB checkpoint first and the flow checkpoint with --flow"
+            )
+    anns = [
+        _test_annotations(d, r, classes) for d, r in ((rgb_data, rgb_root), (flow_data, flow_root))
+    ]
+    order = _match_lists(anns, (rgb_data, flow_data))
+    rgb_logits, rgb_failed = _video_logits(*models[0], anns[0], options, torch_device, progress)
+    flow_logits, flow_failed = _video_logits(*models[1], anns[1], options, torch_device, progress)
+    flow_logits = flow_logits[torch.as_tensor(order, dtype=torch.long)]
+    failed = rgb_failed | {i for i, j in enumerate(order) if j in flow_failed}
+    keep = _readable(failed, len(order), f"{rgb_data} / {flow_data}")
+    streams = {
+        name: _score_set(anns[0], keep, logits[keep], modality=name, meta=_source(path, data))
+        for name, logits, path, data in (
+            ("rgb", rgb_logits, rgb_checkpoint, rgb_data),
+            ("flow", flow_logits, flow_checkpoint, flow_data),
+        )
+    }
+    fused = fuse_scores([streams["rgb"], streams["flow"]], weights=weights, mode=mode)
+    report = fused.report()
+    summary = {
+        "checkpoints": [str(rgb_checkpoint), str(flow_checkpoint)],
+        "data": str(rgb_data),
+        "flow_data": str(flow_data),
+        "protocol": options.__dict__,
+        "samples": int(keep.sum()),
+        "unreadable": int((~keep).sum()),
+        **_metrics(report),
+        "streams": {name: _metrics(s.report()) for name, s in streams.items()},
+        "fusion": fused.meta["fusion"],
+    }
+    records = [r for r, k in zip(anns[0].records, keep.tolist(), strict=True) if k]
+    scores = {
+        "scores.npz": fused,
+        "scores_rgb.npz": streams["rgb"],
+        "scores_flow.npz": streams["flow"],
+    }
+    _write_outputs(output_dir, summary, report, classes, records, scores)
+    return _with_classes(summary, report, classes)
 
 
-def _write_test_outputs(out: Path, summary, report, classes, ann, scores, keep) -> None:
+def fuse_saved_scores(
+    paths: Sequence[str | Path],
+    *,
+    weights: Sequence[float] | None = None,
+    mode: str = "logits",
+    output_dir: str | Path | None = None,
+) -> dict:
+    """Fuse score files of earlier test runs (``scores.npz``; ``scores_rgb.npz`` /
+    ``scores_flow.npz`` of a two-stream run): the runs' metrics under ``streams`` and the
+    fusion's at the top level, as :func:`evaluate_two_stream` returns them. Default weights:
+    TSN's by modality (RGB 1, flow 1.5), equal among runs of one modality. Writes the test
+    files of the fusion (metrics.json, ..., scores.npz) to ``output_dir`` when given."""
+    if output_dir is not None:
+        check_writable(output_dir)
+    sets = [load_scores(p) for p in paths]
+    fused = fuse_scores(sets, weights=weights, mode=mode)
+    classes = fused.classes
+    report = fused.report()
+    summary = {
+        "scores": [str(p) for p in paths],
+        "samples": len(fused.video_ids),
+        **_metrics(report),
+        "streams": {str(p): _metrics(s.report()) for p, s in zip(paths, sets, strict=True)},
+        "fusion": fused.meta["fusion"],
+    }
+    records = [
+        SampleRecord(v, int(label)) for v, label in zip(fused.video_ids, fused.labels, strict=True)
+    ]
+    _write_outputs(output_dir, summary, report, classes, records, {"scores.npz": fused})
+    return _with_classes(summary, report, classes)
+
+
+def _match_lists(anns: Sequence[Annotations], names: Sequence) -> list[int]:
+    """For each RGB record, the index of the same video in the flow list (labels checked)."""
+    rgb, flow = anns
+    order = align_videos(
+        video_ids(rgb),
+        video_ids(flow),
+        reference_name=str(names[0]),
+        other_name=str(names[1]),
+        reference_lines=[r.line for r in rgb.records],
+        other_lines=[r.line for r in flow.records],
+    )
+
+    def describe(i: int, j: int) -> str:
+        return (
+            f"{names[0]}:{rgb.records[i].line} and {names[1]}:{flow.records[j].line} "
+            f"(video {video_ids(rgb)[i]!r})"
+        )
+
+    check_labels(
+        torch.tensor([r.label for r in rgb.records]),
+        torch.tensor([r.label for r in flow.records]),
+        order,
+        describe=describe,
+    )
+    return order
+
+
+def _write_outputs(output_dir, summary, report, classes, records, scores: dict) -> None:
+    """The files of a test run; a failure to write (a full disk) is logged and recorded in
+    ``summary["output_error"]``, the evaluation is returned all the same."""
+    if output_dir is None:
+        return
+    try:
+        out = Path(output_dir)
+        _write_test_outputs(out, summary, report, classes, records, scores[next(iter(scores))])
+        for name, score_set in scores.items():
+            save_scores(score_set, out / name)
+    except OSError as exc:
+        summary["output_error"] = f"could not write the outputs to {output_dir}: {exc}"
+        _logger.error("%s", summary["output_error"])
+
+
+def _write_test_outputs(out: Path, summary, report, classes, records, result: ScoreSet) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json_dumps(summary, indent=2) + "\n")
     with open(out / "per_class.csv", "w", newline="", encoding="utf-8") as f:
@@ -299,8 +521,8 @@ def _write_test_outputs(out: Path, summary, report, classes, ann, scores, keep) 
         out / "confusion.png",
         title=f"top-1 {summary['top1']:.3f}, {summary['samples']} videos",
     )
-    records = [r for r, k in zip(ann.records, keep.tolist(), strict=True) if k]
-    top = scores.topk(min(5, len(classes)), dim=1)
+    # softmax scores for every run (single, ensemble, fusion), the scores `predict` shows
+    top = result.probabilities().topk(min(5, len(classes)), dim=1)
     predictions = [
         {
             "path": r.path,
@@ -506,9 +728,11 @@ def predict_videos(
 def measure_latency(
     model: nn.Module, *, frames: int, size: int, repeats: int = 20, warmup: int = 3
 ) -> float:
-    """Median milliseconds for one clip ``(1, T, 3, S, S)`` in eval mode (batch 1)."""
+    """Median milliseconds for one clip ``(1, T, C, S, S)`` in eval mode (batch 1; C is 3 for
+    RGB, ``2 * new_length`` for flow)."""
     model.eval()
-    x = torch.randn(1, frames, 3, size, size, device=next(model.parameters()).device)
+    channels = int(getattr(model, "in_chans", 3))
+    x = torch.randn(1, frames, channels, size, size, device=next(model.parameters()).device)
     for _ in range(warmup):
         model(x)
     times = []
