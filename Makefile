@@ -33,9 +33,11 @@ lint: install-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# everything (what CI runs), one worker per core (pytest-xdist; a module's tests stay in one
-# worker, so module-scoped fixtures are built once); test-fast leaves out the tests marked slow
-PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+# everything (what CI runs), one worker per core (pytest-xdist). worksteal: the long tests
+# (marked slow, scheduled first) run on one worker while the others take the rest and steal
+# from its queue; a module split between workers builds its module fixtures in each (measured:
+# 333 s against 454 s keeping modules whole). test-fast leaves out the tests marked slow.
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist worksteal
 
 test: install-dev lint
 	$(PYTEST) --durations=15

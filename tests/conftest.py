@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-# under pytest-xdist (`make test` runs two workers) the workers share the cores: torch's
+# under pytest-xdist (`make test` runs a worker per core) the workers share the cores: torch's
 # intra-op threads are split between them instead of each worker taking every core
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(
