@@ -341,3 +341,18 @@ def decodable_prefix(path) -> list[int]:
         except av.FFmpegError:
             pass
     return out
+
+
+def moving_square(count: int, *, step=(2, 0), size=(48, 64), seed=0) -> np.ndarray:
+    """``count`` RGB frames of a textured 16x16 square moving ``step`` = (dx, dy) pixels per
+    frame over a still textured background (flow is only defined where there are gradients)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    texture = cv2.GaussianBlur(rng.integers(60, 255, (16, 16)).astype(np.uint8), (3, 3), 0)
+    background = cv2.GaussianBlur(rng.integers(0, 50, size).astype(np.uint8), (5, 5), 0)
+    frames = np.repeat(np.repeat(background[None, ..., None], count, 0), 3, -1)
+    for t in range(count):
+        x, y = 16 + step[0] * t, 12 + step[1] * t
+        frames[t, y : y + 16, x : x + 16] = texture[..., None]
+    return frames

@@ -7,24 +7,11 @@ from timeshift.cli import main
 from timeshift.data import compute_flow, dequantize_flow, extract_flow, open_video, quantize_flow
 from timeshift.data.flow import FLOW_ALGORITHMS, FlowUnavailableError
 
-from conftest import write_test_video
+from conftest import moving_square, write_test_video
 
 # TV-L1 runs where OpenCV's contrib build is installed (timeshift[flow]); elsewhere its test
 # is the error naming the extra (test_tvl1_without_contrib_names_the_extra)
 AVAILABLE = [a for a in FLOW_ALGORITHMS if a != "tvl1" or hasattr(cv2, "optflow")]
-
-
-def moving_square(count: int, *, step=(2, 0), size=(48, 64), seed=0) -> np.ndarray:
-    """``count`` RGB frames of a textured 16x16 square moving ``step`` = (dx, dy) pixels per
-    frame over a still textured background (flow is only defined where there are gradients)."""
-    rng = np.random.default_rng(seed)
-    texture = cv2.GaussianBlur(rng.integers(60, 255, (16, 16)).astype(np.uint8), (3, 3), 0)
-    background = cv2.GaussianBlur(rng.integers(0, 50, size).astype(np.uint8), (5, 5), 0)
-    frames = np.repeat(np.repeat(background[None, ..., None], count, 0), 3, -1)
-    for t in range(count):
-        x, y = 16 + step[0] * t, 12 + step[1] * t
-        frames[t, y : y + 16, x : x + 16] = texture[..., None]
-    return frames
 
 
 def square_interior(t: int, step) -> tuple[slice, slice]:

@@ -5,8 +5,11 @@ import json
 import pytest
 
 from timeshift.cli import main
+from timeshift.data.formats import read_annotations
 from timeshift.engine.demo_two_stream import ROWS
-from timeshift.engine.fusion import fuse_scores, load_scores
+from timeshift.engine.fusion import fuse_scores, load_scores, video_ids
+from timeshift.engine.predict import predict_videos
+from timeshift.models.checkpoints import load_model
 
 OVERRIDES = [
     "train.epochs=6",
@@ -50,6 +53,25 @@ def test_two_stream_demo(tmp_path, monkeypatch, capsys):
         n for n in ROWS if not n.endswith("+Flow")
     }
     assert (out / "results.png").stat().st_size > 0
+    _check_predict_from_videos(out, results)
+
+
+def _check_predict_from_videos(out, results):
+    """The flow checkpoint records how its training flow was made; ``predict`` with the pair
+    computes two validation videos' flow that way and gives the fused scores of the test."""
+    flow_ckpt, rgb_ckpt = out / "tsm-flow" / "last.pt", out / "tsm-rgb" / "last.pt"
+    meta = load_model(flow_ckpt).checkpoint_meta
+    assert meta["flow"] == {"algorithm": "dis", "bound": 20.0, "short_side": None, "quality": 95}
+    val = read_annotations(results["data"]["val"])
+    ids, videos = video_ids(val)[:2], [r.path for r in val.records[:2]]
+    predicted = predict_videos(rgb_ckpt, videos, flow_checkpoint=flow_ckpt, workers=0,
+                               progress=False, top_k=99)  # fmt: skip
+    streams = [load_scores(out / f"tsm-{m}" / "test") for m in ("rgb", "flow")]
+    fused = fuse_scores(streams, weights=[1, 1.5], mode="logits")
+    for video_id, result in zip(ids, predicted, strict=True):
+        expected = fused.probabilities()[fused.video_ids.index(video_id)]
+        got = [e["score"] for e in sorted(result["top"], key=lambda e: e["index"])]
+        assert got == pytest.approx(expected.tolist(), abs=1e-4)
 
 
 def _with_overrides(extra):

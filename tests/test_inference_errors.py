@@ -17,8 +17,9 @@ import torch
 import timeshift
 from timeshift.cli import main
 from timeshift.engine import backend as runtime
-from timeshift.engine.evaluate import evaluate_checkpoints, predict_videos
+from timeshift.engine.evaluate import evaluate_checkpoints
 from timeshift.engine.metrics import json_dumps
+from timeshift.engine.predict import predict_videos
 from timeshift.export import read_export_meta
 from timeshift.models.checkpoints import CheckpointError, load_model, read_checkpoint
 

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from timeshift.cli.common import ROOT_HELP, Parents, json_dumps
+from timeshift.data.flow import FLOW_ALGORITHMS
 
 __all__ = ["add_parser", "run_fuse", "run_predict", "run_test"]
 
@@ -77,6 +78,22 @@ def add_parser(sub, parents: Parents) -> None:
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR")
     p.add_argument("--top-k", type=int, default=5)
+    two_stream = p.add_argument_group(
+        "two-stream",
+        "CHECKPOINT (RGB) with a flow checkpoint, the flow of each video computed on the fly; "
+        "the flow settings default to those the flow checkpoint was trained on",
+    )
+    two_stream.add_argument("--flow", metavar="CHECKPOINT", help="the flow stream's checkpoint")
+    two_stream.add_argument(
+        "--flow-algorithm", choices=FLOW_ALGORITHMS, help="optical flow method (default: dis)"
+    )
+    two_stream.add_argument(
+        "--flow-bound", type=float, help="flow quantisation bound in pixels (default: 20)"
+    )
+    two_stream.add_argument(
+        "--flow-size", type=int, help="short side frames are resized to first (default: 256)"
+    )
+    _add_fusion_args(p)
     p.set_defaults(func=run_predict)
 
 
@@ -284,8 +301,25 @@ def _output_status(error: str | None) -> int:
     return 0
 
 
+def _flow_settings(args: argparse.Namespace):
+    """The flow settings the flags give (``None``: none given, the checkpoint's are used)."""
+    from dataclasses import replace
+
+    from timeshift.data.flow import FlowSettings
+
+    given = {
+        "algorithm": args.flow_algorithm,
+        "bound": args.flow_bound,
+        "short_side": args.flow_size,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return None
+    return replace(FlowSettings(), **given)
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    from timeshift.engine.evaluate import predict_videos
+    from timeshift.engine.predict import predict_videos
 
     results = predict_videos(
         args.checkpoint,
@@ -297,6 +331,10 @@ def run_predict(args: argparse.Namespace) -> int:
         backend=args.backend,
         memory_format=args.format,
         progress=not args.no_progress,
+        flow_checkpoint=args.flow,
+        flow_settings=_flow_settings(args),
+        fusion_weights=args.fusion_weights,
+        fuse=args.fuse or "logits",
     )
     if args.json:
         print(json_dumps(results, indent=1))
@@ -308,6 +346,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 continue
             for entry in item["top"]:
                 print(f"  {entry['score']:.3f}  {entry['label']}")
+            for name, top in item.get("streams", {}).items():
+                print(f"  ({name} alone: {top[0]['score']:.3f}  {top[0]['label']})")
     failed = sum("error" in item for item in results)
     if failed == len(results):
         print(

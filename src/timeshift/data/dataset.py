@@ -14,6 +14,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from timeshift.data.decode import DEFAULT_TEMPLATE, VideoDecodeError, open_video
 from timeshift.data.decode import max_frame_pixels as max_frame_pixels_limit
+from timeshift.data.flow import FlowSettings, VideoFlowReader
 from timeshift.data.flow_frames import FLOW_NAMINGS, FlowFolderReader, FlowNaming
 from timeshift.data.formats import Annotations, SampleRecord
 from timeshift.data.sampling import segment_indices, snippet_indices
@@ -97,6 +98,10 @@ class VideoDataset(Dataset):
             :func:`~timeshift.data.segment_indices`).
         flow_naming: flow file naming (``None``: detected per folder; see
             :data:`~timeshift.data.flow_frames.FLOW_NAMINGS`).
+        flow_settings: with ``modality="flow"``, records may also be videos (or RGB frame
+            folders): their flow is computed on the fly with these settings
+            (:class:`~timeshift.data.flow.VideoFlowReader`; those of the flow model's
+            training data). ``None``: flow folders only.
 
     Returns (per item):
         ``(clip, label)``: ``clip`` is ``(T, C, H, W)``, or ``(V, T, C, H, W)`` when several
@@ -127,8 +132,12 @@ class VideoDataset(Dataset):
         modality: str = "rgb",
         new_length: int | None = None,
         flow_naming: str | FlowNaming | None = None,
+        flow_settings: FlowSettings | None = None,
     ) -> None:
         self.modality = modality
+        if flow_settings is not None and modality != "flow":
+            raise ValueError(f"flow_settings is for modality='flow', not {modality!r}")
+        self.flow_settings = flow_settings
         default = default_new_length(modality)  # also checks the modality
         self.new_length = default if new_length is None else int(new_length)
         if isinstance(flow_naming, str) and flow_naming not in FLOW_NAMINGS:
@@ -198,6 +207,9 @@ class VideoDataset(Dataset):
     def _open(self, record: SampleRecord):
         if self.modality == "flow":
             return self._open_flow(record)
+        return self._open_video(record)
+
+    def _open_video(self, record: SampleRecord):
         kwargs = {"max_frame_pixels": self.max_frame_pixels}
         backend = self.backend or ("frames" if Path(record.path).is_dir() else "pyav")
         if backend == "pyav" and get_worker_info() is not None:
@@ -208,17 +220,31 @@ class VideoDataset(Dataset):
                 kwargs["num_frames"] = record.offset + record.num_frames
         return open_video(record.path, backend=backend, **kwargs)
 
-    def _open_flow(self, record: SampleRecord) -> FlowFolderReader:
-        if not Path(record.path).is_dir():
-            kind = "a file" if Path(record.path).exists() else "not found"
+    def _open_flow(self, record: SampleRecord) -> FlowFolderReader | VideoFlowReader:
+        path = Path(record.path)
+        if self.flow_settings is None and not path.is_dir():
+            kind = "a file" if path.exists() else "not found"
             raise VideoDecodeError(
                 record.path,
                 f"{kind}; modality='flow' reads flow folders: extract them with "
-                "'timeshift data extract-flow' and use the flow list it writes",
+                "'timeshift data extract-flow' and use the flow list it writes (or pass "
+                "flow_settings= to compute the flow of videos on the fly)",
             )
-        return FlowFolderReader(
-            record.path, naming=self.flow_naming, max_frame_pixels=self.max_frame_pixels
-        )
+        if path.is_dir():
+            try:
+                return FlowFolderReader(
+                    record.path, naming=self.flow_naming, max_frame_pixels=self.max_frame_pixels
+                )
+            except VideoDecodeError:
+                if self.flow_settings is None:
+                    raise
+                # no flow files: a folder of RGB frames, whose flow is computed below
+        video = self._open_video(record)
+        try:
+            return VideoFlowReader(video, self.flow_settings)
+        except BaseException:
+            video.close()
+            raise
 
     def _sample(self, count: int, rng: random.Random) -> list[list[int]]:
         """Frame indices of each clip: ``T * new_length`` of them, segment by segment."""

@@ -55,7 +55,8 @@ class ExtractResult:
     failed: list[tuple[str, str]]  # (video, reason)
 
 
-def _resized(image, short_side: int | None):
+def resized_image(image, short_side: int | None):
+    """``image`` (PIL) resized bilinearly so its short side is ``short_side`` (``None``: as is)."""
     if not short_side:
         return image
     w, h = image.size
@@ -106,7 +107,7 @@ def iter_video_images(
                         "--max-frames) if this video is expected",
                     )
                 count += 1
-                yield _resized(frame.to_image(), short_side)
+                yield resized_image(frame.to_image(), short_side)
     except av.FFmpegError as exc:
         raise VideoDecodeError(video, f"decoding failed after {count} frames: {exc}") from exc
     if count == 0:
@@ -120,7 +121,7 @@ def _folder_images(folder, short_side: int | None, max_frames: int, limit: int):
         if reader.num_frames > max_frames:
             raise VideoDecodeError(folder, f"more than {max_frames} frames (--max-frames)")
         for index in range(reader.num_frames):  # one at a time: a folder can be long
-            yield _resized(Image.fromarray(reader.get_frames([index])[0]), short_side)
+            yield resized_image(Image.fromarray(reader.get_frames([index])[0]), short_side)
 
 
 def write_atomically(
@@ -214,7 +215,7 @@ class ExtractJob:
     list_suffix: str = "rawframes"
 
 
-def _marker(folder: Path) -> list[str] | None:
+def read_marker(folder: Path) -> list[str] | None:
     """The lines of ``folder``'s ``.done`` marker: count, video, kind (absent in older ones)."""
     marker = folder / DONE_MARKER
     if not marker.is_file():
@@ -227,7 +228,7 @@ def _done_count(folder: Path, video: str, kind: str = "") -> int | None:
     """Frames of a finished earlier extraction of ``video`` (of the same ``kind``) into
     ``folder``; ``None`` when there is none, or when the folder holds another video's frames,
     another kind or settings, or names none."""
-    lines = _marker(folder)
+    lines = read_marker(folder)
     if lines is None or lines[1] != _identity(video) or (lines[2:3] or [""])[0] != kind:
         return None
     try:
@@ -242,7 +243,7 @@ def _foreign(folder: Path, kind: str) -> str | None:
     extracting flow); ``None`` when it is absent, empty or of the same kind."""
     if not folder.is_dir() or not any(folder.iterdir()):
         return None
-    lines = _marker(folder)
+    lines = read_marker(folder)
     if lines is None:
         return "holds files not written by timeshift (no .done marker)"
     family = ((lines[2:3] or [""])[0] or "frames").split()[0]

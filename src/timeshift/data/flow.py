@@ -14,13 +14,15 @@ models were trained on), so that flow written here and flow written by it are in
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from timeshift.data.decode import VideoDecodeError
+from timeshift.data.decode import VideoDecodeError, VideoReader
 from timeshift.data.decode import max_frame_pixels as max_frame_pixels_limit
 from timeshift.data.extract import (
     DEFAULT_MAX_FRAMES,
@@ -28,6 +30,8 @@ from timeshift.data.extract import (
     ExtractResult,
     extract_list,
     iter_video_images,
+    read_marker,
+    resized_image,
     write_atomically,
 )
 from timeshift.errors import TimeshiftError
@@ -37,7 +41,9 @@ __all__ = [
     "DEFAULT_FLOW_ALGORITHM",
     "FLOW_ALGORITHMS",
     "FLOW_TEMPLATE",
+    "FlowSettings",
     "FlowUnavailableError",
+    "VideoFlowReader",
     "compute_flow",
     "dequantize_flow",
     "extract_flow",
@@ -52,6 +58,8 @@ DEFAULT_FLOW_ALGORITHM = "dis"
 DEFAULT_BOUND = 20.0
 # the reference TSN/TSM datasets' flow template: .format("x" or "y", 1-based index)
 FLOW_TEMPLATE = "flow_{}_{:05d}.jpg"
+DEFAULT_SHORT_SIDE = 256  # dense_flow's --new_width 340 --new_height 256 on 4:3 videos
+DEFAULT_QUALITY = 95  # OpenCV's default JPEG quality, what dense_flow writes with
 
 # (prev, next) greyscale uint8 (H, W) -> (H, W, 2) float32 flow in pixels
 FlowFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -184,14 +192,176 @@ def flow_kind(*, algorithm: str, bound: float, short_side: int | None) -> str:
     return f"flow algorithm={algorithm} bound={bound:g} short_side={short_side or 0}"
 
 
+@dataclass(frozen=True)
+class FlowSettings:
+    """How flow is made from a video: what a flow model must be fed at inference to see the
+    flow it was trained on.
+
+    Attributes:
+        algorithm: ``"dis"``, ``"farneback"`` or ``"tvl1"``.
+        bound: quantisation bound in pixels (reference: 20).
+        short_side: frames resized to this short side before the flow (``None``: as decoded).
+        quality: JPEG quality the flow images were stored at; :class:`VideoFlowReader` encodes
+            and decodes each image at it so the model sees what extraction would have written
+            (``None``: the quantised values, no JPEG).
+    """
+
+    algorithm: str = DEFAULT_FLOW_ALGORITHM
+    bound: float = DEFAULT_BOUND
+    short_side: int | None = DEFAULT_SHORT_SIDE
+    quality: int | None = DEFAULT_QUALITY
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in FLOW_ALGORITHMS:
+            raise ValueError(
+                f"unknown flow algorithm {self.algorithm!r}; choose one of {FLOW_ALGORITHMS}"
+            )
+        _check_bound(self.bound)
+        if self.short_side is not None and self.short_side < 2:
+            raise ValueError(f"short_side must be at least 2 pixels, got {self.short_side}")
+        if self.quality is not None and not 1 <= self.quality <= 100:
+            raise ValueError(f"JPEG quality must be in 1..100, got {self.quality}")
+
+    def kind(self) -> str:
+        """The ``.done`` marker text of a folder extracted with these settings."""
+        return flow_kind(algorithm=self.algorithm, bound=self.bound, short_side=self.short_side)
+
+    def to_dict(self) -> dict:
+        """What checkpoints record (``meta["flow"]``)."""
+        return {
+            "algorithm": self.algorithm,
+            "bound": self.bound,
+            "short_side": self.short_side,
+            "quality": self.quality,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> FlowSettings:
+        known = {
+            k: values[k] for k in ("algorithm", "bound", "short_side", "quality") if k in values
+        }
+        return cls(**known)
+
+    @classmethod
+    def from_kind(cls, kind: str) -> FlowSettings | None:
+        """The settings a ``.done`` marker's kind line names (``None``: not a flow kind)."""
+        words = kind.split()
+        if not words or words[0] != "flow":
+            return None
+        fields = dict(word.partition("=")[::2] for word in words[1:])
+        try:
+            return cls(
+                algorithm=fields["algorithm"],
+                bound=float(fields["bound"]),
+                short_side=int(fields["short_side"]) or None,
+            )
+        except (KeyError, ValueError):
+            return None
+
+    @classmethod
+    def of_folder(cls, folder: str | os.PathLike) -> FlowSettings | None:
+        """The settings a flow folder written by ``extract-flow`` was extracted with (from its
+        ``.done`` marker); ``None`` for folders of other tools, which record none."""
+        lines = read_marker(Path(folder))
+        return cls.from_kind(lines[2]) if lines is not None and len(lines) > 2 else None
+
+
+class VideoFlowReader(VideoReader):
+    """Optical flow computed on the fly from a video: the frames ``extract-flow`` would have
+    written, without writing them.
+
+    Flow frame ``i`` is video frame ``i`` -> ``i + 1`` (``num_frames`` is the video's minus one,
+    the frame count of its extracted flow folder); ``get_frames`` gives ``(len, H, W, 2)``
+    uint8, the quantised ``x`` and ``y`` images of each flow frame, JPEG round-tripped at
+    ``settings.quality`` as extraction stores them, so a flow model scores a video the same
+    from its extracted folder and from the video itself. Only the frames the wanted flow frames
+    need are decoded and only their flow is computed (``T * new_length`` pairs per clip, not
+    every pair of the video).
+
+    Args:
+        video: the opened video (any :class:`~timeshift.data.decode.VideoReader`); closed
+            with this reader.
+        settings: how the flow is made (those of the flow model's training data).
+    """
+
+    backend = "flow-on-the-fly"
+    kind = "flow"
+
+    def __init__(self, video: VideoReader, settings: FlowSettings | None = None) -> None:
+        super().__init__(video.path)
+        self.video = video
+        self.settings = settings or FlowSettings()
+        self._estimate = flow_estimator(self.settings.algorithm)
+        if video.num_frames < 2:
+            raise VideoDecodeError(video.path, "only one frame; optical flow needs at least two")
+
+    @property
+    def num_frames(self) -> int:
+        return self.video.num_frames - 1
+
+    @property
+    def fps(self) -> float | None:
+        return self.video.fps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        height, width = self.video.size
+        side = self.settings.short_side
+        if not side or min(height, width) == side:
+            return height, width
+        scale = side / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def _range_error(self, bad: list[int], n: int) -> Exception:
+        return IndexError(f"{self.path}: flow frame indices {bad[:5]} outside [0, {n})")
+
+    def _read(self, targets: list[int]) -> dict[int, np.ndarray]:
+        needed = sorted({i for t in targets for i in (t, t + 1)})
+        frames = self.video.get_frames(needed)
+        grays = {i: self._gray(frame) for i, frame in zip(needed, frames, strict=True)}
+        return {t: self._flow_images(self._estimate(grays[t], grays[t + 1])) for t in targets}
+
+    def _gray(self, frame: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        # resized as extract-flow resizes (the RGB frame, bilinear), then made grey
+        image = resized_image(Image.fromarray(frame), self.settings.short_side)
+        return _gray(np.asarray(image))
+
+    def _flow_images(self, flow: np.ndarray) -> np.ndarray:
+        images = [quantize_flow(flow[..., c], bound=self.settings.bound) for c in (0, 1)]
+        if self.settings.quality is not None:
+            images = [_jpeg_round_trip(image, self.settings.quality) for image in images]
+        return np.stack(images, axis=-1)
+
+    def get_frames(self, indices: Sequence[int]) -> np.ndarray:
+        if not list(indices):
+            return np.empty((0, *self.size, 2), dtype=np.uint8)
+        return super().get_frames(indices)
+
+    def close(self) -> None:
+        self.video.close()
+
+
+def _jpeg_round_trip(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` as a greyscale JPEG written at ``quality`` (as :func:`_save_flow`) reads back."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return np.asarray(decoded.convert("L"))
+
+
 def extract_video_flow(
     video: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
     algorithm: str = DEFAULT_FLOW_ALGORITHM,
     bound: float = DEFAULT_BOUND,
-    short_side: int | None = 256,
-    quality: int = 95,
+    short_side: int | None = DEFAULT_SHORT_SIDE,
+    quality: int = DEFAULT_QUALITY,
     max_frames: int = DEFAULT_MAX_FRAMES,
     max_frame_pixels: int | None = None,
 ) -> int:
@@ -242,7 +412,7 @@ def extract_flow(
     root: str | os.PathLike | None = None,
     algorithm: str = DEFAULT_FLOW_ALGORITHM,
     bound: float = DEFAULT_BOUND,
-    short_side: int | None = 256,
+    short_side: int | None = DEFAULT_SHORT_SIDE,
     workers: int = 1,
     list_name: str | None = None,
     progress: bool = True,

@@ -1,12 +1,11 @@
 """Evaluation: the validation loop (:func:`evaluate`, used by training and testing), testing
-checkpoints (metrics, confusion, predictions, ensembles) and predicting videos."""
+checkpoints (metrics, confusion, predictions, ensembles, two streams); predicting videos is
+:mod:`timeshift.engine.predict`."""
 
 from __future__ import annotations
 
 import csv
 import logging
-import os
-import random
 import statistics
 import time
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from timeshift.data.formats import VIDEO_EXTENSIONS, Annotations, SampleRecord, read_annotations
+from timeshift.data.formats import Annotations, SampleRecord, read_annotations
 from timeshift.engine.backend import inference_model
 from timeshift.engine.distributed import SINGLE_PROCESS, DistInfo, all_gather_tensors
 from timeshift.engine.figures import plot_confusion
@@ -52,7 +51,6 @@ __all__ = [
     "fuse_saved_scores",
     "measure_latency",
     "mixed_precision",
-    "predict_videos",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -167,7 +165,11 @@ def _preprocessing(inputs: InputConfig) -> dict:
     }
 
 
-def _model_scores(model, meta, ann: Annotations, options: EvalOptions, device, progress):
+def _model_scores(
+    model, meta, ann: Annotations, options: EvalOptions, device, progress, flow_settings=None
+):
+    """Test-protocol scores of ``model`` on ``ann`` (``flow_settings``: a flow model's videos
+    whose flow is computed on the fly)."""
     from timeshift.engine.loaders import UnmirroredViews, direction_protocol
 
     # direction-sensitive labels, decided before any decoding: dense clips never wrap out of
@@ -191,6 +193,7 @@ def _model_scores(model, meta, ann: Annotations, options: EvalOptions, device, p
         twice=options.twice,
         dense=dense,
         observed=options.observed,
+        flow_settings=flow_settings,
     )
     loader = eval_loader(dataset, batch_size=options.batch_size, workers=options.workers)
     if options.online:
@@ -229,6 +232,24 @@ def _load_models(checkpoints: Sequence[str | Path], device: torch.device) -> tup
     for path, model in models[1:]:
         if _meta(model, path)["classes"] != classes:
             raise ValueError(f"{path} was trained on other classes than {checkpoints[0]}")
+    return models, classes
+
+
+def load_stream_pair(rgb_checkpoint, flow_checkpoint, device: torch.device) -> tuple[list, list]:
+    """The ``(path, model)`` of an RGB and a flow checkpoint and their common class names.
+
+    Raises:
+        FusionError: a checkpoint is not of its stream's modality.
+        ValueError: the two were trained on other classes.
+    """
+    models, classes = _load_models([rgb_checkpoint, flow_checkpoint], device)
+    for (path, model), expected in zip(models, ("rgb", "flow"), strict=True):
+        found = resolve_input_config(model).modality
+        if found != expected:
+            raise FusionError(
+                f"{path} is a model of modality {found!r} where the {expected} stream is "
+                "expected; give the RGB checkpoint first and the flow checkpoint with --flow"
+            )
     return models, classes
 
 
@@ -378,14 +399,7 @@ def evaluate_two_stream(
     _check_fusion(mode, weights, 2)
     options = options or EvalOptions()
     torch_device = torch.device(device)
-    models, classes = _load_models([rgb_checkpoint, flow_checkpoint], torch_device)
-    for (path, model), expected in zip(models, ("rgb", "flow"), strict=True):
-        found = resolve_input_config(model).modality
-        if found != expected:
-            raise FusionError(
-                f"{path} is a model of modality {found!r} where the {expected} stream is "
-                "expected; give the RGB checkpoint first and the flow checkpoint with --flow"
-            )
+    models, classes = load_stream_pair(rgb_checkpoint, flow_checkpoint, torch_device)
     anns = [
         _test_annotations(d, r, classes) for d, r in ((rgb_data, rgb_root), (flow_data, flow_root))
     ]
@@ -613,115 +627,6 @@ def check_writable(folder: str | Path) -> Path:
     return _check_writable(
         folder, what="output folder", hint="; choose another --output or free the disk"
     )
-
-
-def _expand(inputs: Sequence[str | Path]) -> list[tuple[str, str | None]]:
-    """``(path, error)`` per video to predict: folders searched for videos (or read as a frame
-    folder); an input that cannot be used gets its own error and never stops the others."""
-    entries: list[tuple[str, str | None]] = []
-    for item in inputs:
-        path = Path(item)
-        try:
-            if path.is_dir():
-                videos = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
-                if videos:
-                    entries += [(str(v), _input_problem(v)) for v in videos]
-                elif any(p.suffix.lower() in (".jpg", ".jpeg", ".png") for p in path.iterdir()):
-                    entries.append((str(path), None))  # a frame folder
-                else:
-                    entries.append((str(item), f"no videos or frames in {path}"))
-            else:
-                entries.append((str(item), _input_problem(path)))
-        except OSError as exc:  # an unreadable folder
-            entries.append((str(item), f"{path}: cannot be read ({exc.strerror or exc})"))
-    return entries
-
-
-def _input_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be a video, found without opening it (a FIFO would block)."""
-    if not path.exists():
-        return f"{path}: not found"
-    if not path.is_file():
-        return f"{path}: not a regular file (a FIFO, socket or device cannot be decoded)"
-    if not os.access(path, os.R_OK):
-        return f"{path}: permission denied"
-    return None
-
-
-def _decode_error(model, meta: dict, record: SampleRecord) -> str:
-    """The cause a video failed with (decoding ran in worker processes, which log it only):
-    decode it once more here and keep the message."""
-    dataset = eval_dataset(
-        Annotations([record], meta["classes"]),
-        num_segments=model.num_segments,
-        **_preprocessing(resolve_input_config(model, meta=meta)),
-    )
-    try:
-        dataset.load(0, random.Random(0))
-    except Exception as exc:  # any failure: its message is the result
-        return str(exc) or type(exc).__name__
-    return f"{record.path}: cannot be decoded"
-
-
-def predict_videos(
-    checkpoint: str | Path,
-    inputs: Sequence[str | Path],
-    *,
-    top_k: int = 5,
-    batch_size: int = 4,
-    workers: int = 2,
-    device: str = "cpu",
-    backend: str = "auto",
-    memory_format: str = "auto",
-    progress: bool = True,
-) -> list[dict]:
-    """Top-k classes with softmax scores for every video (folders are searched for videos).
-
-    Decoding runs in ``workers`` processes. An input that is missing, unreadable or cannot be
-    decoded gets an ``error`` entry (with the cause) instead of predictions, and the others
-    are still predicted. ``backend`` and ``memory_format`` choose how the model runs
-    (:func:`timeshift.engine.backend.inference_model`; ``auto``: the fastest measured path).
-    """
-    model = load_model(checkpoint).to(torch.device(device)).eval()
-    meta = _meta(model, checkpoint)
-    classes = meta["classes"]
-    entries = _expand(inputs)
-    records = [SampleRecord(path, -1) for path, error in entries if error is None]
-    found: dict[str, torch.Tensor] = {}
-    if records:
-        result = _model_scores(
-            model,
-            meta,
-            Annotations(records, classes),
-            EvalOptions(
-                batch_size=batch_size,
-                workers=workers,
-                backend=backend,
-                memory_format=memory_format,
-            ),
-            torch.device(device),
-            progress,
-        )
-        scores = result.scores.softmax(dim=1)
-        found = {records[i].path: s for i, s in zip(result.indices.tolist(), scores, strict=True)}
-    out = []
-    for path, error in entries:
-        if error is None and path not in found:
-            error = _decode_error(model, meta, SampleRecord(path, -1))
-        if error is not None:
-            out.append({"path": path, "error": error})
-            continue
-        values, indices = found[path].topk(min(top_k, len(classes)))
-        out.append(
-            {
-                "path": path,
-                "top": [
-                    {"label": classes[c], "index": int(c), "score": float(v)}
-                    for c, v in zip(indices.tolist(), values.tolist(), strict=True)
-                ],
-            }
-        )
-    return out
 
 
 @torch.no_grad()

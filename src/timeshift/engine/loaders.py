@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, default_co
 from timeshift.data.dataset import VideoDataset
 from timeshift.data.decode import VideoDecodeError
 from timeshift.data.flip_maps import flip_label_map
+from timeshift.data.flow import FlowSettings
 from timeshift.data.formats import (
     AnnotationError,
     Annotations,
@@ -479,12 +480,14 @@ def eval_dataset(
     observed: float = 1.0,
     modality: str = "rgb",
     new_length: int = 1,
+    flow_settings: FlowSettings | None = None,
 ) -> VideoDataset:
     """A test-protocol dataset: fixed sampling, resize + 1/3/10 crops, normalisation;
     ``observed < 1`` samples from the first part of each video only (early recognition);
     ``dense="ordered"`` never wraps a short video (see :func:`segment_indices`);
     ``modality`` / ``new_length``: what a frame is (``InputConfig``; flow folders for
-    ``"flow"``, whose 10-crop mirrors invert the x images)."""
+    ``"flow"``, whose 10-crop mirrors invert the x images; with ``flow_settings``, videos whose
+    flow is computed on the fly)."""
     transform = eval_transforms(
         size,
         crops=crops,
@@ -506,6 +509,7 @@ def eval_dataset(
         frame_template=frame_template,
         observed=observed,
         **frame_options(modality, new_length),
+        **({"flow_settings": flow_settings} if flow_settings is not None else {}),
     )
 
 

@@ -29,6 +29,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from timeshift.data.flow import FlowSettings
 from timeshift.data.formats import Annotations
 from timeshift.engine.config import to_dict
 from timeshift.engine.distributed import (
@@ -359,7 +360,7 @@ def _fit(
         val_loader=val_loader,
         model=wrap_ddp(model, device=device, info=info) if info.enabled else model,
         writer=_tensorboard(directory.path) if info.is_main else None,
-        meta=_checkpoint_meta(cfg, classes),
+        meta=_checkpoint_meta(cfg, classes, train_ann),
     )
     _log_start(run)
     result = {}
@@ -450,7 +451,22 @@ def _new_state(
     )
 
 
-def _checkpoint_meta(cfg: DictConfig, classes: list[str]) -> dict:
+def _flow_meta(train_ann: Annotations) -> dict:
+    """``{"flow": settings}`` the training flow folders were extracted with (their ``.done``
+    markers), so that ``predict`` computes a video's flow the same way; ``{}`` when none say
+    (folders of other tools)."""
+    for record in train_ann.records[:20]:
+        settings = FlowSettings.of_folder(record.path)
+        if settings is not None:
+            return {"flow": settings.to_dict()}
+    _logger.info(
+        "the training flow folders record no extraction settings (not written by extract-flow): "
+        "predict will compute flow with its defaults unless told otherwise"
+    )
+    return {}
+
+
+def _checkpoint_meta(cfg: DictConfig, classes: list[str], train_ann: Annotations) -> dict:
     """What inference reads from the run's checkpoints (``resolve_input_config``, ``test``)."""
     modality, new_length = input_modality(cfg)
     mean, std = normalisation(cfg)
@@ -464,6 +480,7 @@ def _checkpoint_meta(cfg: DictConfig, classes: list[str]) -> dict:
         "new_length": new_length,
         "config": to_dict(cfg),
         **direction_meta(cfg.data),  # lets 'test' keep mirrored/dense views direction-correct
+        **(_flow_meta(train_ann) if modality == "flow" else {}),
     }
 
 
