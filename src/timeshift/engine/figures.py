@@ -11,22 +11,31 @@ from timeshift._plotting import pyplot, save_png
 __all__ = ["plot_confusion", "plot_curves", "plot_early"]
 
 
+# the scores a metrics row may hold: recognition top-1, detection AP50
+_SCORES = (
+    ("train_top1", "train top-1", "o"),
+    ("val_top1", "val top-1", "s"),
+    ("val_ap50", "val AP50", "s"),
+    ("val_ap50_degraded", "val AP50 (degraded frames)", "^"),
+)
+
+
 def plot_curves(rows: Sequence[dict], path, *, title: str = "") -> None:
-    """Loss (left) and accuracy (right) per epoch from metrics rows."""
+    """Loss (left) and accuracy or AP (right) per epoch from metrics rows."""
     plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train loss")
     ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("cross-entropy")
+    ax_loss.set_ylabel("loss")
     ax_loss.legend()
-    ax_acc.plot(epochs, [r["train_top1"] for r in rows], marker="o", label="train top-1")
-    val = [(r["epoch"], r["val_top1"]) for r in rows if "val_top1" in r]
-    if val:
-        ax_acc.plot(*zip(*val, strict=True), marker="s", label="val top-1")
+    for key, label, marker in _SCORES:
+        points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        if points:
+            ax_acc.plot(*zip(*points, strict=True), marker=marker, label=label)
     ax_acc.set_ylim(0, 1.02)
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylabel("accuracy / AP")
     ax_acc.legend()
     if title:
         fig.suptitle(title)

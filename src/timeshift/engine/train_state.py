@@ -30,9 +30,18 @@ __all__ = ["Best", "Resume", "TrainState", "epoch_score", "read_resume"]
 _logger = logging.getLogger(__name__)
 
 
+# what "best" compares, the first present: validation top-1 (recognition) or AP50 (detection),
+# else training top-1 in a run without validation
+SCORE_KEYS = ("val_top1", "val_ap50", "train_top1")
+
+
 def epoch_score(row: dict) -> float:
-    """What "best" compares: validation top-1, or training top-1 in a run without validation."""
-    return row.get("val_top1", row["train_top1"])
+    """What "best" compares (:data:`SCORE_KEYS`); without any of them, minus the training
+    loss (a detector trained without validation)."""
+    for key in SCORE_KEYS:
+        if key in row:
+            return row[key]
+    return -row["train_loss"]
 
 
 @dataclass

@@ -65,7 +65,10 @@ __all__ = [
     "NonFiniteLossError",
     "NonFiniteModelError",
     "RunDirectoryError",
+    "StepResult",
     "TrainState",
+    "TrainingTask",
+    "Validation",
     "evaluate",
     "fit",
     "train_one_epoch",
@@ -90,11 +93,34 @@ class RunDirectoryError(TimeshiftError):
 @dataclass
 class EpochStats:
     loss: float
-    top1: float
+    top1: float | None  # None: a task without a training accuracy (detection)
     lr: float
     clips_per_s: float
     seconds: float
     probe: torch.Tensor | None = None  # a few clips of the last batch, to check the outputs
+
+
+@dataclass
+class StepResult:
+    """One training step of a task: its loss, the clips it saw, the correct predictions among
+    them (``None``: the task has no accuracy) and a few inputs to check for finiteness."""
+
+    loss: torch.Tensor
+    count: int
+    correct: torch.Tensor | None
+    probe: torch.Tensor
+
+
+def classification_step(model: nn.Module, batch, device: torch.device, amp: bool) -> StepResult:
+    """Cross-entropy of a ``(clips, labels)`` batch (the recognition task's step)."""
+    clips, labels = batch
+    clips = clips.to(device, non_blocking=True)
+    labels = labels.to(device, non_blocking=True)
+    with mixed_precision(device, amp):
+        logits = model(clips)
+        loss = F.cross_entropy(logits, labels)
+    correct = (logits.argmax(dim=1) == labels).sum()
+    return StepResult(loss, labels.shape[0], correct, clips[:2])
 
 
 class _LossMeter:
@@ -109,11 +135,12 @@ class _LossMeter:
         self.seen = 0
         self._unread: list[tuple[int, torch.Tensor]] = []  # (iteration, loss) since last read
 
-    def add(self, iteration: int, loss: torch.Tensor, logits: torch.Tensor, labels) -> None:
-        loss = loss.detach()
-        self.total += loss.to(self.total.dtype) * labels.shape[0]
-        self.correct += (logits.argmax(dim=1) == labels).sum()
-        self.seen += labels.shape[0]
+    def add(self, iteration: int, step: StepResult) -> None:
+        loss = step.loss.detach()
+        self.total += loss.to(self.total.dtype) * step.count
+        if step.correct is not None:
+            self.correct += step.correct
+        self.seen += step.count
         self._unread.append((iteration, loss))
 
     def read(self, epoch: int) -> float:
@@ -149,8 +176,12 @@ def train_one_epoch(
     writer=None,
     log_every: int = 20,
     progress: bool = True,
+    step=None,
 ) -> EpochStats:
     """One pass over ``loader``; returns mean loss / top-1 over all processes.
+
+    ``step(model, batch, device, amp) -> StepResult`` computes a batch's loss (default:
+    :func:`classification_step`; a detector's task gives its own).
 
     The loss is read from the device every ``log_every`` steps and at the end of the epoch (no
     host sync per step); a NaN or infinite loss then stops training with
@@ -170,21 +201,18 @@ def train_one_epoch(
         disable=None if progress and info.is_main else True,  # None: off when not a terminal
     )
     optimizer.zero_grad(set_to_none=True)
-    for i, (clips, labels) in enumerate(bar):
-        clips = clips.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+    result = None
+    for i, batch in enumerate(bar):
         step_now = (i + 1) % accumulate == 0 or i + 1 == steps
         # gradients of accumulation steps stay local: DDP all-reduces on the stepping one
         skip_sync = isinstance(model, DistributedDataParallel) and not step_now
         with model.no_sync() if skip_sync else nullcontext():
-            with mixed_precision(device, amp):
-                logits = model(clips)
-                loss = F.cross_entropy(logits, labels)
-            scaler.scale(loss / accumulate).backward()
+            result = (step or classification_step)(model, batch, device, amp)
+            scaler.scale(result.loss / accumulate).backward()
         if step_now:
             _optimizer_step(model, optimizer, scaler, clip_grad)
         scheduler.step()
-        meter.add(i, loss, logits, labels)
+        meter.add(i, result)
         log_step = log_every > 0 and i % log_every == 0
         if log_step or i + 1 == steps:
             latest = meter.read(epoch)
@@ -199,11 +227,13 @@ def train_one_epoch(
     seen = meter.seen
     return EpochStats(
         loss=reduce_mean(meter.total.item() / max(seen, 1), info),
-        top1=reduce_mean(meter.correct.item() / max(seen, 1), info),
+        top1=None
+        if result is not None and result.correct is None
+        else reduce_mean(meter.correct.item() / max(seen, 1), info),
         lr=optimizer.param_groups[0]["lr"],
         clips_per_s=seen * info.world_size / seconds,
         seconds=seconds,
-        probe=clips[:2].detach() if seen else None,
+        probe=result.probe.detach() if seen else None,
     )
 
 
@@ -307,6 +337,7 @@ class _Run:
     """What the epochs of one ``fit`` share besides the :class:`TrainState`."""
 
     cfg: DictConfig
+    task: TrainingTask
     directory: RunDirectory
     device: torch.device
     info: DistInfo
@@ -339,16 +370,18 @@ def _fit(
         logging.getLogger("timeshift").setLevel(logging.WARNING)
     torch.manual_seed(cfg.train.seed)
     previous = read_resume(resume, cfg, allow_change=allow_change) if resume else None
-    train_ann, val_ann = _load_data(cfg, directory, previous, info=info, progress=progress)
-    classes = list(train_ann.classes)
-    model = _training_model(cfg, len(classes), device=device, info=info)
-    train_set, sampler, train_loader = build_train_loader(cfg, train_ann, info)
-    val_loader = _val_loader(cfg, val_ann, info)
+    task = training_task(cfg)
+    train_data, val_data = task.load_data(cfg, directory, previous, info=info, progress=progress)
+    classes = task.classes(train_data)
+    model = _training_model(task, cfg, len(classes), device=device, info=info)
+    train_set, sampler, train_loader = task.train_loader(cfg, train_data, info)
+    val_loader = task.val_loader(cfg, val_data, info)
     state = _new_state(cfg, model, steps_per_epoch=len(train_loader), device=device, info=info)
     if previous is not None:
         state.resume(previous, allow_change=allow_change)
     run = _Run(
         cfg=cfg,
+        task=task,
         directory=directory,
         device=device,
         info=info,
@@ -360,7 +393,7 @@ def _fit(
         val_loader=val_loader,
         model=wrap_ddp(model, device=device, info=info) if info.enabled else model,
         writer=_tensorboard(directory.path) if info.is_main else None,
-        meta=_checkpoint_meta(cfg, classes, train_ann),
+        meta=task.checkpoint_meta(cfg, classes, train_data),
     )
     _log_start(run)
     result = {}
@@ -403,9 +436,11 @@ def _val_loader(cfg, val_ann: Annotations | None, info: DistInfo):
     return build_val_loader(cfg, build_eval_dataset(cfg, val_ann), info)
 
 
-def _training_model(cfg: DictConfig, num_classes: int, *, device, info: DistInfo) -> nn.Module:
-    model = build_model(cfg, num_classes)
-    if cfg.model.channels_last:
+def _training_model(
+    task: TrainingTask, cfg: DictConfig, num_classes: int, *, device, info: DistInfo
+) -> nn.Module:
+    model = task.build_model(cfg, num_classes)
+    if cfg.model.channels_last and hasattr(model, "set_channels_last"):
         model.set_channels_last(True)
     model.to(device)
     if info.enabled and cfg.train.sync_bn and device.type == "cuda":
@@ -484,6 +519,84 @@ def _checkpoint_meta(cfg: DictConfig, classes: list[str], train_ann: Annotations
     }
 
 
+@dataclass
+class Validation:
+    """A task's validation of one epoch: the ``val_*`` fields of the metrics row, the scores
+    checked for finiteness, and what draws its figure into the run directory when the epoch is
+    the best so far (``plot(directory, row)``)."""
+
+    row: dict
+    scores: torch.Tensor | None = None
+    plot: Any = None
+
+
+class TrainingTask:
+    """What :func:`fit` asks of a kind of model; this one is video recognition (a classifier
+    on clips, cross-entropy, top-1). ``cfg.task`` chooses it (:func:`training_task`); the
+    detection task (:class:`timeshift.detection.training.DetectionTask`) overrides these."""
+
+    name = "recognition"
+    step = staticmethod(classification_step)
+
+    def load_data(self, cfg, directory: RunDirectory, previous: Resume | None, *, info, progress):
+        """``(train, val)`` data (``val`` ``None`` without validation)."""
+        return _load_data(cfg, directory, previous, info=info, progress=progress)
+
+    def classes(self, train: Annotations) -> list[str]:
+        return list(train.classes)
+
+    def build_model(self, cfg: DictConfig, num_classes: int) -> nn.Module:
+        return build_model(cfg, num_classes)
+
+    def train_loader(self, cfg: DictConfig, train: Annotations, info: DistInfo):
+        """``(dataset, sampler, loader)``: the dataset's ``set_epoch`` is called every epoch."""
+        return build_train_loader(cfg, train, info)
+
+    def val_loader(self, cfg: DictConfig, val: Annotations | None, info: DistInfo):
+        return _val_loader(cfg, val, info)
+
+    def validate(self, run: _Run, model: nn.Module) -> Validation:
+        ev = evaluate(
+            model,
+            run.val_loader,
+            device=run.device,
+            num_classes=len(run.classes),
+            info=run.info,
+            amp=run.amp,
+            progress=run.progress,
+        )
+
+        def plot(directory: Path, row: dict) -> None:
+            plot_confusion(
+                ev.report["confusion"],
+                run.classes,
+                directory / "confusion.png",
+                title=f"validation, epoch {row['epoch']}: top-1 {epoch_score(row):.3f}",
+            )
+
+        row = {
+            "val_top1": ev.report["top1"],
+            "val_top5": ev.report["top5"],
+            "val_mean_class": ev.report["mean_class_accuracy"],
+        }
+        return Validation(row, ev.scores, plot)
+
+    def checkpoint_meta(self, cfg: DictConfig, classes: list[str], train: Annotations) -> dict:
+        return _checkpoint_meta(cfg, classes, train)
+
+
+def training_task(cfg: DictConfig) -> TrainingTask:
+    """The task ``cfg.task`` names: ``"recognition"`` (default) or ``"detection"``."""
+    name = cfg.get("task", "recognition")
+    if name == "recognition":
+        return TrainingTask()
+    if name == "detection":
+        from timeshift.detection.training import DetectionTask
+
+        return DetectionTask()
+    raise ValueError(f"unknown task {name!r}; expected 'recognition' or 'detection'")
+
+
 def _log_start(run: _Run) -> None:
     if run.info.is_main:
         _logger.info(
@@ -518,23 +631,20 @@ def _epoch(run: _Run, state: TrainState, epoch: int) -> dict:
         writer=run.writer,
         log_every=t.log_every,
         progress=run.progress,
+        step=run.task.step,
     )
     row = {
         "epoch": epoch,
         "train_loss": stats.loss,
-        "train_top1": stats.top1,
+        **({"train_top1": stats.top1} if stats.top1 is not None else {}),
         "lr": stats.lr,
         "clips_per_s": stats.clips_per_s,
         "seconds": stats.seconds,
-        "skipped_samples": run.train_set.skipped,
+        "skipped_samples": getattr(run.train_set, "skipped", 0),
     }
     ev = _validate(run, state.model, epoch)
     if ev is not None:
-        row.update(
-            val_top1=ev.report["top1"],
-            val_top5=ev.report["top5"],
-            val_mean_class=ev.report["mean_class_accuracy"],
-        )
+        row.update(ev.row)
     # every rank holds the same weights and gathered scores: all of them stop together
     _check_finite(state, ev, stats.probe, epoch=epoch, committed=run.directory.last)
     improved = state.record(row)
@@ -545,20 +655,12 @@ def _epoch(run: _Run, state: TrainState, epoch: int) -> dict:
     return row
 
 
-def _validate(run: _Run, model: nn.Module, epoch: int) -> EvalResult | None:
+def _validate(run: _Run, model: nn.Module, epoch: int) -> Validation | None:
     t = run.cfg.train
     due = (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs
     if run.val_loader is None or not due:
         return None
-    return evaluate(
-        model,
-        run.val_loader,
-        device=run.device,
-        num_classes=len(run.classes),
-        info=run.info,
-        amp=run.amp,
-        progress=run.progress,
-    )
+    return run.task.validate(run, model)
 
 
 def _check_finite(state: TrainState, ev, probe, *, epoch: int, committed: Path) -> None:
@@ -591,22 +693,19 @@ def _end_of_epoch(run: _Run, state: TrainState, ev: EvalResult | None, *, improv
                 run.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
         run.writer.flush()
     plot_curves(state.history, run.directory.path / "curves.png")
-    if improved and ev is not None:
-        plot_confusion(
-            ev.report["confusion"],
-            run.classes,
-            run.directory.path / "confusion.png",
-            title=f"validation, epoch {row['epoch']}: top-1 {epoch_score(row):.3f}",
-        )
+    if improved and ev is not None and ev.plot is not None:
+        ev.plot(run.directory.path, row)
 
 
 def _log_epoch(row: dict, improved: bool) -> None:
-    message = (
-        f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, train top-1 "
-        f"{row['train_top1']:.3f}, {row['clips_per_s']:.1f} clips/s"
-    )
+    message = f"epoch {row['epoch']}: loss {row['train_loss']:.4f}"
+    if "train_top1" in row:
+        message += f", train top-1 {row['train_top1']:.3f}"
+    message += f", {row['clips_per_s']:.1f} clips/s"
     if "val_top1" in row:
         message += f", val top-1 {row['val_top1']:.3f} top-5 {row['val_top5']:.3f}"
+    if "val_ap50" in row:
+        message += f", val AP50 {row['val_ap50']:.3f}"
     if row["skipped_samples"]:
         message += f", {row['skipped_samples']} unreadable samples skipped so far"
     message += "; saved best.pt and last.pt" if improved else "; saved last.pt"

@@ -68,11 +68,13 @@ class ExportResult:
     meta: dict = field(default_factory=dict)
 
 
-def _onnx_names(num_caches: int, online: bool) -> tuple[list[str], list[str]]:
+def _onnx_names(num_caches: int, online: bool, output: str) -> tuple[list[str], list[str]]:
+    """Graph input and output names; ``output``: the model's own output's name (``logits`` of
+    a recognizer, ``maps`` of a detector)."""
     if not online:
-        return ["video"], ["logits"]
+        return ["video"], [output]
     caches = [f"cache_{i}" for i in range(num_caches)]
-    return ["frame", *caches], ["logits", *(f"new_{c}" for c in caches)]
+    return ["frame", *caches], [output, *(f"new_{c}" for c in caches)]
 
 
 def _example_inputs(module, online: bool, batch: int, size: int, frames: int, generator=None):
@@ -93,6 +95,7 @@ def _model_meta(model: nn.Module, online: bool, size: int, dynamic_batch: bool, 
         "format_version": EXPORT_FORMAT_VERSION,
         "mode": "online" if online else "offline",
         "model": config.get("name"),
+        "task": config.get("task", "recognition"),
         "config": config,
         "num_classes": model.num_classes,
         "num_segments": model.num_segments,
@@ -157,7 +160,7 @@ def export_model(
         batch = 2  # torch.export specialises a dimension of size 1
     example = _example_inputs(module, online, batch, size, model.num_segments)
     num_caches = len(example) - 1
-    inputs, outputs = _onnx_names(num_caches, online)
+    inputs, outputs = _onnx_names(num_caches, online, getattr(model, "output_name", "logits"))
     meta = _model_meta(model, online, size, dynamic_batch, batch)
     meta.update(
         inputs=inputs,

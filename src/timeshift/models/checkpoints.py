@@ -497,11 +497,11 @@ def _checked_build(
 ) -> nn.Module:
     """``create_model(**config)``, after the same model built on the meta device (shapes, no
     memory) was found small enough and matching the stored weights."""
-    from timeshift.models.registry import create_model
+    from timeshift.models.registry import task_builder
 
     def build() -> nn.Module:
         try:
-            return create_model(
+            return task_builder(config.get("task", "recognition"))(
                 config["name"],
                 num_classes=config["num_classes"],
                 num_segments=config["num_segments"],

@@ -122,6 +122,25 @@ def _entrypoint(name: str) -> Callable[..., nn.Module]:
         raise KeyError(f"unknown model {name!r}{hint} (see timeshift.list_models())") from None
 
 
+# what a checkpoint's ``config["task"]`` is rebuilt with: ``"module:function"``, imported when
+# needed (the detection package builds on this one, not the reverse)
+TASK_BUILDERS = {
+    "recognition": "timeshift.models.registry:create_model",
+    "detection": "timeshift.detection.model:create_detector",
+}
+
+
+def task_builder(task: str) -> Callable[..., nn.Module]:
+    """The function that builds models of ``task`` from ``(name, num_classes=, num_segments=,
+    **kwargs)``, as stored in a checkpoint's config."""
+    import importlib
+
+    if task not in TASK_BUILDERS:
+        raise ValueError(f"unknown model task {task!r}; expected one of {list(TASK_BUILDERS)}")
+    module, _, function = TASK_BUILDERS[task].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def create_model(name: str, *, num_classes: int, num_segments: int, **kwargs: Any) -> Recognizer:
     """Build a registered video model.
 
