@@ -117,6 +117,8 @@ def _add_fusion_args(p: argparse.ArgumentParser) -> None:
 def run_test(args: argparse.Namespace) -> int:
     from timeshift.engine.evaluate import evaluate_checkpoints
 
+    if _is_detector(args.checkpoint):
+        return _run_detection_test(args)
     if args.early:
         _refuse_fusion_flags(args, "--early")
         return _run_early(args)
@@ -138,6 +140,58 @@ def run_test(args: argparse.Namespace) -> int:
         **fusion,
     )
     return _report_test(args, summary)
+
+
+def _is_detector(checkpoint: str) -> bool:
+    """Whether ``checkpoint`` is a timeshift detector (its config's task); anything else,
+    unreadable files included, goes the recognition way (whose errors name the problem)."""
+    from timeshift.models.checkpoints import read_checkpoint
+
+    try:
+        payload = read_checkpoint(checkpoint)
+    except (OSError, ValueError):
+        return False
+    config = payload.get("config") if isinstance(payload, dict) else None
+    return isinstance(config, dict) and config.get("task") == "detection"
+
+
+def _run_detection_test(args: argparse.Namespace) -> int:
+    """``timeshift test DETECTOR.pt --data VAL.json|VID_ROOT``: AP50 on whole videos."""
+    from timeshift.detection.evaluate import test_detector
+
+    recognition_only = (
+        ("--ensemble", args.ensemble), ("--early", args.early), ("--online", args.online),
+        ("--flow", args.flow), ("--dense", args.dense), ("--twice", args.twice),
+        ("--crops", args.crops != 1), ("--clips", args.clips != 1),
+    )  # fmt: skip
+    given = [flag for flag, value in recognition_only if value]
+    if given:
+        raise ValueError(f"{', '.join(given)}: recognition options, not for a detector")
+    summary = test_detector(
+        args.checkpoint,
+        args.data,
+        image_root=args.root,
+        output_dir=args.output,
+        device=args.device,
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print(json_dumps(summary, indent=1))
+        return 0
+    print(f"{summary['checkpoint']} on {summary['data']}: {summary['videos']} videos, "
+          f"{summary['frames']} frames, {summary['mode']}")  # fmt: skip
+    subsets = [k for k in summary if k.startswith("ap") and k != "ap50"]
+    print(f"  AP50 {_ap(summary['ap50'])}  " + "  ".join(f"{k} {_ap(summary[k])}" for k in subsets))
+    for name, ap in summary["per_class"].items():
+        print(f"  {_ap(ap)}  {name}")
+    if args.output:
+        print(f"wrote metrics.json, per_class.csv, detections.json to {args.output}")
+    return 0
+
+
+def _ap(value) -> str:
+    return "  n/a" if value is None or value != value else f"{value:.3f}"
 
 
 def _refuse_fusion_flags(args: argparse.Namespace, mode: str) -> None:

@@ -132,11 +132,34 @@ class EvalConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """``task: detection`` only. The data: ``data.format`` ``video_json`` (``data.train`` /
+    ``data.val`` the JSON files, ``data.root`` their image root), ``imagenet_vid``
+    (``data.root`` the folder holding ``Data/VID``; ``data.train`` / ``data.val`` optional
+    list files, default the devkit's) or ``synthetic_detection`` (generated from
+    ``synthetic``); frames resized to ``data.size`` (shorter side, ``max_size`` cap), clips of
+    ``model.num_segments`` frames."""
+
+    frame_stride: int = 1  # distance between a training clip's frames
+    crop_scale: list[float] | None = field(default_factory=lambda: [0.5, 1.0])
+    min_visible: float = 0.5  # a cropped object keeping less of its area is ignored
+    max_size: int | None = None  # cap on the longer side (ImageNet-VID: 600 / 1000)
+    clips_per_video: int = 1  # training clips per video and epoch
+    score_threshold: float = 0.01  # detections kept for AP
+    max_detections: int = 100  # per frame
+    # SyntheticDetectionSpec fields (train_videos, val_videos, frames, size, classes, ...)
+    synthetic: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
+    # recognition (clips -> classes) or detection (frames -> boxes, timeshift.detection)
+    task: str = "recognition"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> DictConfig:

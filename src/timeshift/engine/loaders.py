@@ -380,7 +380,9 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def _loader(dataset, *, batch_size, sampler, workers, seed, drop_last=False) -> DataLoader:
+def _loader(
+    dataset, *, batch_size, sampler, workers, seed, drop_last=False, collate_fn=None
+) -> DataLoader:
     # an explicit generator keeps the global torch RNG untouched by the loader (exact resume)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -391,7 +393,39 @@ def _loader(dataset, *, batch_size, sampler, workers, seed, drop_last=False) -> 
         persistent_workers=workers > 0,
         drop_last=drop_last,
         generator=generator,
+        collate_fn=collate_fn,
     )
+
+
+def train_sampler_loader(
+    dataset, cfg: DictConfig, info: DistInfo, *, collate_fn=None
+) -> tuple[DistributedSampler, DataLoader]:
+    """The sampler (shuffled, deterministic per epoch and rank, whole batches) and loader of a
+    training dataset; a dataset too small for one batch per process is an error."""
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=info.world_size,
+        rank=info.rank,
+        shuffle=True,
+        seed=cfg.train.seed,
+        drop_last=True,
+    )
+    batches = len(sampler) // cfg.train.batch_size
+    if batches == 0:
+        raise ValueError(
+            f"{len(dataset)} training samples make no batch of {cfg.train.batch_size} per "
+            f"process ({info.world_size} processes): lower train.batch_size"
+        )
+    loader = _loader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        workers=cfg.data.workers,
+        seed=cfg.train.seed,
+        drop_last=True,
+        collate_fn=collate_fn,
+    )
+    return sampler, loader
 
 
 def build_train_loader(cfg: DictConfig, ann: Annotations, info: DistInfo):
@@ -429,28 +463,7 @@ def build_train_loader(cfg: DictConfig, ann: Annotations, info: DistInfo):
         cache=data.cache,
         **frame_options(modality, new_length),
     )
-    sampler = DistributedSampler(
-        dataset,
-        num_replicas=info.world_size,
-        rank=info.rank,
-        shuffle=True,
-        seed=cfg.train.seed,
-        drop_last=True,
-    )
-    batches = len(sampler) // cfg.train.batch_size
-    if batches == 0:
-        raise ValueError(
-            f"{len(dataset)} training samples make no batch of {cfg.train.batch_size} per "
-            f"process ({info.world_size} processes): lower train.batch_size"
-        )
-    loader = _loader(
-        dataset,
-        batch_size=cfg.train.batch_size,
-        sampler=sampler,
-        workers=data.workers,
-        seed=cfg.train.seed,
-        drop_last=True,
-    )
+    sampler, loader = train_sampler_loader(dataset, cfg, info)
     return dataset, sampler, loader
 
 

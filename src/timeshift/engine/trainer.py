@@ -422,12 +422,18 @@ def _load_data(cfg, directory: RunDirectory, previous: Resume | None, *, info, p
 
 
 def _prepare_main(cfg, directory: RunDirectory, previous: Resume | None, progress: bool):
+    prepare_directory(directory, previous)
+    return load_split(cfg.data, "train", progress=progress)
+
+
+def prepare_directory(directory: RunDirectory, previous: Resume | None) -> None:
+    """Check the run directory can be written and prepare it (repairing a resumed run's);
+    rank 0 only, before the data is read."""
     try:
         directory.check_writable()
     except OSError as exc:
         raise RunDirectoryError(exc.strerror) from exc
     directory.prepare(previous)
-    return load_split(cfg.data, "train", progress=progress)
 
 
 def _val_loader(cfg, val_ann: Annotations | None, info: DistInfo):
