@@ -421,10 +421,11 @@ class StreamSummary(Sink):
         self.frames_read += 1
         if frame.record is None:
             return
-        name = frame.record["label"]
-        if self.final_label is not None and name != self.final_label:
-            self.label_changes += 1
-        self.final_label = name
+        name = frame.record.get("label")  # a detection stream's records have none
+        if name is not None:
+            if self.final_label is not None and name != self.final_label:
+                self.label_changes += 1
+            self.final_label = name
         self.frames_processed += 1
         self.latency_ms.append(frame.latency_ms)
 
@@ -536,7 +537,7 @@ def run_stream(
     source: str | int | FrameSource,
     recognizer,
     *,
-    input_size: int,
+    input_size: int | Sequence[int],
     classes: Sequence[str] | None = None,
     scale_size: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -549,6 +550,7 @@ def run_stream(
     max_frames: int | None = None,
     on_frame: Callable[[dict], None] | None = None,
     sinks: Sequence[Sink] = (),
+    score_threshold: float = 0.3,
 ) -> StreamSummary:
     """Recognise a stream frame by frame: :func:`recognize_stream` (with
     :func:`frame_preprocessor` and a :class:`LabelSmoother`) drained into a
@@ -568,22 +570,44 @@ def run_stream(
             :func:`recognize_stream`).
         sinks: more sinks, given every frame after ``on_frame`` and before the video and the
             window; the caller closes them.
+        score_threshold: a detector's boxes drawn (see below).
+
+    A detector (anything with ``detect(frame)``: :class:`~timeshift.detection.OnlineDetector`,
+    :class:`~timeshift.detection.stream.OnnxOnlineDetector`) is streamed by
+    :func:`~timeshift.detection.stream.detect_stream` instead: boxes in the source's pixels,
+    drawn when at least ``score_threshold``; ``input_size`` is then the detector's (the
+    shorter side, or ``(H, W)``); ``scale_size``, ``smooth`` and ``margin`` do not apply.
     """
     src = source if isinstance(source, FrameSource) else open_source(source)
     summary = StreamSummary(src.name, output=str(output) if output else None)
     with ExitStack() as own:
         own.callback(src.close)
-        frames = recognize_stream(
-            src,
-            recognizer,
-            preprocess=frame_preprocessor(
-                input_size=input_size, scale_size=scale_size, mean=mean, std=std
-            ),
-            smoother=LabelSmoother(smooth, margin),
-            classes=classes,
-            every=every,
-            max_frames=max_frames,
-        )
+        if hasattr(recognizer, "detect"):
+            from timeshift.detection.stream import detect_stream
+
+            frames = detect_stream(
+                src,
+                recognizer,
+                input_size=input_size,
+                mean=mean,
+                std=std,
+                classes=classes,
+                every=every,
+                max_frames=max_frames,
+                score_threshold=score_threshold,
+            )
+        else:
+            frames = recognize_stream(
+                src,
+                recognizer,
+                preprocess=frame_preprocessor(
+                    input_size=input_size, scale_size=scale_size, mean=mean, std=std
+                ),
+                smoother=LabelSmoother(smooth, margin),
+                classes=classes,
+                every=every,
+                max_frames=max_frames,
+            )
         own.callback(frames.close)  # closed before the source it reads
         chain: list[Sink] = [summary, *([CallbackSink(on_frame)] if on_frame else []), *sinks]
         if output is not None:
