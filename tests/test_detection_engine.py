@@ -146,3 +146,17 @@ def test_video_json_data_and_bad_configs(tmp_path):
         fit(_cfg(tmp_path, "data.format=videos"), tmp_path / "bad", progress=False)
     with pytest.raises(ConfigError, match=r"detection\.synthetic"):
         fit(_cfg(tmp_path, "detection.synthetic.colours=3"), tmp_path / "bad2", progress=False)
+
+
+@pytest.mark.parametrize(
+    "recipe", ["synthetic-detection-tsm", "synthetic-detection-2d", "imagenet-vid-tsm-r50"]
+)
+def test_shipped_detection_recipes_build(recipe):
+    from timeshift.detection.training import DetectionTask
+
+    cfg = load_config(recipe)
+    assert cfg.task == "detection"
+    with torch.device("meta"):
+        model = DetectionTask().build_model(cfg, 30)
+    assert isinstance(model, Detector) and model.num_segments == cfg.model.num_segments
+    assert is_causal(model)  # uni-directional TSM, or no temporal op (2D)

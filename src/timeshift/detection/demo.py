@@ -19,13 +19,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from timeshift.detection.evaluate import test_detector
 from timeshift.detection.training import synthetic_detection_paths
 from timeshift.engine.config import load_config
 from timeshift.engine.trainer import fit
-from timeshift.models.checkpoints import load_model
+from timeshift.models.checkpoints import atomic_write, load_model
 
 __all__ = ["RECIPES", "format_detection", "measure_frame_latency", "run_detection_demo"]
 
@@ -123,13 +124,62 @@ def _plot(rows: list[dict], path: Path) -> None:
     )
 
 
-def _examples(models: dict, val_json, path: Path) -> None:
-    """A strip of validation frames around a degraded object with each detector's boxes."""
-    try:
-        from timeshift.detection.draw import example_strip
-    except ImportError:  # drawing not available: the numbers are still written
-        return
-    example_strip(models, val_json, path)
+def _examples(models: dict, val_json, path: Path, *, columns: int = 5) -> None:
+    """Validation frames around a degraded object (the frame before its colour drops out and
+    the degraded ones), one row per detector with its boxes drawn: where the 2D detector has to
+    guess the class, the online one remembers it."""
+    from PIL import Image
+
+    from timeshift.detection.dataset import VideoDetectionDataset
+    from timeshift.detection.draw import draw_detections, enlarge
+    from timeshift.detection.evaluate import detect_videos
+    from timeshift.detection.formats import read_video_json
+    from timeshift.detection.transforms import detection_eval_transforms
+
+    annotations = read_video_json(val_json)
+    v, start = _degraded_moment(annotations, columns)
+    video = annotations.videos[v]
+    one = type(annotations)(annotations.classes, [video], annotations.source)
+    raw = VideoDetectionDataset(one, mode="test")[0][0]  # uint8 (F, 3, H, W)
+    frames = raw.permute(0, 2, 3, 1).numpy()
+    size = next(iter(models.values())).checkpoint_meta.get("input_size", 64)
+    dataset = VideoDetectionDataset(one, mode="test", transform=detection_eval_transforms(size))
+    rows = []
+    for name, model in models.items():
+        found = detect_videos(model, dataset, progress=False)[0]
+        tiles = []
+        for t in range(start, start + columns):
+            image, _ = enlarge(frames[t], 192)
+            scale = image.shape[1] / frames.shape[2]
+            scaled = type(found[t])(found[t].boxes * scale, found[t].scores, found[t].labels)
+            drawn = draw_detections(image, scaled, annotations.classes, score_threshold=0.3)
+            degraded = video.annotations[t].flag("degraded").any()
+            tiles.append(
+                _captioned(drawn, f"{name}, frame {t}" + (" (degraded)" if degraded else ""))
+            )
+        rows.append(np.concatenate(tiles, axis=1))
+    grid = Image.fromarray(np.concatenate(rows, axis=0))
+    atomic_write(path, lambda f: grid.save(f, format="PNG"))
+
+
+def _captioned(image: np.ndarray, text: str) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", (image.shape[1], image.shape[0] + 18), (255, 255, 255))
+    canvas.paste(Image.fromarray(image), (0, 18))
+    ImageDraw.Draw(canvas).text((4, 3), text, fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
+def _degraded_moment(annotations, columns: int) -> tuple[int, int]:
+    """``(video, first frame)`` of a window of ``columns`` frames that starts one frame before
+    a degraded span (the first such moment; else the start of the first video)."""
+    for v, video in enumerate(annotations.videos):
+        flags = [frame.flag("degraded").any() for frame in video.annotations]
+        for t in range(1, video.num_frames - columns + 2):
+            if flags[t] and not flags[t - 1]:
+                return v, min(t - 1, video.num_frames - columns)
+    return 0, 0
 
 
 def format_detection(results: dict) -> str:
