@@ -379,6 +379,64 @@ def run_online(args: argparse.Namespace) -> int:
     )
 
 
+# quick: the tiny backbone at 64 px, for tests and a first look; given flags still win
+_DETECTION_FULL = {"backbone": ["resnet50"], "size": 320, "rounds": 12, "warmup": 2, "width": 64}
+_DETECTION_QUICK = {"backbone": ["resnet_tiny"], "size": 64, "rounds": 3, "warmup": 1, "width": 16}
+
+
+def run_detection(args: argparse.Namespace) -> int:
+    from timeshift.bench.detection_speed import (
+        PAPER_OVERHEAD_MS,
+        TARGET_RATIO,
+        benchmark_detection,
+        explain,
+        plot_detection_benchmark,
+    )
+
+    preset = _DETECTION_QUICK if args.quick else _DETECTION_FULL
+    given = {k: getattr(args, k, None) for k in preset}  # width: the pyramid's and head's
+    opts = {k: preset[k] if v is None else v for k, v in given.items()}
+    rows = benchmark_detection(
+        opts["backbone"],
+        backends=args.backend,
+        memory_formats=args.format,
+        size=opts["size"],
+        num_classes=args.num_classes,
+        fpn_channels=opts["width"],
+        head_channels=opts["width"],
+        rounds=opts["rounds"],
+        warmup=opts["warmup"],
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    title = (
+        f"online TSM detector vs the same detector without shift, per frame, batch 1, "
+        f"{opts['size']}^2 (medians of {opts['rounds']} interleaved rounds)"
+    )
+    columns = ["backbone", "backend", "memory_format", "graph", "tsm_ms", "no_shift_ms"]
+    columns += ["ratio", "paired_ratio", "overhead_ms", "meets_target", "cache_floats"]
+    footer = (
+        f"target: ratio <= {TARGET_RATIO} in every backend (TSM Appendix A: < "
+        f"{PAPER_OVERHEAD_MS:g} ms of shift overhead per frame, R-FCN ResNet-101 on a GPU)"
+    )
+    notes = explain(rows)
+    footer += "".join(f"\n- {note}" for note in notes)
+    return _finish(
+        args,
+        "detection",
+        rows,
+        columns,
+        title,
+        plot=lambda path: plot_detection_benchmark(rows, path),
+        extra={
+            "target_ratio": TARGET_RATIO,
+            "paper_overhead_ms": PAPER_OVERHEAD_MS,
+            "notes": notes,
+        },
+        footer=footer,
+    )
+
+
 def run_shift(args: argparse.Namespace) -> int:
     from timeshift.bench.shift_speed import TARGETS, benchmark_shift, plot_shift_benchmark
 
@@ -619,6 +677,27 @@ SUITES: dict[str, Suite] = {
         iters=30,
     ),
     "shift": Suite("the shift op vs clone() vs the reference shift", run_shift, iters=50),
+    "detection": Suite(
+        "online TSM detector per frame vs the same detector without shift",
+        run_detection,
+        args=(
+            _arg("--backbone", nargs="+", help="tsm_/tsn_ backbone(s) (resnet50)"),
+            _arg("--size", type=int, help="frame height and width (320)"),
+            _arg(
+                "--backend",
+                nargs="+",
+                choices=("eager", "onnxruntime"),
+                default=["eager", "onnxruntime"],
+            ),
+            _formats(help="memory formats (eager)"),
+            _arg("--rounds", "--iters", type=int, help="interleaved timed rounds (12)"),
+            _arg("--warmup", type=int, help="untimed frames per side first (2)"),
+            _arg("--num-classes", type=int, default=30, help="object classes (30: ImageNet-VID)"),
+            _arg("--device", default="cpu", help="eager's device: cpu, cuda (cpu)"),
+            _arg("--quick", action="store_true", help="tiny backbone, 64 px, 3 rounds (tests)"),
+            _arg("--no-progress", action="store_true"),
+        ),
+    ),
     "flow": Suite(
         "optical flow frames/s vs the model's (TSM: flow costs more than the model)",
         run_flow,

@@ -110,23 +110,6 @@ class OnnxOnlineDetector(OnnxOnlineRecognizer):
         size = int(self.meta["input_size"])
         return size, size
 
-    def _start(self, n: int) -> None:
-        # the recognizer's buffers hold (n, K) logits; a detector's output is (n, K + 4, h, w)
-        import onnxruntime as ort
-
-        shape = self.session.get_outputs()[0].shape[1:]
-        if not all(isinstance(s, int) for s in shape):
-            raise ValueError(f"{self.path}: the maps output has no fixed shape ({shape})")
-
-        def buffers():
-            arrays = [np.zeros((n, *shape), np.float32)]
-            arrays += [np.zeros((n, *s), np.float32) for s in self.cache_shapes]
-            return arrays, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
-
-        self._buffers = [buffers(), buffers()]
-        self._binding = self.session.io_binding()
-        self._batch = n
-
     def decode(self, maps: torch.Tensor) -> list[Detections]:
         """Maps ``(M, K + 4, h, w)`` -> one :class:`Detections` per frame (input pixels)."""
         return decode_maps(

@@ -161,11 +161,14 @@ class OnnxOnlineRecognizer(_OnnxModel):
     def _start(self, n: int) -> None:
         import onnxruntime as ort
 
-        width = self.session.get_outputs()[0].shape[-1]
-        width = width if isinstance(width, int) else self.num_classes
+        # the output per stream: a recognizer's (K,) logits, a detector's (K + 4, h, w) maps
+        # (online graphs have a fixed frame size, so the shape is static but for the batch)
+        shape = self.session.get_outputs()[0].shape[1:]
+        if not all(isinstance(s, int) for s in shape):
+            shape = [self.num_classes]
 
         def buffers():
-            arrays = [np.zeros((n, width), np.float32)]
+            arrays = [np.zeros((n, *shape), np.float32)]
             arrays += [np.zeros((n, *s), np.float32) for s in self.cache_shapes]
             return arrays, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
 
