@@ -23,11 +23,24 @@ def _model(name, **kwargs):
     return randomise(model).eval()
 
 
+def _detector(name, **kwargs):
+    from timeshift.detection import create_detector
+
+    model = create_detector(name, num_classes=3, num_segments=T, direction="unidirectional",
+                            fpn_channels=8, head_channels=8, **kwargs)  # fmt: skip
+    return randomise(model).eval()
+
+
 CASES = {  # basic blocks; bottlenecks with a downsample in every stage; inverted residuals
     "basic": lambda: _model("tsm_resnet_tiny"),
     "bottleneck": lambda: _model("tsm_resnet_nl_tiny", non_local=False),
     "mobilenet_v2": lambda: _model("tsm_mobilenet_v2_tiny"),
+    # detectors: the pyramid reads the split outputs of several stages
+    "detector": lambda: _detector("tsm_resnet_tiny"),
+    "detector_stride8": lambda: _detector("tsm_resnet_nl_tiny", non_local=False, out_stride=8),
+    "detector_mobilenet_v2": lambda: _detector("tsm_mobilenet_v2_tiny"),
 }
+RECOGNIZERS = [case for case in CASES if not case.startswith("detector")]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -116,7 +129,7 @@ def test_split_is_chosen_only_where_it_pays(tmp_path):
 # -- offline: the whole clip, bi- or uni-directional --------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", RECOGNIZERS)
 @pytest.mark.parametrize("direction", ["bidirectional", "unidirectional"])
 @torch.no_grad()
 def test_split_clips_computes_the_model(case, direction):

@@ -39,6 +39,7 @@ __all__ = [
     "backbone_levels",
     "create_detector",
     "gaussian_radius",
+    "level_blocks",
 ]
 
 # create_detector's own options; the others go to the recognition model's create_model
@@ -83,6 +84,27 @@ def backbone_levels(backbone: nn.Module) -> list[tuple[int, int]]:
         f"a detector needs a ResNet or MobileNetV2 backbone to read at several scales, got "
         f"{type(backbone).__name__}"
     )
+
+
+def level_blocks(backbone: nn.Module) -> list[int]:
+    """For each level of :func:`backbone_levels`, the index of the unit whose output it is, in
+    the backbone's sequence of units: a ResNet's stem then every residual block, a
+    MobileNetV2's ``features`` (what :mod:`timeshift.export.split` rebuilds)."""
+    if isinstance(backbone, ResNet):
+        ends, count = [], 0
+        for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
+            count += len(layer)
+            ends.append(count)
+        return ends
+    if isinstance(backbone, MobileNetV2):
+        ends, stride = [], 1
+        for index, module in enumerate(backbone.features):
+            if _downsamples(module):
+                if stride >= 4:
+                    ends.append(index - 1)
+                stride *= 2
+        return [*ends, len(backbone.features) - 1]
+    raise TypeError(f"no levels for a {type(backbone).__name__} backbone")
 
 
 def _resnet_levels(net: ResNet, x: torch.Tensor) -> list[torch.Tensor]:
@@ -197,10 +219,25 @@ class Detector(nn.Module):
         self.in_chans = int(getattr(backbone, "in_chans", 3))
         self.modality, self.new_length = "rgb", 1
         self.output_name = "maps"  # the exported graphs' output (a recognizer's: logits)
+        self.channels_last = False
         self.fpn = FeaturePyramid([c for _, c in levels[self.level_start :]], fpn_channels)
         self.head = CenterHead(fpn_channels, head_channels, num_classes)
         self.config: dict[str, Any] | None = None  # filled by create_detector
         self.checkpoint_meta: dict[str, Any] = {}
+
+    def pyramid_blocks(self) -> list[int]:
+        """The backbone units (:func:`level_blocks`) whose outputs the pyramid reads."""
+        return level_blocks(self.backbone)[self.level_start :]
+
+    def set_channels_last(self, enabled: bool = True) -> Detector:
+        """Keep weights and frames in channels_last memory (faster convolutions on CPU with
+        oneDNN and on tensor cores), as :meth:`Recognizer.set_channels_last`."""
+        fmt = torch.channels_last if enabled else torch.contiguous_format
+        for tensor in [*self.parameters(), *self.buffers()]:
+            if tensor.dim() == 4:
+                tensor.data = tensor.data.contiguous(memory_format=fmt)
+        self.channels_last = enabled
+        return self
 
     # -- FrameModel ------------------------------------------------------------------------------
     def forward_levels(self, frames: torch.Tensor) -> list[torch.Tensor]:
@@ -212,6 +249,8 @@ class Detector(nn.Module):
     def forward_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """Frames ``(M, C, H, W)`` (a clip's frames in order, or one per stream online) -> the
         pyramid's map ``(M, fpn_channels, h, w)``."""
+        if self.channels_last:
+            frames = frames.contiguous(memory_format=torch.channels_last)
         return self.fpn(self.forward_levels(frames)[self.level_start :])
 
     def forward_frame_head(self, features: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,10 @@ The MACs are the same; onnxruntime fuses the sums into the convolutions, and the
 conversions left are those of the caches themselves (``1/8`` of a block input, in and out).
 
 Supported: the ResNet/ResNeXt and MobileNetV2 backbones of this library with a uni-directional
-residual shift. :func:`split_stream` returns ``None`` for anything else, or when a part would not
-be a multiple of 8 channels (:data:`ALIGN`: MobileNetV2's 24-channel stage splits 3 + 21), and
-the exporter falls back to the plain graph.
+residual shift, under a recognizer's classifier or (online) a detector's pyramid and head.
+:func:`split_stream` returns ``None`` for anything else, or when a part would not be a multiple
+of 8 channels (:data:`ALIGN`: MobileNetV2's 24-channel stage splits 3 + 21), and the exporter
+falls back to the plain graph.
 """
 
 from __future__ import annotations
@@ -367,19 +368,61 @@ def _pool(x: Stream) -> torch.Tensor:
     return x.mean(dim=(2, 3))
 
 
+class _ClassifierHead(nn.Module):
+    """A recognizer's head on the last unit's (split) output: pool the parts, classify."""
+
+    def __init__(self, model: nn.Module, units: nn.ModuleList) -> None:
+        super().__init__()
+        self.fc = _classifier(model)
+        self.reads = [len(units) - 1]
+
+    def forward(self, outputs: list[Stream]) -> torch.Tensor:
+        return self.fc(_pool(outputs[-1]))
+
+
+class _PyramidHead(nn.Module):
+    """A detector's pyramid and head on the (split) outputs of the units it reads: the 1x1
+    lateral convs take the parts directly (``conv(cat(h, t)) = conv_h(h) + conv_t(t)``), the
+    rest is the detector's own modules."""
+
+    def __init__(self, model: nn.Module, units: nn.ModuleList) -> None:
+        super().__init__()
+        self.reads = list(model.pyramid_blocks())
+        self.laterals = nn.ModuleList(
+            _SplitConv(lateral, None, in_split=units[i].out_split)
+            for lateral, i in zip(model.fpn.lateral, self.reads, strict=True)
+        )
+        self.smooth, self.head = model.fpn.smooth, model.head
+
+    def forward(self, outputs: list[Stream]) -> torch.Tensor:
+        top = self.laterals[-1](outputs[-1])
+        for lateral, level in zip(self.laterals[-2::-1], outputs[-2::-1], strict=True):
+            lat = lateral(level)
+            top = lat + F.interpolate(top, size=lat.shape[-2:], mode="nearest")
+        return self.head(self.smooth(top))
+
+
+def _head(model: nn.Module, units: nn.ModuleList) -> nn.Module:
+    """The split graph's head: a recognizer's classifier, or a detector's pyramid (a model with
+    ``pyramid_blocks``, ``fpn`` and ``head``: :class:`~timeshift.detection.model.Detector`)."""
+    if hasattr(model, "pyramid_blocks") and hasattr(model, "fpn"):
+        return _PyramidHead(model, units)
+    return _ClassifierHead(model, units)
+
+
 class SplitStream(nn.Module):
-    """``forward(frame, *caches) -> (logits, *new_caches)``, the interface of
+    """``forward(frame, *caches) -> (output, *new_caches)``, the interface of
     :class:`~timeshift.online.OnlineModule` (same caches, same order), computed with the residual
-    stream split at the cached channels. Inference only: batch norm is folded."""
+    stream split at the cached channels: a recognizer's logits or a detector's maps. Inference
+    only: batch norm is folded."""
 
     def __init__(self, online: OnlineModule, *, align: int = 1) -> None:
         super().__init__()
         model = online.model
-        fc = _classifier(model)
         self.units = _build_units(model.backbone, align)
         if sum(u.shifted is not None for u in self.units) != online.num_caches:
             raise _Unsupported("a shift sits outside the supported positions")
-        self.fc = fc
+        self.head = _head(model, self.units)
         self.num_caches = online.num_caches
         self.eval()
 
@@ -388,9 +431,12 @@ class SplitStream(nn.Module):
             raise ValueError(f"expected {self.num_caches} cache tensors, got {len(caches)}")
         new = _Caches(caches)
         x: Stream = frame
-        for unit in self.units:
+        reads, outputs = self.head.reads, []
+        for i, unit in enumerate(self.units):
             x = unit(x, new)
-        return (self.fc(_pool(x)), *new)
+            if i in reads:
+                outputs.append(x)
+        return (self.head(outputs), *new)
 
 
 class SplitClips(nn.Module):
