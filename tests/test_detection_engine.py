@@ -135,6 +135,17 @@ def test_a_bidirectional_detector_sees_windows():
     assert torch.allclose(maps[4:], last[:2], atol=1e-6)
 
 
+def test_a_2d_detector_takes_its_frames_in_batches():
+    torch.manual_seed(0)
+    model = create_detector("tsn_resnet_tiny", num_classes=3, num_segments=4).eval()
+    runner = VideoDetector(model, batch=4)
+    assert runner.per_frame and not runner.streaming
+    frames = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        alone = [model.forward_frame_head(model.forward_frames(f[None]))[0] for f in frames]
+    assert torch.allclose(runner.maps(frames), torch.stack(alone), atol=1e-5)
+
+
 def test_video_json_data_and_bad_configs(tmp_path):
     spec = SyntheticDetectionSpec(**SPEC)
     paths = make_synthetic_detection(tmp_path / "synth", spec=spec, progress=False)

@@ -302,7 +302,8 @@ def explain(rows: Sequence[dict]) -> list[str]:
             why = (
                 "the online graph slices and concatenates the whole block input at every "
                 "shift (Split, Concat and NCHWc reorders); export/split.py's split-stream "
-                "form supports recognizer heads only"
+                "form avoids them where every part is a multiple of 8 channels (not "
+                "MobileNetV2's 24-channel stage, 3 + 21)"
             )
         elif r["device"].startswith("cuda"):
             why = (

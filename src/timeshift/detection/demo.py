@@ -120,7 +120,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         },
         path,
         ylabel="AP50 (validation videos)",
-        title="per-frame 2D vs online TSM detector: where the class cue drops out",
+        title="2D vs online TSM detector: AP50 where the class cue drops out",
     )
 
 

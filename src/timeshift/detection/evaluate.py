@@ -47,14 +47,17 @@ def is_causal(model: nn.Module) -> bool:
 
 class VideoDetector:
     """Per-frame maps of a video, in order: streamed with the caches for a causal detector,
-    in windows of ``num_segments`` frames otherwise. :meth:`reset` before a new video."""
+    in windows of ``num_segments`` frames otherwise; a detector without temporal ops (2D)
+    takes its frames in batches, each on its own. :meth:`reset` before a new video."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, batch: int = 32) -> None:
         from timeshift.online import OnlineModule
 
         self.model = model.eval()
-        self.streaming = is_causal(model)
+        self.per_frame = not any(isinstance(m, TemporalOp) for m in model.modules())
+        self.streaming = is_causal(model) and not self.per_frame
         self.online = OnlineModule(model) if self.streaming else None
+        self.batch = batch
         self.caches: list[torch.Tensor] = []
 
     def reset(self) -> None:
@@ -63,6 +66,14 @@ class VideoDetector:
     @torch.no_grad()
     def maps(self, frames: torch.Tensor) -> torch.Tensor:
         """``(F, C, H, W)`` frames (the next ones of the video) -> ``(F, K + 4, h, w)``."""
+        if self.per_frame:
+            model = self.model
+            return torch.cat(
+                [
+                    model.forward_frame_head(model.forward_frames(part))
+                    for part in frames.split(self.batch)
+                ]
+            )
         if self.streaming:
             out = []
             for frame in frames:
@@ -76,6 +87,12 @@ class VideoDetector:
             frames = torch.cat([frames, frames[-1:].expand(pad, *frames.shape[1:])])
         windows = frames.unflatten(0, (-1, t))
         return self.model(windows).flatten(0, 1)[:count]
+
+
+def _mode(runner: VideoDetector) -> str:
+    if runner.per_frame:
+        return "per frame (no temporal op)"
+    return "online (streamed with caches)" if runner.streaming else "windows of frames"
 
 
 def detect_videos(
@@ -242,7 +259,7 @@ def test_detector(
         "data": str(data),
         "videos": len(annotations.videos),
         "frames": sum(v.num_frames for v in annotations.videos),
-        "mode": "online (streamed with caches)" if is_causal(model) else "windows of frames",
+        "mode": _mode(VideoDetector(model)),
         **report,
     }
     if output_dir is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -27,14 +28,14 @@ import torch
 from timeshift.data.flow import DEFAULT_BOUND, extract_flow, extract_video_flow
 from timeshift.data.formats import read_annotations
 from timeshift.engine.config import load_config
-from timeshift.engine.evaluate import EvalOptions, evaluate_checkpoints, measure_latency
+from timeshift.engine.evaluate import EvalOptions, evaluate_checkpoints
 from timeshift.engine.fusion import fuse_scores, load_scores
 from timeshift.engine.loaders import synthetic_paths
 from timeshift.engine.trainer import fit
 from timeshift.errors import TimeshiftError
 from timeshift.models.checkpoints import load_model
 
-__all__ = ["ROWS", "format_two_stream", "run_two_stream_demo"]
+__all__ = ["ROWS", "format_two_stream", "measure_costs", "run_two_stream_demo"]
 
 _logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def run_two_stream_demo(
     flow_lists = {
         split: _extract(paths[split], flow_dir, algorithm, progress) for split in ("train", "val")
     }
-    rows, timing = [], {"flow_ms_per_video": _flow_cost(paths["val"], algorithm)}
+    rows, runs = [], {}
     for name, rgb_cfg in rgb.items():
         flow_cfg = load_config(
             FLOW_RECIPE,
@@ -85,11 +86,13 @@ def run_two_stream_demo(
             _logger.info("== training %s-%s (%s) ==", name, modality, cfg.model.name)
             fit(cfg, run, progress=progress, device="cpu")
             streams[modality] = _test(run, val_list, progress)
-            rows.append(_row(f"{name}-{modality}", streams[modality], run, cfg))
+            runs[f"{name}-{modality}"] = (run, cfg)
+            rows.append(_row(f"{name}-{modality}", streams[modality], cfg))
         rows.append(_fused_row(f"{name}-RGB+Flow", streams, out / f"{name}-fused".lower()))
-    timing["model_ms_per_video"] = {
-        r["name"]: r["ms_per_video"] for r in rows if "ms_per_video" in r
-    }
+    timing = measure_costs(runs, paths["val"], algorithm)
+    for row in rows:
+        if row["name"] in timing["model_ms_per_video"]:
+            row["ms_per_video"] = timing["model_ms_per_video"][row["name"]]
     results = {
         "dataset": "synthetic temporal pairs (time-reversed motion families)",
         "data": {k: str(v) for k, v in paths.items()},
@@ -117,17 +120,43 @@ def _extract(video_list, flow_dir: Path, algorithm: str, progress: bool) -> Path
     return Path(result.list_file)
 
 
+def measure_costs(runs: dict, video_list, algorithm: str, *, rounds: int = 10) -> dict:
+    """Time per validation video of the flow extraction and of each trained model, measured
+    together after the training, side by side (the models in interleaved rounds), so that no
+    figure is taken while other work loads the machine and the others are not."""
+    from timeshift.bench.timing import interleaved
+
+    # the flow first: PyTorch's OpenMP threads keep spinning for a while after its last call
+    # and would take the cores OpenCV's threads need (measured: 3x slower flow right after)
+    flow_ms = _flow_cost(video_list, algorithm)
+    models = {}
+    for name, (run, cfg) in runs.items():
+        model = load_model(run / "last.pt").eval()
+        channels = int(getattr(model, "in_chans", 3))
+        clip = torch.randn(1, cfg.model.num_segments, channels, cfg.data.size, cfg.data.size)
+        models[name] = lambda model=model, clip=clip: model(clip)
+    with torch.no_grad():
+        samples = interleaved(models, rounds=rounds, warmup=3)
+    return {
+        "flow_ms_per_video": flow_ms,
+        "model_ms_per_video": {n: round(statistics.median(ms), 2) for n, ms in samples.items()},
+        "rounds": rounds,
+    }
+
+
 def _flow_cost(video_list, algorithm: str) -> float:
-    """Milliseconds per video to decode it, compute its flow and write the JPEGs, measured on
+    """Median milliseconds per video to decode it, compute its flow and write the JPEGs, over
     a few validation videos (the extraction above may have been done by an earlier run)."""
     records = read_annotations(video_list).records[:TIMED_VIDEOS]
     root = Path(video_list).parent
+    times = []
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
         for i, record in enumerate(records):
             video = Path(record.path) if Path(record.path).is_absolute() else root / record.path
+            start = time.perf_counter()
             extract_video_flow(video, Path(tmp) / str(i), algorithm=algorithm, short_side=None)
-        return round((time.perf_counter() - start) / max(len(records), 1) * 1e3, 2)
+            times.append((time.perf_counter() - start) * 1e3)
+    return round(statistics.median(times), 2)
 
 
 def _test(run: Path, val_list, progress: bool) -> Path:
@@ -143,11 +172,8 @@ def _test(run: Path, val_list, progress: bool) -> Path:
     return folder
 
 
-def _row(name: str, test_dir: Path, run: Path, cfg) -> dict:
+def _row(name: str, test_dir: Path, cfg) -> dict:
     metrics = json.loads((test_dir / "metrics.json").read_text())
-    model = load_model(run / "last.pt").eval()
-    with torch.no_grad():
-        ms = measure_latency(model, frames=cfg.model.num_segments, size=cfg.data.size, repeats=10)
     return {
         "name": name,
         "model": cfg.model.name,
@@ -155,7 +181,6 @@ def _row(name: str, test_dir: Path, run: Path, cfg) -> dict:
         "top1": metrics["top1"],
         "top5": metrics["top5"],
         "mean_class_accuracy": metrics.get("mean_class_accuracy"),
-        "ms_per_video": round(ms, 2),
     }
 
 
