@@ -212,7 +212,7 @@ def benchmark_detection(
     num_classes: int = 30,
     fpn_channels: int = 64,
     head_channels: int = 64,
-    rounds: int = 12,
+    rounds: int = 40,
     warmup: int = 2,
     device: str = "cpu",
     progress: bool = False,

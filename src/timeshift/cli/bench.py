@@ -380,7 +380,7 @@ def run_online(args: argparse.Namespace) -> int:
 
 
 # quick: the tiny backbone at 64 px, for tests and a first look; given flags still win
-_DETECTION_FULL = {"backbone": ["resnet50"], "size": 320, "rounds": 12, "warmup": 2, "width": 64}
+_DETECTION_FULL = {"backbone": ["resnet50"], "size": 320, "rounds": 40, "warmup": 2, "width": 64}
 _DETECTION_QUICK = {"backbone": ["resnet_tiny"], "size": 64, "rounds": 3, "warmup": 1, "width": 16}
 
 
@@ -690,7 +690,7 @@ SUITES: dict[str, Suite] = {
                 default=["eager", "onnxruntime"],
             ),
             _formats(help="memory formats (eager)"),
-            _arg("--rounds", "--iters", type=int, help="interleaved timed rounds (12)"),
+            _arg("--rounds", "--iters", type=int, help="interleaved timed rounds (40)"),
             _arg("--warmup", type=int, help="untimed frames per side first (2)"),
             _arg("--num-classes", type=int, default=30, help="object classes (30: ImageNet-VID)"),
             _arg("--device", default="cpu", help="eager's device: cpu, cuda (cpu)"),
