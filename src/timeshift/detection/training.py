@@ -32,9 +32,9 @@ from timeshift.engine.trainer import (
     StepResult,
     TrainingTask,
     Validation,
+    initialise_from,
     prepare_directory,
 )
-from timeshift.models.checkpoints import load_checkpoint
 
 __all__ = ["DETECTION_FORMATS", "DetectionTask", "detection_data", "detection_step"]
 
@@ -136,14 +136,7 @@ class DetectionTask(TrainingTask):
             **to_dict(cfg.model.kwargs),
         )
         if cfg.model.pretrained:  # a recognizer's or an ImageNet backbone: same backbone keys
-            report = load_checkpoint(model, cfg.model.pretrained, strict=False)
-            _logger.info(
-                "initialised from %s (%s format; %d tensors, %d left fresh)",
-                cfg.model.pretrained,
-                report.source,
-                len(report.loaded),
-                len(report.initialised),
-            )
+            initialise_from(model, cfg.model.pretrained, strict=False)
         return model
 
     def train_loader(self, cfg: DictConfig, train: DetectionAnnotations, info):

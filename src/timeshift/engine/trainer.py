@@ -264,15 +264,21 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
         **to_dict(cfg.model.kwargs),
     )
     if cfg.model.pretrained:
-        report = load_checkpoint(model, cfg.model.pretrained)
-        _logger.info(
-            "initialised from %s (%s format; %d tensors, %d left fresh)",
-            cfg.model.pretrained,
-            report.source,
-            len(report.loaded),
-            len(report.initialised),
-        )
+        initialise_from(model, cfg.model.pretrained)
     return model
+
+
+def initialise_from(model: nn.Module, checkpoint: str, *, strict: bool = True) -> None:
+    """Load ``model.pretrained`` weights (any format :func:`load_checkpoint` reads) and log
+    what was loaded and what was left fresh."""
+    report = load_checkpoint(model, checkpoint, strict=strict)
+    _logger.info(
+        "initialised from %s (%s format; %d tensors, %d left fresh)",
+        checkpoint,
+        report.source,
+        len(report.loaded),
+        len(report.initialised),
+    )
 
 
 def _scaled_lr(cfg: DictConfig, info: DistInfo) -> float:
