@@ -92,7 +92,7 @@ def test_entry_is_well_formed(entry):
     assert entry["checkpoint_format"] in FORMATS
     assert entry["dataset"] in NUM_CLASSES
     assert entry["num_classes"] == NUM_CLASSES[entry["dataset"]]
-    assert entry["classes"] == entry["dataset"]
+    assert entry["classes"] in (entry["dataset"], entry["dataset"] + ":sorted")
     assert entry["modality"] in ("rgb", "flow")
     assert isinstance(entry["new_length"], int) and entry["new_length"] >= 1
     assert isinstance(entry["model_kwargs"], dict)

@@ -8,6 +8,14 @@ from timeshift.models.checkpoints import (
     save_model,
 )
 from timeshift.models.preprocessing import InputConfig, resolve_input_config
+from timeshift.models.pretrained import (
+    PretrainedEntry,
+    class_names,
+    list_pretrained,
+    load_pretrained,
+    pretrained_entry,
+    register_pretrained,
+)
 from timeshift.models.recognizer import Recognizer, first_conv
 from timeshift.models.registry import (
     MODALITIES,
@@ -31,16 +39,22 @@ __all__ = [
     "InputConfig",
     "LoadReport",
     "ModelInfo",
+    "PretrainedEntry",
     "Recognizer",
     "build_recognizer",
+    "class_names",
     "create_model",
     "first_conv",
     "input_channels",
     "list_models",
+    "list_pretrained",
     "load_checkpoint",
     "load_model",
+    "load_pretrained",
     "model_info",
+    "pretrained_entry",
     "register_model",
+    "register_pretrained",
     "register_temporal_layer",
     "resolve_input_config",
     "save_model",

@@ -399,8 +399,13 @@ def load_model(
     inference: every tensor of the model must come from the file, classifier included.
 
     The stored ``meta`` is attached to the model as ``model.checkpoint_meta`` and what was
-    loaded as ``model.load_report``. With ``name`` (and ``num_classes``), the model is built
-    with ``create_model(name, ...)`` instead and the weights are loaded from any supported
+    loaded as ``model.load_report``. ``path`` may also name published weights of the
+    pretrained registry (``"tsm_resnet50.kinetics400_8f"``, where no such file exists): they
+    are fetched and loaded with :func:`~timeshift.models.pretrained.load_pretrained`, and
+    carry their classes and preprocessing the same way.
+
+    With ``name`` (and ``num_classes``), the model is built with ``create_model(name, ...)``
+    instead and the weights are loaded from any supported
     format (reference TSM, MMAction2, ...); its ``checkpoint_meta`` is then empty (no class
     names).
 
@@ -415,6 +420,10 @@ def load_model(
             on ``T`` (TSN, TSM and the other shift modules, TAM) support.
         max_params: refuse models with more parameters than this.
     """
+    if name is None and _registry_name(path):
+        from timeshift.models.pretrained import load_pretrained
+
+        return load_pretrained(str(path), num_segments=num_segments, **kwargs)
     if name is not None:
         if num_classes is None:
             raise ValueError(f"loading {path} into {name} needs num_classes")
@@ -452,6 +461,14 @@ def load_model(
     model.checkpoint_meta = meta
     model.load_report = report
     return model
+
+
+def _registry_name(path: str | os.PathLike) -> bool:
+    """Whether ``path`` names published weights (``tsm_resnet50.kinetics400_8f``) rather than
+    a file: no such file exists and the pretrained registry has the name."""
+    from timeshift.models.pretrained import is_pretrained_name
+
+    return isinstance(path, str) and not os.path.exists(path) and is_pretrained_name(path)
 
 
 def _own_config(payload: Any, path: str | os.PathLike) -> Mapping:

@@ -141,13 +141,24 @@ def task_builder(task: str) -> Callable[..., nn.Module]:
     return getattr(importlib.import_module(module), function)
 
 
-def create_model(name: str, *, num_classes: int, num_segments: int, **kwargs: Any) -> Recognizer:
-    """Build a registered video model.
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    num_segments: int | None = None,
+    pretrained: str | None = None,
+    **kwargs: Any,
+) -> Recognizer:
+    """Build a registered video model, with published weights when ``pretrained`` names them.
 
     Args:
         name: a name from :func:`list_models`, e.g. ``"tsm_resnet50"``.
-        num_classes: classifier outputs.
-        num_segments: frames per clip ``T``.
+        num_classes: classifier outputs (with ``pretrained``: default the weights' own; another
+            count re-initialises the classifier for fine-tuning).
+        num_segments: frames per clip ``T`` (with ``pretrained``: default the weights' own).
+        pretrained: a tag of the weights registry for this model (``"kinetics400_8f"``: see
+            ``timeshift models --pretrained``); loaded by
+            :func:`~timeshift.models.pretrained.load_pretrained`.
         **kwargs: model options: ``direction`` ("bidirectional"/"unidirectional"), ``fold_div``,
             ``place`` ("residual"/"inplace"), ``inplace``, ``temporal_pool``, ``non_local``,
             ``dropout``, ``partial_bn``, ``modality`` ("rgb"/"flow") and ``new_length``
@@ -158,6 +169,17 @@ def create_model(name: str, *, num_classes: int, num_segments: int, **kwargs: An
     Returns:
         A :class:`~timeshift.models.Recognizer` whose ``config`` rebuilds it.
     """
+    if pretrained is not None:
+        from timeshift.models.pretrained import load_pretrained
+
+        return load_pretrained(
+            f"{name}.{pretrained}", num_classes=num_classes, num_segments=num_segments, **kwargs
+        )
+    if num_classes is None or num_segments is None:
+        raise TypeError(
+            f"create_model({name!r}) needs num_classes and num_segments (or pretrained=TAG, "
+            "whose weights give them)"
+        )
     if "every" in kwargs:  # its name before 0.2: older checkpoints carry it
         kwargs = dict(kwargs)
         kwargs["block_stride"] = kwargs.pop("every")
