@@ -1,5 +1,9 @@
+import contextlib
+import functools
+import http.server
 import os
 import re
+import threading
 import warnings
 
 import pytest
@@ -212,6 +216,22 @@ def to_reference_tsm(state, *, fc="module.new_fc."):
     return {"epoch": 10, "arch": "resnet50", "state_dict": out, "best_prec1": 71.2}
 
 
+def to_mmaction2(state):
+    """timeshift keys -> an MMAction2 TSM checkpoint (``conv1.conv``, ``conv1.bn``, ``fc_cls``)."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("fc."):
+            out["cls_head.fc_cls." + k[3:]] = v
+            continue
+        k = re.sub(r"\.conv(\d)\.((?:net\.)?)(weight|bias)$", r".conv\1.conv.\2\3", k)
+        k = re.sub(r"\.bn(\d)\.", r".conv\1.bn.", k)
+        k = k.replace(".downsample.0.", ".downsample.conv.").replace(
+            ".downsample.1.", ".downsample.bn."
+        )
+        out[k] = v
+    return {"meta": {"epoch": 50, "mmaction_version": "1.2.0"}, "state_dict": out}
+
+
 def to_reference_mobilenet(state):
     """torchvision-layout MobileNetV2 keys -> the reference TSM archs/mobilenet_v2.py layout."""
     expand = {"0.0": "0", "0.1": "1", "1.0": "3", "1.1": "4", "2": "6", "3": "7"}
@@ -356,3 +376,25 @@ def moving_square(count: int, *, step=(2, 0), size=(48, 64), seed=0) -> np.ndarr
         x, y = 16 + step[0] * t, 12 + step[1] * t
         frames[t, y : y + 16, x : x + 16] = texture[..., None]
     return frames
+
+
+# -- a local web server (loopback only) ---------------------------------------------------------
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:  # no request lines on stderr
+        pass
+
+
+@contextlib.contextmanager
+def http_folder(folder):
+    """Serve the files of ``folder`` over HTTP on 127.0.0.1 (a free port) while the block runs;
+    yields the base URL (``http://127.0.0.1:PORT``)."""
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

@@ -11,7 +11,7 @@ from timeshift.models.backbones import create_backbone
 from timeshift.models.checkpoints import CheckpointError, detect_source
 from timeshift.ops import TemporalOp
 
-from conftest import randomise, to_reference_mobilenet, to_reference_tsm
+from conftest import randomise, to_mmaction2, to_reference_mobilenet, to_reference_tsm
 
 CLIP = (2, 4, 3, 32, 32)
 
@@ -129,24 +129,9 @@ def test_reference_mobilenet_layout():
     assert _same_outputs(source, target)
 
 
-def _to_mmaction2(state):
-    out = {}
-    for k, v in state.items():
-        if k.startswith("fc."):
-            out["cls_head.fc_cls." + k[3:]] = v
-            continue
-        k = re.sub(r"\.conv(\d)\.((?:net\.)?)(weight|bias)$", r".conv\1.conv.\2\3", k)
-        k = re.sub(r"\.bn(\d)\.", r".conv\1.bn.", k)
-        k = k.replace(".downsample.0.", ".downsample.conv.").replace(
-            ".downsample.1.", ".downsample.bn."
-        )
-        out[k] = v
-    return {"meta": {"epoch": 50, "mmaction_version": "1.2.0"}, "state_dict": out}
-
-
 def test_mmaction2_format(tmp_path):
     source = randomise(_model("tsm_resnet_tiny"))
-    ckpt = _to_mmaction2(source.state_dict())
+    ckpt = to_mmaction2(source.state_dict())
     assert "backbone.layer1.0.conv1.conv.net.weight" in ckpt["state_dict"]
     assert "backbone.conv1.bn.weight" in ckpt["state_dict"]
     torch.save(ckpt, tmp_path / "mm.pth")
@@ -246,7 +231,7 @@ def test_reference_online_demo_format():
     assert _same_outputs(source, target)
 
 
-def _nl_to_mmaction2(state):
+def _nlto_mmaction2(state):
     table = {
         ".nl.theta.": ".non_local_block.theta.conv.",
         ".nl.phi.0.": ".non_local_block.phi.0.conv.",
@@ -255,7 +240,7 @@ def _nl_to_mmaction2(state):
         ".nl.W.1.": ".non_local_block.conv_out.bn.",
     }
     out = {}
-    for k, v in _to_mmaction2(state)["state_dict"].items():
+    for k, v in to_mmaction2(state)["state_dict"].items():
         if k.endswith(".nl.W.0.bias"):
             continue  # mmcv's conv_out has no bias
         for ours, theirs in table.items():
@@ -270,7 +255,7 @@ def test_mmaction2_non_local_format():
         for name, p in source.named_parameters():
             if name.endswith(".nl.W.0.bias"):
                 p.zero_()
-    ckpt = _nl_to_mmaction2(source.state_dict())
+    ckpt = _nlto_mmaction2(source.state_dict())
     assert "backbone.layer2.0.non_local_block.conv_out.bn.weight" in ckpt["state_dict"]
     assert "backbone.layer2.0.block.conv1.conv.net.weight" in ckpt["state_dict"]
     target = _model("tsm_resnet_nl_tiny")
@@ -302,7 +287,7 @@ def _rgb_checkpoints():
     return {
         "torchvision": lambda m: randomise(create_backbone("resnet_tiny")).state_dict(),
         "tsm": lambda m: to_reference_tsm(m.state_dict()),
-        "mmaction2": lambda m: _to_mmaction2(m.state_dict()),
+        "mmaction2": lambda m: to_mmaction2(m.state_dict()),
         "timeshift": lambda m: {"format": "timeshift", "state_dict": m.state_dict()},
     }
 

@@ -23,7 +23,7 @@ from timeshift.online.stream import (
     run_stream,
 )
 
-from conftest import decode_all, palette_frames, randomise, write_test_video
+from conftest import decode_all, http_folder, palette_frames, randomise, write_test_video
 
 S, FRAMES = 32, 10
 
@@ -206,23 +206,11 @@ def test_stream_errors(tmp_path, video, capsys, monkeypatch):
 
 
 def test_stream_url_over_http(video):
-    import functools
-    import http.server
-    import threading
     from pathlib import Path
 
-    handler = functools.partial(
-        http.server.SimpleHTTPRequestHandler, directory=str(Path(video).parent)
-    )
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/clip.mp4"
+    with http_folder(Path(video).parent) as base:
+        url = f"{base}/clip.mp4"
         summary = run_stream(url, timeshift.OnlineRecognizer(_model()), input_size=S)
-    finally:
-        server.shutdown()
     assert summary.source == url and summary.frames_read == FRAMES
 
 

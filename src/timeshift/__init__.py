@@ -16,6 +16,7 @@ from timeshift.models import (
     temporalize,
 )
 from timeshift.online import OnlineRecognizer
+from timeshift.pipelines import pipeline
 
 __version__ = "0.1.0"
 
@@ -31,6 +32,7 @@ __all__ = [
     "load_model",
     "load_pretrained",
     "ops",
+    "pipeline",
     "save_model",
     "temporalize",
 ]

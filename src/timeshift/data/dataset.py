@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from timeshift.data.decode import DEFAULT_TEMPLATE, VideoDecodeError, open_video
+from timeshift.data.decode import DEFAULT_TEMPLATE, ArrayReader, VideoDecodeError, open_video
 from timeshift.data.decode import max_frame_pixels as max_frame_pixels_limit
 from timeshift.data.flow import FlowSettings, VideoFlowReader
 from timeshift.data.flow_frames import FLOW_NAMINGS, FlowFolderReader, FlowNaming
@@ -102,6 +102,8 @@ class VideoDataset(Dataset):
             folders): their flow is computed on the fly with these settings
             (:class:`~timeshift.data.flow.VideoFlowReader`; those of the flow model's
             training data). ``None``: flow folders only.
+        arrays: videos already in memory, ``(T, H, W, 3)`` uint8 arrays by record path: those
+            records are read from them (:class:`~timeshift.data.decode.ArrayReader`).
 
     Returns (per item):
         ``(clip, label)``: ``clip`` is ``(T, C, H, W)``, or ``(V, T, C, H, W)`` when several
@@ -133,8 +135,11 @@ class VideoDataset(Dataset):
         new_length: int | None = None,
         flow_naming: str | FlowNaming | None = None,
         flow_settings: FlowSettings | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         self.modality = modality
+        # videos in memory by record path, read instead of a file (the pipeline's inputs)
+        self.arrays = dict(arrays or {})
         if flow_settings is not None and modality != "flow":
             raise ValueError(f"flow_settings is for modality='flow', not {modality!r}")
         self.flow_settings = flow_settings
@@ -210,6 +215,8 @@ class VideoDataset(Dataset):
         return self._open_video(record)
 
     def _open_video(self, record: SampleRecord):
+        if record.path in self.arrays:
+            return ArrayReader(record.path, self.arrays[record.path])
         kwargs = {"max_frame_pixels": self.max_frame_pixels}
         backend = self.backend or ("frames" if Path(record.path).is_dir() else "pyav")
         if backend == "pyav" and get_worker_info() is not None:

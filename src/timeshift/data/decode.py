@@ -38,6 +38,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_MAX_FRAME_PIXELS",
     "MAX_FRAME_PIXELS_ENV",
+    "ArrayReader",
     "FrameFolderReader",
     "ImageFolderReader",
     "OpenCVReader",
@@ -245,6 +246,48 @@ class VideoReader(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
+
+
+class ArrayReader(VideoReader):
+    """Frames already in memory: a ``(T, H, W, 3)`` uint8 RGB array (the pipeline's array and
+    tensor inputs), read like a video file.
+
+    Args:
+        name: what messages call it (its ``path``).
+        frames: the frames; checked here, so a wrong shape or type is named before any work.
+        fps: their frame rate, if known.
+    """
+
+    backend = "array"
+
+    def __init__(self, name: str, frames: np.ndarray, *, fps: float | None = None) -> None:
+        super().__init__(name)
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise VideoDecodeError(
+                name,
+                f"expected a (T, H, W, 3) uint8 RGB array, got shape {tuple(frames.shape)} and "
+                f"dtype {frames.dtype}",
+            )
+        if frames.shape[0] == 0:
+            raise VideoDecodeError(name, "the array has no frames")
+        self._frames = frames
+        self._fps = fps
+
+    @property
+    def num_frames(self) -> int:
+        return int(self._frames.shape[0])
+
+    @property
+    def fps(self) -> float | None:
+        return self._fps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self._frames.shape[1]), int(self._frames.shape[2])
+
+    def _read(self, targets: list[int]) -> dict[int, np.ndarray]:
+        return {i: self._frames[i] for i in targets}
 
 
 class _Unreliable(Exception):

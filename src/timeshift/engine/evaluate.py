@@ -5,6 +5,7 @@ checkpoints (metrics, confusion, predictions, ensembles, two streams); predictin
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import statistics
 import time
@@ -130,12 +131,17 @@ def evaluate(
 @dataclass
 class EvalOptions:
     """The test protocol: 1 clip x centre crop for efficiency tables; several clips x 3 crops at
-    full resolution for accuracy tables."""
+    full resolution for accuracy tables.
 
-    clips: int = 1
-    crops: int = 1
-    full_res: bool = False
-    dense: bool = False
+    ``clips``, ``crops``, ``full_res`` and ``dense`` left at ``None`` take the protocol the
+    checkpoint records (``meta["sampling"]``: the published one for registry weights, the
+    recipe's ``eval`` / ``data.dense`` for trained ones), else 1 clip, 1 centre crop,
+    uniform sampling (:meth:`for_checkpoint`)."""
+
+    clips: int | None = None
+    crops: int | None = None
+    full_res: bool | None = None
+    dense: bool | None = None
     twice: bool = False
     batch_size: int = 4
     workers: int = 2
@@ -144,6 +150,21 @@ class EvalOptions:
     drop_future: bool = False  # with online: a bidirectional model, future channels zeroed
     backend: str = "auto"  # auto, eager, compile, onnxruntime (timeshift.engine.backend)
     memory_format: str = "auto"  # auto (channels_last), contiguous, channels_last
+
+    def for_checkpoint(self, meta: dict) -> EvalOptions:
+        """These options with what they leave open taken from the checkpoint's ``sampling``."""
+        recorded = meta.get("sampling") or {}
+        chosen = {}
+        for key, default in PROTOCOL_DEFAULTS.items():
+            value = getattr(self, key)
+            if value is None:
+                value = recorded.get(key)
+                value = default if value is None else value
+            chosen[key] = value
+        return dataclasses.replace(self, **chosen)
+
+
+PROTOCOL_DEFAULTS = {"clips": 1, "crops": 1, "full_res": False, "dense": False}
 
 
 def _meta(model: nn.Module, path) -> dict:
@@ -166,12 +187,20 @@ def _preprocessing(inputs: InputConfig) -> dict:
 
 
 def _model_scores(
-    model, meta, ann: Annotations, options: EvalOptions, device, progress, flow_settings=None
+    model,
+    meta,
+    ann: Annotations,
+    options: EvalOptions,
+    device,
+    progress,
+    flow_settings=None,
+    arrays=None,
 ):
     """Test-protocol scores of ``model`` on ``ann`` (``flow_settings``: a flow model's videos
-    whose flow is computed on the fly)."""
+    whose flow is computed on the fly; ``arrays``: records read from frames in memory)."""
     from timeshift.engine.loaders import UnmirroredViews, direction_protocol
 
+    options = options.for_checkpoint(meta)
     # direction-sensitive labels, decided before any decoding: dense clips never wrap out of
     # order, and mirrored 10-crop views are swapped back through the flip map (or refused)
     dense, flip_map, mirrored = direction_protocol(
@@ -194,6 +223,7 @@ def _model_scores(
         dense=dense,
         observed=options.observed,
         flow_settings=flow_settings,
+        arrays=arrays,
     )
     loader = eval_loader(dataset, batch_size=options.batch_size, workers=options.workers)
     if options.online:
@@ -353,7 +383,7 @@ def evaluate_checkpoints(
     summary = {
         "checkpoints": [str(p) for p in checkpoints],
         "data": str(data),
-        "protocol": options.__dict__,
+        "protocol": options.for_checkpoint(_meta(models[0][1], models[0][0])).__dict__,
         "samples": int(keep.sum()),
         "unreadable": int((~keep).sum()),
         **_metrics(report),
@@ -422,7 +452,7 @@ def evaluate_two_stream(
         "checkpoints": [str(rgb_checkpoint), str(flow_checkpoint)],
         "data": str(rgb_data),
         "flow_data": str(flow_data),
-        "protocol": options.__dict__,
+        "protocol": options.for_checkpoint(_meta(models[0][1], models[0][0])).__dict__,
         "samples": int(keep.sum()),
         "unreadable": int((~keep).sum()),
         **_metrics(report),
@@ -571,8 +601,6 @@ def early_recognition(
     outputs, once that part has streamed by. Writes ``early.csv``, ``early.json`` and
     ``early.png`` to ``output_dir`` when given.
     """
-    import dataclasses
-
     options = options or EvalOptions()
     if not fractions or not all(0 < f <= 1 for f in fractions):
         raise ValueError(f"fractions must be in (0, 1], got {list(fractions)}")

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
@@ -494,13 +495,14 @@ def eval_dataset(
     modality: str = "rgb",
     new_length: int = 1,
     flow_settings: FlowSettings | None = None,
+    arrays: Mapping[str, np.ndarray] | None = None,
 ) -> VideoDataset:
     """A test-protocol dataset: fixed sampling, resize + 1/3/10 crops, normalisation;
     ``observed < 1`` samples from the first part of each video only (early recognition);
     ``dense="ordered"`` never wraps a short video (see :func:`segment_indices`);
     ``modality`` / ``new_length``: what a frame is (``InputConfig``; flow folders for
     ``"flow"``, whose 10-crop mirrors invert the x images; with ``flow_settings``, videos whose
-    flow is computed on the fly)."""
+    flow is computed on the fly; ``arrays``: records read from frames in memory)."""
     transform = eval_transforms(
         size,
         crops=crops,
@@ -523,6 +525,7 @@ def eval_dataset(
         observed=observed,
         **frame_options(modality, new_length),
         **({"flow_settings": flow_settings} if flow_settings is not None else {}),
+        arrays=arrays,
     )
 
 

@@ -525,6 +525,15 @@ def _checkpoint_meta(cfg: DictConfig, classes: list[str], train_ann: Annotations
         "std": std,
         "modality": modality,  # the frames test / predict must read (flow folders for flow)
         "new_length": new_length,
+        "num_segments": cfg.model.num_segments,
+        # the test protocol `test` / `predict` use unless told otherwise: dense-trained models
+        # are tested with dense clips (the reference's and MMAction2's protocol)
+        "sampling": {
+            "dense": bool(cfg.data.dense),
+            "clips": cfg.eval.clips,
+            "crops": cfg.eval.crops,
+            "full_res": bool(cfg.eval.full_res),
+        },
         "config": to_dict(cfg),
         **direction_meta(cfg.data),  # lets 'test' keep mirrored/dense views direction-correct
         **(_flow_meta(train_ann) if modality == "flow" else {}),
