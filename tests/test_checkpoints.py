@@ -8,7 +8,7 @@ import torch
 
 import timeshift
 from timeshift.models.backbones import create_backbone
-from timeshift.models.checkpoints import CheckpointError, detect_source
+from timeshift.models.checkpoints import CheckpointError, detect_source, read_checkpoint
 from timeshift.ops import TemporalOp
 
 from conftest import randomise, to_mmaction2, to_reference_mobilenet, to_reference_tsm
@@ -208,6 +208,28 @@ def test_unreadable_and_unsafe_files(tmp_path):
     with pytest.raises(CheckpointError, match="not a timeshift checkpoint"):
         torch.save(to_reference_tsm(_model().state_dict()), tmp_path / "ref.pt")
         timeshift.load_model(tmp_path / "ref.pt")
+
+
+def test_numpy_data_in_the_metadata_is_read_but_nothing_else(tmp_path):
+    """MMAction2 and other trainers leave numpy scalars and arrays in a checkpoint's meta: they
+    are data and load with weights_only=True; any other object still does not."""
+    import numpy as np
+
+    source = randomise(_model())
+    meta = {"seed": np.int64(3), "history": np.arange(4.0), "lr": np.float32(0.1)}
+    path = tmp_path / "mm.pth"
+    torch.save({**to_mmaction2(source.state_dict()), "meta": meta}, path)
+    target = _model()
+    assert timeshift.load_checkpoint(target, path).source == "mmaction2"
+    assert _same_outputs(source, target)
+    payload = read_checkpoint(path)
+    assert payload["meta"]["seed"] == 3 and payload["meta"]["history"].tolist() == [0, 1, 2, 3]
+    mixed = tmp_path / "mixed.pth"
+    torch.save(
+        {"state_dict": source.state_dict(), "meta": meta, "obj": CheckpointError("x")}, mixed
+    )
+    with pytest.raises(CheckpointError, match="CheckpointError"):
+        read_checkpoint(mixed)
 
 
 def test_detect_source_errors():

@@ -5,6 +5,7 @@ import logging
 from timeshift import ops
 from timeshift.models import (
     CheckpointError,
+    DownloadError,
     Recognizer,
     create_model,
     list_models,
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError",
+    "DownloadError",
     "OnlineRecognizer",
     "Recognizer",
     "__version__",

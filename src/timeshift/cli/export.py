@@ -16,7 +16,9 @@ def add_parser(sub, parents: Parents) -> None:
         help="export to ONNX or TorchScript, verified against PyTorch",
         parents=[parents.checkpoint],
     )
-    p.add_argument("checkpoint")
+    p.add_argument(
+        "checkpoint", help="checkpoint, or NAME.TAG of published weights (fetched once, cached)"
+    )
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("--online", action="store_true", help="the streaming model: frame + caches")
     p.add_argument("--output", required=True, help="file to write (.onnx / .pt)")

@@ -25,7 +25,9 @@ def add_parser(sub, parents: Parents) -> None:
     )
     p.add_argument("source", help="video file, camera index (0) or stream URL (rtsp://...)")
     p.add_argument(
-        "checkpoint", help="recognizer or detector: checkpoint (.pt) or online ONNX export (.onnx)"
+        "checkpoint",
+        help="recognizer or detector: checkpoint (.pt), online ONNX export (.onnx), or NAME.TAG "
+        "of published weights (`timeshift models --pretrained`)",
     )
     p.add_argument("--every", type=int, default=1, help="run the model on every K-th frame (1)")
     p.add_argument("--smooth", type=int, default=8, help="history window in frames (8)")

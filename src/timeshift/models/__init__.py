@@ -7,6 +7,7 @@ from timeshift.models.checkpoints import (
     load_model,
     save_model,
 )
+from timeshift.models.download import DownloadError
 from timeshift.models.preprocessing import InputConfig, resolve_input_config
 from timeshift.models.pretrained import (
     PretrainedEntry,
@@ -36,6 +37,7 @@ __all__ = [
     "MODALITIES",
     "BlockSite",
     "CheckpointError",
+    "DownloadError",
     "InputConfig",
     "LoadReport",
     "ModelInfo",

@@ -219,7 +219,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_folder(path.parent)
+        fsync_folder(path.parent)
     except (OSError, RuntimeError) as exc:  # torch's zip writer reports failed writes as these
         Path(tmp).unlink(missing_ok=True)
         raise _write_error(path, exc) from exc
@@ -241,7 +241,7 @@ def _write_error(path: Path, exc: BaseException) -> CheckpointWriteError:
     return error
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     # the rename itself reaches the disk only when the folder is flushed
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -313,9 +313,55 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling/zip errors come in many types
+        unsafe = _unsafe_globals(path)
+        numpy = _numpy_globals(unsafe)
+        if numpy:
+            # numpy arrays and scalars in the metadata (MMAction2's meta, seeds, ...): they are
+            # data, rebuilt by numpy's own constructors; nothing else is allowed
+            with torch.serialization.safe_globals(numpy):
+                return torch.load(path, map_location="cpu", weights_only=True)
         # PyTorch's own text suggests weights_only=False, i.e. running arbitrary code from the
         # file: never pass that on, say what the file holds instead
-        raise CheckpointError(f"cannot read {path}: {_load_failure(exc)}; {_EXPECTED}") from None
+        others = [n for n in unsafe if not _NUMPY_DATA.fullmatch(n)]
+        failure = _load_failure(exc, others[0] if others else None)
+        raise CheckpointError(f"cannot read {path}: {failure}; {_EXPECTED}") from None
+
+
+# what numpy arrays, scalars and dtypes pickle as (numpy 1.x and 2.x module paths)
+_NUMPY_DATA = re.compile(
+    r"numpy\.(_?core\.multiarray\.(_reconstruct|scalar)|ndarray|dtype|dtypes\.\w+DType)"
+)
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The globals of ``path``'s pickle that ``weights_only`` does not allow."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # an older torch, or a file it cannot scan: the original error stands
+        return []
+
+
+def _numpy_globals(names: list[str]) -> list | None:
+    """The objects to allow when the only globals that ``weights_only`` refused are numpy's
+    data constructors; ``None`` when there are others (or none)."""
+    import importlib
+
+    if not names or not all(_NUMPY_DATA.fullmatch(n) for n in names):
+        return None
+    found = []
+    for name in names:
+        module, _, attribute = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attribute))
+        except (ImportError, AttributeError):
+            return None
+    # the dtype of each array is rebuilt through its class (numpy.dtypes.Int64DType, ...),
+    # which the scan does not list
+    try:
+        dtypes = importlib.import_module("numpy.dtypes")
+    except ImportError:  # numpy < 1.25 pickles dtypes without these classes
+        return found
+    return found + [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
 
 
 def _not_a_checkpoint(path: Path) -> str | None:
@@ -371,14 +417,16 @@ def _is_text(head: bytes) -> bool:
     return all(c.isprintable() or c in "\r\n\t" for c in text)
 
 
-def _load_failure(exc: Exception) -> str:
+def _load_failure(exc: Exception, unsafe: str | None = None) -> str:
     """One line on why ``torch.load(weights_only=True)`` refused a pickle, without PyTorch's
-    advice."""
+    advice (``unsafe``: a global it holds that is not allowed, if known)."""
     text = str(exc)
     if isinstance(exc, EOFError) or "Ran out of input" in text or "truncated" in text:
         return "it is a truncated pickle (the file ends too early)"
-    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    what = f", e.g. {unsafe[1]}" if unsafe else ""
+    if unsafe is None:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        unsafe = found[1] if found else None
+    what = f", e.g. {unsafe}" if unsafe else ""
     return (
         f"it is a pickle of Python objects other than tensors and plain containers{what} "
         "(an unknown pickle); it is read with weights_only=True, which never runs code from a "
