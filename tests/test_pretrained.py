@@ -278,3 +278,27 @@ def test_predict_takes_a_registry_name(served, entries, tmp_path, capsys):
     piped = timeshift.pipeline("tsm_resnet_tiny.ucf101_4f", backend="eager", workers=0)(video)
     assert [r["label"] for r in piped] == [r["label"] for r in result[0]["top"]]
     assert [r["score"] for r in piped] == pytest.approx([r["score"] for r in result[0]["top"]])
+
+
+@pytest.mark.parametrize(
+    ("name", "given", "expected"),
+    [
+        # the reference's V2 protocol: twice_sample (2 clips) x 3 full-resolution crops
+        ("tsm_resnet50.sthv2_8f", {}, (1, 3, True, False, True)),
+        ("tsm_resnet50.sthv2_8f", {"clips": 1}, (1, 3, True, False, False)),
+        # the reference's dense Kinetics protocol: 10 dense clips x 3 full-resolution crops
+        ("tsm_resnet50.kinetics400_8f_dense", {}, (10, 3, True, True, False)),
+        (
+            "tsm_resnet50.kinetics400_8f_dense",
+            {"crops": 1, "full_res": False},
+            (10, 1, False, True, False),
+        ),
+        # MMAction2 does not say: one centre crop of one uniform clip
+        ("tsm_resnet50.kinetics400_8f_mmaction2", {}, (1, 1, False, False, False)),
+        ("tsm_resnet50.kinetics400_8f_dense_mmaction2", {}, (1, 1, False, True, False)),
+    ],
+)
+def test_the_published_test_protocol_applies_unless_told(name, given, expected):
+    meta = timeshift.models.pretrained_entry(name).checkpoint_meta()
+    o = EvalOptions(**given).for_checkpoint(meta)
+    assert (o.clips, o.crops, o.full_res, o.dense, o.twice) == expected

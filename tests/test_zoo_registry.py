@@ -96,7 +96,9 @@ def test_entry_is_well_formed(entry):
     assert entry["modality"] in ("rgb", "flow")
     assert isinstance(entry["new_length"], int) and entry["new_length"] >= 1
     assert isinstance(entry["model_kwargs"], dict)
-    assert set(entry["sampling"]) == {"dense", "clips", "crops"}
+    assert set(entry["sampling"]) == {"dense", "clips", "crops", "full_res", "twice"}
+    if entry["sampling"]["twice"]:  # the reference's twice_sample: 2 clips
+        assert entry["sampling"]["clips"] == 2
     for size in ("input_size", "scale_size"):
         assert entry[size] is None or isinstance(entry[size], int)
     for stats in ("mean", "std"):

@@ -40,8 +40,11 @@ FORMATS = ("auto", "contiguous", "channels_last")
 
 
 def cache_dir() -> Path:
-    """Where exported models are cached: ``$TIMESHIFT_CACHE`` or ``~/.cache/timeshift``."""
-    return Path(os.environ.get("TIMESHIFT_CACHE") or Path.home() / ".cache" / "timeshift")
+    """Where exported models are cached: the timeshift cache (``$TIMESHIFT_CACHE``, else
+    ``$XDG_CACHE_HOME/timeshift``, else ``~/.cache/timeshift``), as for downloaded weights."""
+    from timeshift.models.download import cache_dir as timeshift_cache
+
+    return timeshift_cache()
 
 
 def _onnxruntime_available() -> bool:

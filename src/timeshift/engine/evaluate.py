@@ -152,16 +152,31 @@ class EvalOptions:
     memory_format: str = "auto"  # auto (channels_last), contiguous, channels_last
 
     def for_checkpoint(self, meta: dict) -> EvalOptions:
-        """These options with what they leave open taken from the checkpoint's ``sampling``."""
-        recorded = meta.get("sampling") or {}
+        """These options with what they leave open taken from the checkpoint's ``sampling``
+        (a recorded ``twice``, the reference's ``twice_sample``, is its 2 clips: it applies
+        when neither clips nor dense sampling are given)."""
+        recorded = dict(meta.get("sampling") or {})
+        if recorded.get("twice") and not self.twice:
+            if self.clips is None and self.dense is None:
+                return dataclasses.replace(
+                    self,
+                    clips=1,
+                    twice=True,
+                    dense=False,
+                    **self._open("crops", "full_res", recorded=recorded),
+                )
+            recorded.pop("clips", None)
+        return dataclasses.replace(self, **self._open(*PROTOCOL_DEFAULTS, recorded=recorded))
+
+    def _open(self, *keys: str, recorded: dict) -> dict:
+        """The value of each of ``keys``: given here, else recorded, else the default."""
         chosen = {}
-        for key, default in PROTOCOL_DEFAULTS.items():
+        for key in keys:
             value = getattr(self, key)
             if value is None:
                 value = recorded.get(key)
-                value = default if value is None else value
-            chosen[key] = value
-        return dataclasses.replace(self, **chosen)
+            chosen[key] = PROTOCOL_DEFAULTS[key] if value is None else value
+        return chosen
 
 
 PROTOCOL_DEFAULTS = {"clips": 1, "crops": 1, "full_res": False, "dense": False}
