@@ -226,6 +226,15 @@ def test_unknown_names_and_bad_entries(entries):
         )
     with pytest.raises(ValueError, match=r"<model>\.<tag>"):
         timeshift.models.register_pretrained(_entry("tsm_resnet_tiny", "x.pth", None))
+    with pytest.raises(ValueError, match="3 class names for num_classes=101"):
+        timeshift.models.register_pretrained(
+            _entry("tsm_resnet_tiny.own_4f", "x.pth", None, classes=["a", "b", "c"])
+        )
+    own = timeshift.models.register_pretrained(
+        _entry("tsm_resnet_tiny.own_4f", "x.pth", None, classes=["a", "b"], num_classes=2)
+    )
+    assert own.checkpoint_meta()["classes"] == ["a", "b"]
+    assert registry.PretrainedEntry.from_dict(own.as_dict()) == own
     with pytest.raises(TypeError, match="num_classes and num_segments"):
         timeshift.create_model("tsm_resnet_tiny")
 
@@ -302,3 +311,14 @@ def test_the_published_test_protocol_applies_unless_told(name, given, expected):
     meta = timeshift.models.pretrained_entry(name).checkpoint_meta()
     o = EvalOptions(**given).for_checkpoint(meta)
     assert (o.clips, o.crops, o.full_res, o.dense, o.twice) == expected
+
+
+def test_training_initialises_from_a_registry_name(served, entries):
+    from timeshift.engine.trainer import initialise_from
+
+    source = _publish(served, "tiny.pth")
+    model = _tiny(num_classes=7)  # fine-tuning on another dataset: a new classifier
+    initialise_from(model, "tsm_resnet_tiny.ucf101_4f")
+    for key, value in source.state_dict().items():
+        if not key.startswith("fc."):
+            torch.testing.assert_close(model.state_dict()[key], value, msg=key)

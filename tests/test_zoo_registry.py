@@ -164,3 +164,14 @@ def test_provenance(entry):
         assert prov["reported"] and ":" in prov["reported"]
     if entry["license"] is not None:
         assert prov["license"]
+
+
+def test_the_docs_list_every_entry():
+    """docs/pretrained.md's tables name every entry, with its reported top-1."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "pretrained.md").read_text()
+    rows = {m[0]: m[1] for m in re.findall(r"^\| `(\w+\.\w+)` \|(.*)$", docs, re.M)}
+    assert set(rows) == {e["name"] for e in ENTRIES}
+    for entry in ENTRIES:
+        top1 = entry["reported"]["top1"]
+        if top1 is not None:
+            assert f"| {top1:g} |" in rows[entry["name"]], entry["name"]

@@ -269,9 +269,16 @@ def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
 
 
 def initialise_from(model: nn.Module, checkpoint: str, *, strict: bool = True) -> None:
-    """Load ``model.pretrained`` weights (any format :func:`load_checkpoint` reads) and log
-    what was loaded and what was left fresh."""
-    report = load_checkpoint(model, checkpoint, strict=strict)
+    """Load ``model.pretrained`` weights (any format :func:`load_checkpoint` reads, or the
+    name of published weights, ``tsm_resnet50.kinetics400_8f``, fetched into the cache) and
+    log what was loaded and what was left fresh."""
+    from timeshift.models.pretrained import fetch_pretrained, is_pretrained_name, pretrained_entry
+
+    source = "auto"
+    if not Path(checkpoint).exists() and is_pretrained_name(checkpoint):
+        source = pretrained_entry(checkpoint).checkpoint_format
+        checkpoint = str(fetch_pretrained(checkpoint))
+    report = load_checkpoint(model, checkpoint, source=source, strict=strict)
     _logger.info(
         "initialised from %s (%s format; %d tensors, %d left fresh)",
         checkpoint,

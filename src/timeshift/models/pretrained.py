@@ -31,6 +31,7 @@ __all__ = [
     "PretrainedEntry",
     "PretrainedFile",
     "class_names",
+    "fetch_pretrained",
     "list_pretrained",
     "load_pretrained",
     "pretrained_entry",
@@ -64,7 +65,8 @@ class PretrainedFile:
 class PretrainedEntry:
     """A registry entry (the fields of ``registry.json``; ``None`` where the source does not
     say). ``classes`` names a class list shipped in ``zoo/classes`` (``"sthv1"``), with
-    ``":sorted"`` where the source's label indices follow the sorted names."""
+    ``":sorted"`` where the source's label indices follow the sorted names, or is the list of
+    names itself."""
 
     name: str
     model: str
@@ -74,7 +76,7 @@ class PretrainedEntry:
     files: tuple[PretrainedFile, ...]
     dataset: str
     num_classes: int
-    classes: str
+    classes: str | tuple[str, ...]
     num_segments: int
     modality: str
     new_length: int
@@ -92,8 +94,8 @@ class PretrainedEntry:
     def from_dict(cls, data: Mapping[str, Any]) -> PretrainedEntry:
         values = dict(data)
         values["files"] = tuple(PretrainedFile(**f) for f in data["files"])
-        for key in ("mean", "std"):
-            if values.get(key) is not None:
+        for key in ("mean", "std", "classes"):
+            if values.get(key) is not None and not isinstance(values[key], str):
                 values[key] = tuple(values[key])
         return cls(**values)
 
@@ -107,6 +109,8 @@ class PretrainedEntry:
         return self.files[0]
 
     def class_names(self) -> list[str]:
+        if not isinstance(self.classes, str):  # the names themselves (a registered entry)
+            return list(self.classes)
         return class_names(self.classes)
 
     def checkpoint_meta(self) -> dict[str, Any]:
@@ -137,8 +141,8 @@ class PretrainedEntry:
     def as_dict(self) -> dict[str, Any]:
         """The entry as ``registry.json`` stores it."""
         data = asdict(self)
-        for key in ("mean", "std"):
-            if data[key] is not None:
+        for key in ("mean", "std", "classes"):
+            if data[key] is not None and not isinstance(data[key], str):
                 data[key] = list(data[key])
         data["files"] = [asdict(f) for f in self.files]
         return data
@@ -172,6 +176,11 @@ def register_pretrained(entry: PretrainedEntry | Mapping[str, Any]) -> Pretraine
         raise ValueError(f"pretrained weights {entry.name!r} are already registered")
     if not entry.files:
         raise ValueError(f"{entry.name}: an entry needs at least one file")
+    names = entry.class_names()
+    if len(names) != entry.num_classes:
+        raise ValueError(
+            f"{entry.name}: {len(names)} class names for num_classes={entry.num_classes}"
+        )
     _entries()[entry.name] = entry
     return entry
 
@@ -225,6 +234,20 @@ def class_names(spec: str) -> list[str]:
     return sorted(names) if order else names
 
 
+def fetch_pretrained(name: str, *, progress: bool = True) -> Path:
+    """The local file of registry entry ``name``, fetched into the cache first if needed
+    (what training's ``model.pretrained=NAME.TAG`` initialises from)."""
+    from timeshift.models.download import fetch_weights
+
+    entry = pretrained_entry(name)
+    return fetch_weights(
+        entry.file.url,
+        entry.file.file_name,
+        sha256_prefix=entry.file.sha256_prefix,
+        progress=progress,
+    )
+
+
 def load_pretrained(
     name: str,
     *,
@@ -252,16 +275,10 @@ def load_pretrained(
             the architecture make the weights not fit, which is an error.
     """
     from timeshift.models.checkpoints import load_checkpoint
-    from timeshift.models.download import fetch_weights
     from timeshift.models.registry import create_model
 
     entry = pretrained_entry(name)
-    path = fetch_weights(
-        entry.file.url,
-        entry.file.file_name,
-        sha256_prefix=entry.file.sha256_prefix,
-        progress=progress,
-    )
+    path = fetch_pretrained(name, progress=progress)
     classes = num_classes or entry.num_classes
     frames = num_segments or entry.num_segments
     model = create_model(
