@@ -322,3 +322,23 @@ def test_training_initialises_from_a_registry_name(served, entries):
     for key, value in source.state_dict().items():
         if not key.startswith("fc."):
             torch.testing.assert_close(model.state_dict()[key], value, msg=key)
+
+
+def test_cli_fetch_prefetches_into_the_cache(served, entries, capsys, monkeypatch):
+    _, base = served
+    _publish(served, "tiny.pth")
+    timeshift.models.register_pretrained(
+        _entry("tsm_resnet_tiny.gone_4f", "gone.pth", f"{base}/gone.pth")
+    )
+    assert (
+        main(["fetch", "tsm_resnet_tiny.ucf101_4f", "tsm_resnet_tiny.gone_4f", "--no-progress"])
+        == 2
+    )
+    out, err = capsys.readouterr()
+    cached = timeshift.models.download.weights_path("tiny.pth")
+    assert out.split() == ["tsm_resnet_tiny.ucf101_4f", str(cached)] and cached.is_file()
+    assert "tsm_resnet_tiny.gone_4f  error:" in err and "404" in err
+    monkeypatch.setenv("TIMESHIFT_OFFLINE", "1")  # the fetched file serves offline runs
+    assert main(["info", "tsm_resnet_tiny.ucf101_4f"]) == 0
+    assert f"{cached} (downloaded)" in capsys.readouterr().out
+    assert main(["fetch", "tsm_resnet_tiny.nope"]) == 2

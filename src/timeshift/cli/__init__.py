@@ -28,6 +28,7 @@ COMMANDS = (
     export.add_parser,
     stream.add_parser,
     models.add_models_parser,
+    models.add_fetch_parser,
     bench.add_parser,
     data.add_parser,
 )

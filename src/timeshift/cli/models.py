@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from timeshift.cli.common import Parents
 
-__all__ = ["add_info_parser", "add_models_parser", "run_info", "run_models"]
+__all__ = [
+    "add_fetch_parser",
+    "add_info_parser",
+    "add_models_parser",
+    "run_fetch",
+    "run_info",
+    "run_models",
+]
 
 
 def add_info_parser(sub, parents: Parents) -> None:
@@ -37,6 +45,33 @@ def add_models_parser(sub, parents: Parents) -> None:
         help="list the published weights (NAME.TAG) with their reported accuracy",
     )
     p.set_defaults(func=run_models)
+
+
+def add_fetch_parser(sub, parents: Parents) -> None:
+    p = sub.add_parser(
+        "fetch",
+        help="download published weights into the cache (for machines without internet later)",
+        parents=[parents.progress],
+    )
+    p.add_argument("names", nargs="+", metavar="NAME.TAG", help="e.g. tsm_resnet50.kinetics400_8f")
+    p.set_defaults(func=run_fetch)
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    """Every name is tried; the paths of those fetched are printed, the failures named."""
+    from timeshift.errors import TimeshiftError
+    from timeshift.models.pretrained import fetch_pretrained, pretrained_entry
+
+    for name in args.names:
+        pretrained_entry(name)  # an unknown name fails before any download
+    failed = 0
+    for name in args.names:
+        try:
+            print(f"{name}  {fetch_pretrained(name, progress=not args.no_progress)}")
+        except (TimeshiftError, OSError) as exc:  # one failure does not stop the others
+            failed += 1
+            print(f"{name}  error: {exc}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -151,6 +186,7 @@ def _print_entry(entry) -> None:
         ("url", entry.file.url or "(no public link: put the file in the cache, see docs)"),
         ("file", entry.file.file_name),
         ("sha256 prefix", entry.file.sha256_prefix or "(not published)"),
+        ("cache", _cache_state(entry.file.file_name)),
         ("dataset", f"{entry.dataset}, {entry.num_classes} classes ({entry.classes})"),
         ("classes", ", ".join(inputs["classes"][:4]) + ", ..."),
         ("frames", f"{entry.num_segments} ({entry.modality}, {entry.new_length} per segment)"),
@@ -169,6 +205,13 @@ def _print_entry(entry) -> None:
     if entry.notes:
         print(f"{'notes':18} {entry.notes}")
     print()
+
+
+def _cache_state(file_name: str) -> str:
+    from timeshift.models.download import weights_path
+
+    path = weights_path(file_name)
+    return f"{path} ({'downloaded' if path.is_file() else 'not downloaded yet'})"
 
 
 def _input_text(entry) -> str:

@@ -101,6 +101,8 @@ def _model_meta(model: nn.Module, online: bool, size: int, dynamic_batch: bool, 
         "num_segments": model.num_segments,
         **resolve_input_config(model, input_size=size).as_meta(),
         "classes": checkpoint.get("classes"),
+        # the test protocol and the origin travel with the export too
+        **{k: checkpoint[k] for k in ("sampling", "pretrained") if checkpoint.get(k)},
         "batch": None if dynamic_batch else batch,
     }
 
