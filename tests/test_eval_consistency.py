@@ -50,3 +50,33 @@ def test_scores_do_not_depend_on_the_batch_size(data, tmp_path, backend):
     assert one.scores.std(dim=0).min() > 1e-3  # the videos' scores differ from each other
     torch.testing.assert_close(one.scores, seven.scores, atol=1e-4, rtol=1e-4)
     assert torch.equal(one.scores.argmax(1), seven.scores.argmax(1))
+
+
+def test_test_uses_the_checkpoints_recorded_protocol_unless_told(data, tmp_path, capsys):
+    """`test` of a checkpoint that records 2 clips x 3 full-res crops runs that protocol (the
+    same scores as asking for it), and any flag overrides it."""
+    import json
+
+    from timeshift.cli import main
+
+    root, checkpoint = data
+    model = timeshift.load_model(checkpoint)
+    meta = {**model.checkpoint_meta, "sampling": {"clips": 2, "crops": 3, "full_res": True}}
+    recorded = timeshift.save_model(model, tmp_path / "recorded.pt", meta=meta)
+    common = ["--data", str(root / "val.txt"), "--workers", "0", "--backend", "eager", "--json"]
+    runs = {}
+    for name, path, flags in (
+        ("recorded", recorded, []),
+        ("asked", checkpoint, ["--clips", "2", "--crops", "3", "--full-res"]),
+        ("overridden", recorded, ["--clips", "1", "--crops", "1", "--no-full-res"]),
+    ):
+        out = tmp_path / name
+        assert main(["test", str(path), *common, *flags, "--output", str(out)]) == 0
+        summary = json.loads(capsys.readouterr().out.splitlines()[0])
+        runs[name] = (summary["protocol"], load_scores(out / "scores.npz").scores)
+    protocol, scores = runs["recorded"]
+    assert (protocol["clips"], protocol["crops"], protocol["full_res"]) == (2, 3, True)
+    torch.testing.assert_close(scores, runs["asked"][1])
+    protocol, scores = runs["overridden"]
+    assert (protocol["clips"], protocol["crops"], protocol["full_res"]) == (1, 1, False)
+    assert not torch.allclose(scores, runs["recorded"][1])

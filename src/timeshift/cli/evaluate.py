@@ -20,11 +20,20 @@ def add_parser(sub, parents: Parents) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="list file (videos or rawframes) or folder")
     p.add_argument("--root", help=ROOT_HELP)
-    p.add_argument("--clips", type=int, default=1)
-    p.add_argument("--crops", type=int, choices=(1, 3, 10), default=1)
-    p.add_argument("--full-res", action="store_true", help="crop at the resized size (256)")
+    protocol = "default: the checkpoint's recorded test protocol, else"
+    p.add_argument("--clips", type=int, help=f"clips per video ({protocol} 1)")
+    p.add_argument("--crops", type=int, choices=(1, 3, 10), help=f"crops per clip ({protocol} 1)")
+    p.add_argument(
+        "--full-res",
+        action=argparse.BooleanOptionalAction,
+        help=f"crop at the resized size, 256 ({protocol} a 224 centre crop)",
+    )
     sampling = p.add_mutually_exclusive_group()
-    sampling.add_argument("--dense", action="store_true")
+    sampling.add_argument(
+        "--dense",
+        action=argparse.BooleanOptionalAction,
+        help=f"dense clips in a 64-frame window ({protocol} uniform segments)",
+    )
     sampling.add_argument("--twice", action="store_true")
     p.add_argument(
         "--ensemble",
@@ -94,7 +103,32 @@ def add_parser(sub, parents: Parents) -> None:
         "--flow-size", type=int, help="short side frames are resized to first (default: 256)"
     )
     _add_fusion_args(p)
+    timeline = p.add_argument_group(
+        "timeline",
+        "what happens when in long videos: labels of sliding windows (offline models) or of "
+        "the frame stream (online models), merged into segments; writes "
+        "<OUTPUT>/<video>.timeline.{json,csv,segments.csv,png}",
+    )
+    timeline.add_argument("--timeline", action="store_true", help="labels over time")
+    timeline.add_argument(
+        "--window", type=_seconds, help="window length, e.g. 2s, 500ms (default: 2s)"
+    )
+    timeline.add_argument(
+        "--stride", type=_seconds, help="time between window starts, e.g. 1s (default: 1s)"
+    )
+    timeline.add_argument("--output", help="folder for the timeline files (default: .)")
+    timeline.add_argument("--fps", type=float, help="frame rate of frame folders")
     p.set_defaults(func=run_predict)
+
+
+def _seconds(text: str) -> float:
+    """``--window`` / ``--stride``: a duration (argparse shows the message of a bad one)."""
+    from timeshift.engine.timeline import parse_seconds
+
+    try:
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_fusion_args(p: argparse.ArgumentParser) -> None:
@@ -162,7 +196,7 @@ def _run_detection_test(args: argparse.Namespace) -> int:
     recognition_only = (
         ("--ensemble", args.ensemble), ("--early", args.early), ("--online", args.online),
         ("--flow", args.flow), ("--dense", args.dense), ("--twice", args.twice),
-        ("--crops", args.crops != 1), ("--clips", args.clips != 1),
+        ("--crops", args.crops not in (None, 1)), ("--clips", args.clips not in (None, 1)),
     )  # fmt: skip
     given = [flag for flag, value in recognition_only if value]
     if given:
@@ -315,7 +349,8 @@ def _print_test(summary: dict) -> None:
     else:
         print(
             f"{summary['samples']} videos ({summary['unreadable']} unreadable), protocol "
-            f"{protocol['clips']} clip(s) x {protocol['crops']} crop(s)"
+            f"{protocol['clips']} {'dense ' if protocol['dense'] else ''}clip(s)"
+            f"{' (twice)' if protocol['twice'] else ''} x {protocol['crops']} crop(s)"
             f"{' full-res' if protocol['full_res'] else ''}"
         )
     if "streams" in summary:
@@ -375,6 +410,11 @@ def _flow_settings(args: argparse.Namespace):
 def run_predict(args: argparse.Namespace) -> int:
     from timeshift.engine.predict import predict_videos
 
+    if args.timeline:
+        return _run_timeline(args)
+    given = [f"--{n}" for n in ("window", "stride", "output", "fps") if getattr(args, n)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: for --timeline only (add --timeline)")
     results = predict_videos(
         args.checkpoint,
         args.inputs,
@@ -402,11 +442,76 @@ def run_predict(args: argparse.Namespace) -> int:
                 print(f"  {entry['score']:.3f}  {entry['label']}")
             for name, top in item.get("streams", {}).items():
                 print(f"  ({name} alone: {top[0]['score']:.3f}  {top[0]['label']})")
+    return _status(results, "no input could be predicted")
+
+
+_TWO_STREAM_FLAGS = ("flow", "flow_algorithm", "flow_bound", "flow_size", "fusion_weights", "fuse")
+
+
+def _run_timeline(args: argparse.Namespace) -> int:
+    """``predict --timeline``: a timeline per video, written to files; the segments printed."""
+    from timeshift.engine.timeline import predict_timelines
+
+    given = [f"--{n.replace('_', '-')}" for n in _TWO_STREAM_FLAGS if getattr(args, n)]
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} cannot be used with --timeline: a timeline is made by one RGB "
+            "model (a flow stream would need the flow of the whole video computed on the "
+            "fly); drop the flag and give the RGB checkpoint"
+        )
+    results = predict_timelines(
+        args.checkpoint,
+        args.inputs,
+        output_dir=args.output or ".",
+        window=2.0 if args.window is None else args.window,
+        stride=1.0 if args.stride is None else args.stride,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        device=args.device,
+        backend=args.backend,
+        memory_format=args.format,
+        fps=args.fps,
+        progress=not args.no_progress,
+    )
+    if args.json:
+        print(json_dumps([_timeline_entry(item) for item in results], indent=1))
+    else:
+        for item in results:
+            _print_timeline(item)
+    return _status(results, "no timeline could be made")
+
+
+def _status(results: list[dict], nothing: str) -> int:
+    """1 when every input failed (each error was printed with its input), else 0."""
     failed = sum("error" in item for item in results)
     if failed == len(results):
-        print(
-            f"timeshift: error: no input could be predicted ({failed} errors, listed above)",
-            file=sys.stderr,
-        )
+        print(f"timeshift: error: {nothing} ({failed} errors, listed above)", file=sys.stderr)
         return 1
     return 0
+
+
+def _timeline_entry(item: dict) -> dict:
+    if "error" in item:
+        return item
+    files = {kind: str(path) for kind, path in item["files"].items()}
+    return {"path": item["path"], "files": files, "timeline": item["timeline"].as_dict()}
+
+
+def _print_timeline(item: dict) -> None:
+    print(item["path"])
+    if "error" in item:
+        print(f"  error: {item['error']}")
+        return
+    timeline = item["timeline"]
+    print(
+        f"  {timeline.duration:.1f} s, {len(timeline.windows)} windows ({timeline.mode}), "
+        f"{len(timeline.segments)} segments:"
+    )
+    for s in timeline.segments:
+        print(f"  {_clock(s['start']):>9} - {_clock(s['end']):>9}  {s['score']:.3f}  {s['label']}")
+    print(f"  files: {', '.join(str(p) for p in item['files'].values())}")
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}:{rest:06.3f}"

@@ -159,10 +159,9 @@ def _stream_recognizer(args: argparse.Namespace):
 
     from timeshift.detection.model import Detector
     from timeshift.detection.stream import stream_detector
-    from timeshift.engine.backend import onnx_or_pytorch, resolve_backend
+    from timeshift.engine.backend import online_recognizer
     from timeshift.export import OnnxOnlineRecognizer, read_export_meta
     from timeshift.models.preprocessing import resolve_input_config
-    from timeshift.online import OnlineRecognizer
 
     if Path(args.checkpoint).suffix == ".onnx":
         if args.model or args.frames:
@@ -187,17 +186,11 @@ def _stream_recognizer(args: argparse.Namespace):
         )
         return detector, model.checkpoint_meta, backend
     meta = {**model.checkpoint_meta, **resolve_input_config(model, input_size=args.size).as_meta()}
-    backend = resolve_backend("onnxruntime" if args.onnx else args.backend, "cpu")
-    path = None
-    if backend != "eager":  # a cache or disk that cannot be written: PyTorch under auto
-        path = onnx_or_pytorch(
-            model,
-            backend="onnxruntime" if args.onnx else args.backend,
-            size=meta["input_size"],
-            online=True,
-            drop_future=args.drop_future,
-        )
-    if path is None:
-        model.set_channels_last(args.format != "contiguous")
-        return OnlineRecognizer(model, drop_future=args.drop_future), meta, "pytorch"
-    return OnnxOnlineRecognizer(path), meta, "onnxruntime"
+    recognizer, backend = online_recognizer(
+        model,
+        backend="onnxruntime" if args.onnx else args.backend,
+        memory_format=args.format,
+        size=meta["input_size"],
+        drop_future=args.drop_future,
+    )
+    return recognizer, meta, backend

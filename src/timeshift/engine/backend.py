@@ -225,3 +225,35 @@ def inference_model(
     model.set_channels_last(memory_format != "contiguous")
     # the compiled module forwards attribute reads (num_classes, ...) to the model
     return torch.compile(model) if chosen == "compile" else model
+
+
+def online_recognizer(
+    model: nn.Module,
+    *,
+    backend: str = "auto",
+    memory_format: str = "auto",
+    device: str | torch.device = "cpu",
+    size: int = 224,
+    drop_future: bool = False,
+) -> tuple[object, str]:
+    """``(recognizer, backend used)``: ``model`` stepped frame by frame, the online form of
+    :func:`inference_model`: its cached online ONNX export on onnxruntime
+    (:class:`~timeshift.export.OnnxOnlineRecognizer`) when the backend resolves to it, else an
+    :class:`~timeshift.online.OnlineRecognizer` in PyTorch (``"pytorch"``). Both have
+    ``step(frame) -> logits`` and ``reset()``."""
+    from timeshift.online import OnlineRecognizer
+
+    if memory_format not in FORMATS:
+        raise ValueError(f"unknown memory format {memory_format!r}; expected one of {FORMATS}")
+    if resolve_backend(backend, device) == "onnxruntime":
+        path = onnx_or_pytorch(
+            model, backend=backend, size=size, online=True, drop_future=drop_future
+        )
+        if path is not None:
+            from timeshift.export import OnnxOnlineRecognizer
+
+            return OnnxOnlineRecognizer(path), "onnxruntime"
+    model = model.to(torch.device(device)).eval()
+    if hasattr(model, "set_channels_last"):
+        model.set_channels_last(memory_format != "contiguous")
+    return OnlineRecognizer(model, drop_future=drop_future), "pytorch"
