@@ -47,11 +47,20 @@ def _synthetic_dataset(root: Path) -> None:
 
 
 def test_python_snippets_run(tmp_path, monkeypatch):
+    import numpy as np
+    from conftest import write_test_video
+
     blocks = _blocks("python")
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
     _reference_tsm_checkpoint(tmp_path / REFERENCE_CHECKPOINT)
     _synthetic_dataset(tmp_path / "data" / "synth")
+    # published weights by name: the file above, its registry name's, from a local mirror
+    monkeypatch.setenv("TIMESHIFT_WEIGHTS_URL", str(tmp_path))
+    monkeypatch.setenv("TIMESHIFT_OFFLINE", "1")
+    rng = np.random.default_rng(0)
+    for name in ("video.mp4", "a.mp4", "b.mp4"):
+        write_test_video(tmp_path / name, rng.integers(0, 255, (24, 96, 128, 3), dtype=np.uint8))
     for number, block in enumerate(blocks, start=1):
         namespace: dict = {"__name__": f"readme_block_{number}"}
         exec(compile(block, f"README.md python block {number}", "exec"), namespace)

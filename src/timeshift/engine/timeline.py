@@ -752,10 +752,13 @@ class _Bins:
 
 
 # -- outputs ------------------------------------------------------------------------------------
-def write_timeline(timeline: Timeline, prefix: str | Path) -> dict[str, Path]:
+def write_timeline(
+    timeline: Timeline, prefix: str | Path, *, reference: Sequence[dict] | None = None
+) -> dict[str, Path]:
     """``<prefix>.json`` (:meth:`Timeline.as_dict`), ``<prefix>.csv`` (one row per window:
     ``start, end`` then ``label_k, score_k`` for each rank k), ``<prefix>.segments.csv``
-    (``start, end, label, index, score``) and ``<prefix>.png`` (:func:`plot_timeline`)."""
+    (``start, end, label, index, score``) and ``<prefix>.png`` (:func:`plot_timeline`, with
+    the ``reference`` segments as a second band when given)."""
     from timeshift.models.checkpoints import atomic_write
 
     prefix = Path(prefix)
@@ -770,7 +773,7 @@ def write_timeline(timeline: Timeline, prefix: str | Path) -> dict[str, Path]:
     atomic_write(paths["json"], lambda f: f.write(text.encode()))
     atomic_write(paths["csv"], lambda f: f.write(_windows_csv(timeline).encode()))
     atomic_write(paths["segments_csv"], lambda f: f.write(_segments_csv(timeline).encode()))
-    plot_timeline(timeline, paths["png"])
+    plot_timeline(timeline, paths["png"], reference=reference)
     return paths
 
 
@@ -804,38 +807,37 @@ def _segments_csv(timeline: Timeline) -> str:
     return _csv_text(["start", "end", "label", "index", "score"], rows)
 
 
-def plot_timeline(timeline: Timeline, path: str | Path) -> Path:
-    """A PNG: one coloured band per segment, labelled, over the time axis (m:ss); under it the
-    top-1 score of each window (stream mode: each bin) as a line."""
+def plot_timeline(
+    timeline: Timeline, path: str | Path, *, reference: Sequence[dict] | None = None
+) -> Path:
+    """A PNG: one coloured band per segment, labelled where the label fits, over the time axis
+    (m:ss); under it the top-1 score of each window (stream mode: each bin) as a line.
+
+    ``reference``: segments known to be true (``{"start", "end", "label"}``), drawn as a second
+    band in the same colours, so that a reader sees where the timeline is right."""
     from timeshift._plotting import pyplot, save_png
 
     plt = pyplot()
-    fig, (bands, scores) = plt.subplots(
-        2, 1, sharex=True, figsize=(12, 3.2), gridspec_kw={"height_ratios": [1, 1.4]}
+    rows = 3 if reference else 2
+    fig, axes = plt.subplots(
+        rows,
+        1,
+        sharex=True,
+        figsize=(12, 1.3 * rows + 0.6),
+        gridspec_kw={"height_ratios": [1] * (rows - 1) + [1.4]},
     )
-    colours = plt.get_cmap("tab20")
-    for s in timeline.segments:
-        width = s["end"] - s["start"]
-        # tab20 pairs a strong and a pale shade: the ten strong ones first, then the pale
-        colour = colours((2 * s["index"] + s["index"] // 10) % 20)
-        bands.barh(0, width, left=s["start"], color=colour, edgecolor="white")
-        if width >= timeline.duration / 40:  # room for the text
-            bands.text(
-                s["start"] + width / 2,
-                0,
-                s["label"],
-                ha="center",
-                va="center",
-                fontsize=8,
-                clip_on=True,
-            )
-    bands.set_yticks([])
-    bands.set_title(
+    index = {name: i for i, name in enumerate(timeline.classes)}
+    colour = _colours(plt, index)
+    _band(axes[0], timeline.segments, timeline.duration, colour, "predicted")
+    if reference:
+        _band(axes[1], reference, timeline.duration, colour, "true")
+    axes[0].set_title(
         f"{Path(timeline.source).name}: {_plural(len(timeline.segments), 'segment')} "
         f"({timeline.mode}, window {timeline.window:g} s, stride "
         f"{timeline.stride:g} s)",
         fontsize=9,
     )
+    scores = axes[-1]
     centres = [(w["start"] + w["end"]) / 2 for w in timeline.windows]
     scores.plot(centres, [w["top"][0]["score"] for w in timeline.windows], marker=".", lw=1)
     scores.set_ylim(0, 1.02)
@@ -847,6 +849,46 @@ def plot_timeline(timeline: Timeline, path: str | Path) -> Path:
     fig.tight_layout()
     save_png(fig, path)
     return Path(path)
+
+
+def _colours(plt, index: dict[str, int]):
+    """A colour per class name: tab20 pairs a strong and a pale shade, the ten strong first."""
+    cmap = plt.get_cmap("tab20")
+
+    def colour(label: str):
+        i = index.get(label, hash(label) % 20)
+        return cmap((2 * i + i // 10) % 20)
+
+    return colour
+
+
+def _band(ax, segments: Sequence[dict], duration: float, colour, name: str) -> None:
+    for s in segments:
+        width = s["end"] - s["start"]
+        ax.barh(0, width, left=s["start"], color=colour(s["label"]), edgecolor="white")
+        text = _fitted(s["label"], width / max(duration, 1e-9))
+        if text:
+            ax.text(s["start"] + width / 2, 0, text, ha="center", va="center", fontsize=8,
+                    clip_on=True)  # fmt: skip
+    ax.set_yticks([0])
+    ax.set_yticklabels([name], fontsize=8)
+
+
+def _fitted(label: str, share: float) -> str | None:
+    """``label`` as it fits a band ``share`` of the axis wide: on one line, else on two, else
+    not at all (about 1/160 of the axis per character at this size), rather than drawn over
+    its neighbours."""
+    if len(label) / 160 <= share:
+        return label
+    words = label.split()
+    if len(words) > 1:
+        cut = min(
+            range(1, len(words)), key=lambda i: abs(len(" ".join(words[:i])) - len(label) / 2)
+        )
+        lines = [" ".join(words[:cut]), " ".join(words[cut:])]
+        if max(map(len, lines)) / 160 <= share:
+            return "\n".join(lines)
+    return None
 
 
 def _plural(count: int, noun: str) -> str:
