@@ -48,6 +48,7 @@ def _synthetic_dataset(root: Path) -> None:
 
 def test_python_snippets_run(tmp_path, monkeypatch):
     import numpy as np
+
     from conftest import write_test_video
 
     blocks = _blocks("python")
