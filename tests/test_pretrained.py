@@ -25,6 +25,7 @@ from timeshift.models.preprocessing import resolve_input_config
 
 from conftest import (
     http_folder,
+    palette_frames,
     randomise,
     to_mmaction2,
     to_reference_mobilenet,
@@ -97,11 +98,15 @@ def _same_outputs(a, b, frames: int = 4, size: int = 48) -> None:
         torch.testing.assert_close(a.eval()(x), b.eval()(x), rtol=1e-5, atol=1e-5)
 
 
-def _publish(served, name: str) -> torch.nn.Module:
+def _publish(served, name: str, *, sharp: bool = False) -> torch.nn.Module:
     """A random tiny TSM, served as ``name`` in the reference TSM format and registered as
-    ``tsm_resnet_tiny.ucf101_4f``."""
+    ``tsm_resnet_tiny.ucf101_4f``; ``sharp``: a large classifier (scores differ per input)."""
     folder, base = served
     source = _tiny()
+    if sharp:  # a fresh (unrandomised) model's features depend on the frames; scale them up
+        source = timeshift.create_model("tsm_resnet_tiny", num_classes=101, num_segments=4)
+        with torch.no_grad():
+            source.fc.weight.mul_(1000)
     torch.save(to_reference_tsm(source.state_dict()), folder / name)
     timeshift.models.register_pretrained(
         _entry("tsm_resnet_tiny.ucf101_4f", name, f"{base}/{name}")
@@ -342,3 +347,28 @@ def test_cli_fetch_prefetches_into_the_cache(served, entries, capsys, monkeypatc
     assert main(["info", "tsm_resnet_tiny.ucf101_4f"]) == 0
     assert f"{cached} (downloaded)" in capsys.readouterr().out
     assert main(["fetch", "tsm_resnet_tiny.nope"]) == 2
+
+
+def test_predict_follows_the_published_protocol_unless_told(served, entries, tmp_path, capsys):
+    """An entry published with 2 clips: predict runs 2 clips (the same scores as asking for
+    them on a model without a recorded protocol), and --clips 1 overrides it."""
+    _publish(served, "tiny.pth", sharp=True)
+    video = write_test_video(tmp_path / "clip.mkv", palette_frames(30, 48, 64))  # each its own
+    common = ["--json", "--no-progress", "--backend", "eager", "--workers", "0"]
+    runs = {}
+    for name, flags in (("published", []), ("one", ["--clips", "1"])):
+        assert main(["predict", "tsm_resnet_tiny.ucf101_4f", video, *common, *flags]) == 0
+        runs[name] = json.loads(capsys.readouterr().out)[0]["top"]
+    model = timeshift.load_pretrained("tsm_resnet_tiny.ucf101_4f")
+    bare = tmp_path / "bare.pt"
+    meta = {k: v for k, v in model.checkpoint_meta.items() if k != "sampling"}
+    timeshift.save_model(model, bare, meta=meta)
+    for name, clips in (("published", "2"), ("one", "1")):
+        assert main(["predict", str(bare), video, *common, "--clips", clips]) == 0
+        asked = json.loads(capsys.readouterr().out)[0]["top"]
+        assert [r["score"] for r in asked] == pytest.approx([r["score"] for r in runs[name]])
+    assert [r["score"] for r in runs["published"]] != pytest.approx(
+        [r["score"] for r in runs["one"]], rel=1e-3
+    )
+    assert main(["predict", str(bare), video, "--timeline", "--crops", "3"]) == 2
+    assert "--crops: a timeline scores one centre-cropped clip" in capsys.readouterr().err

@@ -20,21 +20,7 @@ def add_parser(sub, parents: Parents) -> None:
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True, help="list file (videos or rawframes) or folder")
     p.add_argument("--root", help=ROOT_HELP)
-    protocol = "default: the checkpoint's recorded test protocol, else"
-    p.add_argument("--clips", type=int, help=f"clips per video ({protocol} 1)")
-    p.add_argument("--crops", type=int, choices=(1, 3, 10), help=f"crops per clip ({protocol} 1)")
-    p.add_argument(
-        "--full-res",
-        action=argparse.BooleanOptionalAction,
-        help=f"crop at the resized size, 256 ({protocol} a 224 centre crop)",
-    )
-    sampling = p.add_mutually_exclusive_group()
-    sampling.add_argument(
-        "--dense",
-        action=argparse.BooleanOptionalAction,
-        help=f"dense clips in a 64-frame window ({protocol} uniform segments)",
-    )
-    sampling.add_argument("--twice", action="store_true")
+    _add_protocol_args(p)
     p.add_argument(
         "--ensemble",
         nargs="+",
@@ -87,6 +73,7 @@ def add_parser(sub, parents: Parents) -> None:
     p.add_argument("checkpoint")
     p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR")
     p.add_argument("--top-k", type=int, default=5)
+    _add_protocol_args(p)
     two_stream = p.add_argument_group(
         "two-stream",
         "CHECKPOINT (RGB) with a flow checkpoint, the flow of each video computed on the fly; "
@@ -119,6 +106,27 @@ def add_parser(sub, parents: Parents) -> None:
     timeline.add_argument("--output", help="folder for the timeline files (default: .)")
     timeline.add_argument("--fps", type=float, help="frame rate of frame folders")
     p.set_defaults(func=run_predict)
+
+
+def _add_protocol_args(p: argparse.ArgumentParser) -> None:
+    """The test protocol flags; each left out takes the checkpoint's recorded protocol."""
+    protocol = "default: the checkpoint's recorded test protocol, else"
+    p.add_argument("--clips", type=int, help=f"clips per video ({protocol} 1)")
+    p.add_argument("--crops", type=int, choices=(1, 3, 10), help=f"crops per clip ({protocol} 1)")
+    p.add_argument(
+        "--full-res",
+        action=argparse.BooleanOptionalAction,
+        help=f"crop at the resized size, 256 ({protocol} a 224 centre crop)",
+    )
+    sampling = p.add_mutually_exclusive_group()
+    sampling.add_argument(
+        "--dense",
+        action=argparse.BooleanOptionalAction,
+        help=f"dense clips in a 64-frame window ({protocol} uniform segments)",
+    )
+    sampling.add_argument(
+        "--twice", action="store_true", help="add the clip at segment starts (twice_sample)"
+    )
 
 
 def _seconds(text: str) -> float:
@@ -419,6 +427,11 @@ def run_predict(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.inputs,
         top_k=args.top_k,
+        clips=args.clips,
+        crops=args.crops,
+        full_res=args.full_res,
+        dense=args.dense,
+        twice=args.twice,
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -445,6 +458,7 @@ def run_predict(args: argparse.Namespace) -> int:
     return _status(results, "no input could be predicted")
 
 
+_PROTOCOL_FLAGS = ("clips", "crops", "full_res", "dense", "twice")
 _TWO_STREAM_FLAGS = ("flow", "flow_algorithm", "flow_bound", "flow_size", "fusion_weights", "fuse")
 
 
@@ -458,6 +472,12 @@ def _run_timeline(args: argparse.Namespace) -> int:
             f"{', '.join(given)} cannot be used with --timeline: a timeline is made by one RGB "
             "model (a flow stream would need the flow of the whole video computed on the "
             "fly); drop the flag and give the RGB checkpoint"
+        )
+    protocol = [f"--{n.replace('_', '-')}" for n in _PROTOCOL_FLAGS if getattr(args, n)]
+    if protocol:
+        raise ValueError(
+            f"{', '.join(protocol)}: a timeline scores one centre-cropped clip per window "
+            "(--window/--stride set its sampling); these flags are for whole videos"
         )
     results = predict_timelines(
         args.checkpoint,

@@ -131,6 +131,11 @@ def predict_videos(
     flow_settings: FlowSettings | None = None,
     fusion_weights: Sequence[float] | None = None,
     fuse: str = "logits",
+    clips: int | None = None,
+    crops: int | None = None,
+    full_res: bool | None = None,
+    dense: bool | None = None,
+    twice: bool = False,
 ) -> list[dict]:
     """Top-k classes with softmax scores for every video (folders are searched for videos).
 
@@ -145,10 +150,22 @@ def predict_videos(
     :func:`~timeshift.engine.fusion.fuse_scores` (default: TSN's 1 : 1.5 on logits). Each
     entry's ``top`` is then the fusion's, and ``streams`` holds each stream's own top-k. A
     single flow checkpoint also predicts videos, computing their flow the same way.
+
+    ``clips``, ``crops``, ``full_res``, ``dense``, ``twice``: the test protocol; each left at
+    ``None`` takes the checkpoint's (``EvalOptions.for_checkpoint``), e.g. the 10 dense clips x
+    3 crops a published dense model was evaluated with.
     """
     torch_device = torch.device(device)
     options = EvalOptions(
-        batch_size=batch_size, workers=workers, backend=backend, memory_format=memory_format
+        clips=clips,
+        crops=crops,
+        full_res=full_res,
+        dense=dense,
+        twice=twice,
+        batch_size=batch_size,
+        workers=workers,
+        backend=backend,
+        memory_format=memory_format,
     )
     weights = list(fusion_weights or (TSN_WEIGHTS["rgb"], TSN_WEIGHTS["flow"]))
     if flow_checkpoint is not None:
