@@ -56,6 +56,8 @@ def pipeline(
     batch_size: int = 4,
     workers: int = 2,
     progress: bool = False,
+    precision: str = "fp32",
+    calibration: str | os.PathLike | None = None,
 ) -> VideoClassificationPipeline:
     """A callable that classifies videos with ``model``.
 
@@ -69,6 +71,8 @@ def pipeline(
             ``onnxruntime``.
         batch_size, workers: clips per forward pass and decoding processes for lists of files.
         progress: a progress bar over the inputs (and over the seconds of a timeline).
+        precision: ``fp32`` (exact), ``bf16`` (OpenVINO) or ``int8`` (quantised once on the
+            clips of the ``calibration`` list and cached; its agreement with fp32 is logged).
     """
     return VideoClassificationPipeline(
         model,
@@ -78,6 +82,8 @@ def pipeline(
         batch_size=batch_size,
         workers=workers,
         progress=progress,
+        precision=precision,
+        calibration=calibration,
     )
 
 
@@ -95,11 +101,13 @@ class VideoClassificationPipeline:
         batch_size: int = 4,
         workers: int = 2,
         progress: bool = False,
+        precision: str = "fp32",
+        calibration: str | os.PathLike | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            from timeshift.models.checkpoints import load_model
+        from timeshift.engine.backend import Calibration, load_for_inference
 
-            model = load_model(str(model))
+        if not isinstance(model, nn.Module):
+            model = load_for_inference(str(model))
         self.model = model.to(torch.device(device)).eval()
         meta = dict(getattr(model, "checkpoint_meta", None) or {})
         if not meta.get("classes"):
@@ -113,6 +121,8 @@ class VideoClassificationPipeline:
         self.batch_size = batch_size
         self.workers = workers
         self.progress = progress
+        self.precision = precision
+        self.calibration = Calibration(str(calibration)) if calibration is not None else None
 
     def __call__(
         self,
@@ -166,6 +176,8 @@ class VideoClassificationPipeline:
                 batch_size=self.batch_size,
                 workers=min(self.workers, files),
                 backend=self.backend,
+                precision=self.precision,
+                calibration=self.calibration,
             )
             records = [SampleRecord(p, -1) for p in paths]
             result = _model_scores(
@@ -237,6 +249,8 @@ class VideoClassificationPipeline:
             fps=fps,
             progress=self.progress,
             backend=self.backend,
+            precision=self.precision,
+            calibration=self.calibration,
         )
         return [
             {"label": s["label"], "score": s["score"], "start": s["start"], "end": s["end"]}

@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from timeshift.engine.backend import BACKENDS, FORMATS
+from timeshift.engine.backend import BACKENDS, FORMATS, PRECISIONS
 
-__all__ = ["ROOT_HELP", "Parents", "build_parents", "json_dumps", "load_checkpoint_arg"]
+__all__ = [
+    "ROOT_HELP",
+    "Parents",
+    "build_parents",
+    "calibration_arg",
+    "json_dumps",
+    "load_checkpoint_arg",
+]
 
 ROOT_HELP = "folder the list's paths are relative to (default: the list's folder)"
-ONLINE_BACKENDS = ("auto", "eager", "onnxruntime")
+ONLINE_BACKENDS = ("auto", "eager", "onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -34,8 +41,10 @@ def build_parents() -> Parents:
     inference.add_argument("--workers", type=int, default=2)
     inference.add_argument("--device", default="cpu")
     _add_runtime_args(inference, backends=BACKENDS)
+    _add_precision_args(inference)
     online_runtime = _parent()
     _add_runtime_args(online_runtime, backends=ONLINE_BACKENDS)
+    _add_precision_args(online_runtime)
     return Parents(
         json=json,
         progress=progress,
@@ -47,6 +56,36 @@ def build_parents() -> Parents:
 
 def _parent() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(add_help=False)
+
+
+def _add_precision_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (default: exact to PyTorch), bf16 (OpenVINO's hint), int8 (a statically "
+        "quantised export, calibrated on --calibration clips and cached; its agreement with "
+        "fp32 is logged)",
+    )
+    p.add_argument(
+        "--calibration",
+        metavar="LIST",
+        help="int8: clips to calibrate on (a list file of your data, e.g. the training list)",
+    )
+    p.add_argument(
+        "--calibration-clips", type=int, default=32, help="int8: clips calibrated on (32)"
+    )
+
+
+def calibration_arg(args: argparse.Namespace):
+    """The :class:`~timeshift.engine.backend.Calibration` of ``--calibration``, or ``None``."""
+    from timeshift.engine.backend import Calibration
+
+    if args.calibration is None:  # int8 without it: an int8 export, or the error says so
+        return None
+    if args.precision != "int8":
+        raise ValueError("--calibration is for --precision int8")
+    return Calibration(args.calibration, clips=args.calibration_clips)
 
 
 def _add_runtime_args(p: argparse.ArgumentParser, *, backends: tuple[str, ...]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from timeshift.cli.common import ROOT_HELP, Parents, json_dumps
+from timeshift.cli.common import ROOT_HELP, Parents, calibration_arg, json_dumps
 from timeshift.data.flow import FLOW_ALGORITHMS
 
 __all__ = ["add_parser", "run_fuse", "run_predict", "run_test"]
@@ -317,6 +317,8 @@ def _eval_options(args: argparse.Namespace):
         full_res=args.full_res,
         dense=args.dense,
         twice=args.twice,
+        precision=args.precision,
+        calibration=calibration_arg(args),
         batch_size=args.batch_size,
         workers=args.workers,
         online=args.online or args.drop_future,
@@ -432,6 +434,8 @@ def run_predict(args: argparse.Namespace) -> int:
         full_res=args.full_res,
         dense=args.dense,
         twice=args.twice,
+        precision=args.precision,
+        calibration=calibration_arg(args),
         batch_size=args.batch_size,
         workers=args.workers,
         device=args.device,
@@ -490,6 +494,8 @@ def _run_timeline(args: argparse.Namespace) -> int:
         device=args.device,
         backend=args.backend,
         memory_format=args.format,
+        precision=args.precision,
+        calibration=calibration_arg(args),
         fps=args.fps,
         progress=not args.no_progress,
     )

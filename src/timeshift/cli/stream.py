@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from contextlib import ExitStack
 
-from timeshift.cli.common import Parents, load_checkpoint_arg
+from timeshift.cli.common import Parents, calibration_arg, load_checkpoint_arg
 from timeshift.online.stream import Sink, StreamFrame
 
 __all__ = ["DetectionPrintSink", "PrintSink", "add_parser", "run"]
@@ -168,6 +168,12 @@ def _stream_recognizer(args: argparse.Namespace):
             raise ValueError("--model/--frames do not apply to an ONNX export (it is built)")
         if read_export_meta(args.checkpoint).get("task") == "detection":
             recognizer, _ = stream_detector(args.checkpoint)
+        elif args.backend == "openvino":
+            from timeshift.export.openvino_models import OpenVinoOnlineRecognizer
+
+            precision = "fp32" if args.precision == "int8" else args.precision
+            recognizer = OpenVinoOnlineRecognizer(args.checkpoint, precision=precision)
+            return recognizer, recognizer.meta, "openvino"
         else:
             recognizer = OnnxOnlineRecognizer(args.checkpoint)
         return recognizer, recognizer.meta, "onnxruntime"
@@ -178,6 +184,8 @@ def _stream_recognizer(args: argparse.Namespace):
         )
     model = load_checkpoint_arg(args).eval()
     if isinstance(model, Detector):  # its own input sizes (maybe (H, W)) and backend rule
+        if args.precision != "fp32":
+            raise ValueError("detectors stream in fp32 (--precision is for recognizers)")
         detector, backend = stream_detector(
             model,
             backend="onnxruntime" if args.onnx else args.backend,
@@ -192,5 +200,7 @@ def _stream_recognizer(args: argparse.Namespace):
         memory_format=args.format,
         size=meta["input_size"],
         drop_future=args.drop_future,
+        precision=args.precision,
+        calibration=calibration_arg(args),
     )
     return recognizer, meta, backend

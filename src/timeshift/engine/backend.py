@@ -7,7 +7,14 @@ measured it was not faster than eager channels_last and costs a minute or more o
 
 onnxruntime runs an ONNX export of the model, made once and verified against eager PyTorch,
 then cached under ``$TIMESHIFT_CACHE`` (default ``~/.cache/timeshift``) keyed by a hash of the
-weights, the model configuration and the input size, so later runs start at once.
+weights, the model configuration and the input size, so later runs start at once. ``openvino``
+runs the same export with OpenVINO.
+
+Precision (``fp32`` by default, so that ``auto`` is exact to PyTorch's fp32 up to rounding):
+``bf16`` is OpenVINO's inference precision hint (``auto`` then means OpenVINO); ``int8`` runs
+a statically quantised export (QDQ, per-channel weights, :mod:`timeshift.export.quantize`),
+calibrated on clips of a list (:class:`Calibration`) and cached like the fp32 export, on
+onnxruntime (``auto``) or OpenVINO. Lower precision is only ever chosen explicitly.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,19 +32,28 @@ from torch import nn
 __all__ = [
     "BACKENDS",
     "FORMATS",
+    "PRECISIONS",
+    "Calibration",
+    "ExportedModel",
     "OnnxClips",
     "cache_dir",
     "exported_onnx",
     "inference_model",
+    "load_for_inference",
     "model_digest",
+    "online_recognizer",
     "onnx_or_pytorch",
+    "quantized_onnx",
     "resolve_backend",
 ]
 
 _logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "eager", "compile", "onnxruntime")
+BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
 FORMATS = ("auto", "contiguous", "channels_last")
+PRECISIONS = ("fp32", "bf16", "int8")
+# the backends that run an ONNX export (and so a quantised one)
+_ONNX_BACKENDS = ("onnxruntime", "openvino")
 
 
 def cache_dir() -> Path:
@@ -56,21 +73,43 @@ def _onnxruntime_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: str | torch.device) -> str:
-    """``auto`` -> onnxruntime on CPU when installed, else eager; others are checked."""
+def _openvino_available() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return _onnxruntime_available()  # the export it runs is made with onnx
+
+
+def resolve_backend(backend: str, device: str | torch.device, precision: str = "fp32") -> str:
+    """The backend that runs: ``auto`` -> onnxruntime on CPU when installed, else eager (fp32);
+    OpenVINO for bf16; onnxruntime for int8. Others are checked against the precision."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
     on_cpu = torch.device(device).type == "cpu"
     if backend == "auto":
-        return "onnxruntime" if on_cpu and _onnxruntime_available() else "eager"
-    if backend == "onnxruntime":
-        if not on_cpu:
-            raise ValueError("the onnxruntime backend runs on the CPU; use --device cpu")
-        if not _onnxruntime_available():
-            raise ImportError(
-                "the onnxruntime backend needs onnx and onnxruntime: "
-                "pip install 'timeshift[export]'"
-            )
+        if precision == "fp32":
+            return "onnxruntime" if on_cpu and _onnxruntime_available() else "eager"
+        backend = "openvino" if precision == "bf16" else "onnxruntime"
+    if precision == "bf16" and backend != "openvino":
+        raise ValueError(
+            f"bf16 is OpenVINO's inference precision: use --backend openvino (not {backend})"
+        )
+    if precision == "int8" and backend not in _ONNX_BACKENDS:
+        raise ValueError(
+            f"int8 runs a quantised ONNX export: use --backend onnxruntime or openvino "
+            f"(not {backend})"
+        )
+    if backend in _ONNX_BACKENDS and not on_cpu:
+        raise ValueError(f"the {backend} backend runs on the CPU here; use --device cpu")
+    if backend == "onnxruntime" and not _onnxruntime_available():
+        raise ImportError(
+            "the onnxruntime backend needs onnx and onnxruntime: pip install 'timeshift[export]'"
+        )
+    if backend == "openvino" and not _openvino_available():
+        raise ImportError("the openvino backend needs OpenVINO: pip install 'timeshift[openvino]'")
     return backend
 
 
@@ -171,6 +210,134 @@ def _cache_problem(path: Path) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Where an int8 model's calibration clips come from: a list file (any format ``test
+    --data`` reads), decoded with the checkpoint's own preprocessing; the first ``clips`` are
+    calibrated on, the next ``heldout`` measure the agreement with fp32."""
+
+    data: str
+    root: str | None = None
+    clips: int = 32
+    heldout: int = 16
+
+    def digest(self) -> str:
+        """What the calibration is made of: the list's content, not only its name."""
+        path = Path(self.data)
+        content = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else self.data
+        return json.dumps([content, self.root, self.clips, self.heldout])
+
+
+def quantized_onnx(
+    model: nn.Module, *, size: int, calibration: Calibration | None, online: bool = False
+) -> Path:
+    """The cached int8 export of ``model`` (:func:`timeshift.export.quantize.quantize_model`),
+    made on first use from ``calibration`` and reused while the weights, the size and the
+    calibration list are the same. Its agreement with fp32 on held-out clips is logged."""
+    from timeshift.export.exporter import EXPORT_FORMAT_VERSION, read_export_meta
+    from timeshift.export.quantize import quantize_model
+
+    if calibration is None:
+        raise ValueError(
+            "int8 needs calibration clips: give --calibration LIST (clips of your data, e.g. the "
+            "training or validation list), or an int8 export made with 'timeshift export "
+            "--quantize int8'"
+        )
+    mode = "online" if online else "offline"
+    digest = model_digest(model, size, mode, EXPORT_FORMAT_VERSION, "int8", calibration.digest())
+    path = cache_dir() / "onnx" / f"{digest}-{mode}-{size}-int8.onnx"
+    if path.exists() and _cache_problem(path) is None:
+        _logger.info("int8: using the cached quantised export %s", path)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        quantize_model(
+            model,
+            path,
+            calibration=calibration.data,
+            root=calibration.root,
+            calibration_clips=calibration.clips,
+            heldout_clips=calibration.heldout,
+            online=online,
+            size=size,
+        )
+        _write_hash(path)
+    _log_quantization(path, read_export_meta(path))
+    return path
+
+
+def _log_quantization(path: Path, meta: dict) -> None:
+    """Lower precision is never silent: the agreement the int8 file was measured with."""
+    report = meta.get("quantization") or {}
+    if "top1_agreement" in report:
+        _logger.info(
+            "int8 %s: top-1 agreement with fp32 %.3f, largest logit difference %.3g "
+            "(%s held-out clips)",
+            path.name,
+            report["top1_agreement"],
+            report.get("max_logit_difference", float("nan")),
+            report.get("heldout_clips", "?"),
+        )
+    else:
+        _logger.warning("int8 %s: no agreement with fp32 recorded in the file", path)
+
+
+class ExportedModel(nn.Module):
+    """An ONNX export (``timeshift export``, fp32 or ``--quantize int8``) loaded where a
+    checkpoint is expected (``test``, ``predict``): the export's metadata stands for the
+    checkpoint's (classes, preprocessing, sampling), and :func:`inference_model` runs the file
+    itself on onnxruntime or OpenVINO."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        from timeshift.export.exporter import read_export_meta
+
+        self.path = Path(path)
+        self.meta = read_export_meta(self.path)
+        self.checkpoint_meta = dict(self.meta)
+        self.config = dict(self.meta.get("config") or {})
+        self.num_classes = int(self.meta["num_classes"])
+        self.num_segments = int(self.meta["num_segments"])
+        self.precision = self.meta.get("precision", "fp32")
+        self.online = self.meta.get("mode") == "online"
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(f"{self.path} runs through inference_model (an ONNX export)")
+
+
+def load_for_inference(path: str | os.PathLike, **kwargs) -> nn.Module:
+    """A checkpoint (``load_model``, registry names included) or an ONNX export
+    (:class:`ExportedModel`), for ``test`` and ``predict``."""
+    if Path(path).suffix.lower() == ".onnx" and Path(path).is_file():
+        if kwargs:
+            raise ValueError(f"{sorted(kwargs)} do not apply to an ONNX export ({path})")
+        return ExportedModel(path)
+    from timeshift.models.checkpoints import load_model
+
+    return load_model(path, **kwargs)
+
+
+def _onnx_clips(path: Path, backend: str, precision: str, num_segments: int) -> nn.Module:
+    threads = torch.get_num_threads()
+    if backend == "openvino":
+        from timeshift.export.openvino_models import OpenVinoClips
+
+        # an int8 file runs at its own precision; fp32 / bf16 are OpenVINO's hint
+        hint = "fp32" if precision == "int8" else precision
+        return OpenVinoClips(path, num_segments=num_segments, precision=hint, threads=threads)
+    return OnnxClips(path, num_segments=num_segments, threads=threads)
+
+
+def _onnx_stepper(path: Path, backend: str, precision: str):
+    if backend == "openvino":
+        from timeshift.export.openvino_models import OpenVinoOnlineRecognizer
+
+        hint = "fp32" if precision == "int8" else precision
+        return OpenVinoOnlineRecognizer(path, precision=hint, threads=torch.get_num_threads())
+    from timeshift.export import OnnxOnlineRecognizer
+
+    return OnnxOnlineRecognizer(path)
+
+
 def onnx_or_pytorch(
     model: nn.Module,
     *,
@@ -202,29 +369,52 @@ def inference_model(
     memory_format: str = "auto",
     device: str | torch.device = "cpu",
     size: int = 224,
+    precision: str = "fp32",
+    calibration: Calibration | None = None,
 ) -> nn.Module:
-    """``model`` (a Recognizer) prepared to run clips the chosen way; the result takes
-    ``(N, T, 3, H, W)`` and has ``num_classes`` and ``num_segments``.
+    """``model`` (a Recognizer, or an :class:`ExportedModel`) prepared to run clips the chosen
+    way; the result takes ``(N, T, 3, H, W)`` and has ``num_classes`` and ``num_segments``.
 
     Args:
-        backend: ``auto``, ``eager``, ``compile`` or ``onnxruntime`` (see the module doc).
+        backend: ``auto``, ``eager``, ``compile``, ``onnxruntime`` or ``openvino`` (see the
+            module doc).
         memory_format: ``auto`` (channels_last), ``contiguous`` or ``channels_last``; PyTorch
-            backends only (onnxruntime picks its own layout).
+            backends only (onnxruntime and OpenVINO pick their own layout).
         size: frame height and width, fixed in the ONNX export.
+        precision: ``fp32``, ``bf16`` (OpenVINO) or ``int8`` (a quantised export, made from
+            ``calibration`` and cached).
     """
     if memory_format not in FORMATS:
         raise ValueError(f"unknown memory format {memory_format!r}; expected one of {FORMATS}")
-    chosen = resolve_backend(backend, device)
+    if isinstance(model, ExportedModel):
+        return _exported_clips(model, backend, device, precision)
+    chosen = resolve_backend(backend, device, precision)
     model = model.to(torch.device(device)).eval()
-    if chosen == "onnxruntime":
+    if precision == "int8":
+        path = quantized_onnx(model, size=size, calibration=calibration)
+        return _onnx_clips(path, chosen, precision, model.num_segments)
+    if chosen in _ONNX_BACKENDS:
         path = onnx_or_pytorch(model, backend=backend, size=size)
         if path is not None:
-            threads = torch.get_num_threads()
-            return OnnxClips(path, num_segments=model.num_segments, threads=threads)
+            return _onnx_clips(path, chosen, precision, model.num_segments)
         chosen = "eager"
     model.set_channels_last(memory_format != "contiguous")
     # the compiled module forwards attribute reads (num_classes, ...) to the model
     return torch.compile(model) if chosen == "compile" else model
+
+
+def _exported_clips(model: ExportedModel, backend: str, device, precision: str) -> nn.Module:
+    """An export runs as it was made: its own precision (an int8 file), on onnxruntime
+    (``auto``) or OpenVINO."""
+    if model.online:
+        raise ValueError(f"{model.path} is an online export: test/predict run offline exports")
+    own = model.precision if precision == "fp32" else precision
+    if model.precision == "int8" and own != "int8":
+        raise ValueError(f"{model.path} is an int8 export: it runs at int8 only")
+    chosen = resolve_backend("onnxruntime" if backend == "auto" else backend, device, own)
+    if own == "int8":
+        _log_quantization(model.path, model.meta)
+    return _onnx_clips(model.path, chosen, own, model.num_segments)
 
 
 def online_recognizer(
@@ -235,24 +425,30 @@ def online_recognizer(
     device: str | torch.device = "cpu",
     size: int = 224,
     drop_future: bool = False,
+    precision: str = "fp32",
+    calibration: Calibration | None = None,
 ) -> tuple[object, str]:
     """``(recognizer, backend used)``: ``model`` stepped frame by frame, the online form of
-    :func:`inference_model`: its cached online ONNX export on onnxruntime
-    (:class:`~timeshift.export.OnnxOnlineRecognizer`) when the backend resolves to it, else an
-    :class:`~timeshift.online.OnlineRecognizer` in PyTorch (``"pytorch"``). Both have
+    :func:`inference_model`: its cached online ONNX export (int8: quantised, the caches
+    calibrated on streamed clips) on onnxruntime or OpenVINO when the backend resolves to one,
+    else an :class:`~timeshift.online.OnlineRecognizer` in PyTorch (``"pytorch"``). All have
     ``step(frame) -> logits`` and ``reset()``."""
     from timeshift.online import OnlineRecognizer
 
     if memory_format not in FORMATS:
         raise ValueError(f"unknown memory format {memory_format!r}; expected one of {FORMATS}")
-    if resolve_backend(backend, device) == "onnxruntime":
+    chosen = resolve_backend(backend, device, precision)
+    if precision == "int8":
+        if drop_future:
+            raise ValueError("int8 streams uni-directional models only (not --drop-future)")
+        path = quantized_onnx(model, size=size, calibration=calibration, online=True)
+        return _onnx_stepper(path, chosen, precision), chosen
+    if chosen in _ONNX_BACKENDS:
         path = onnx_or_pytorch(
             model, backend=backend, size=size, online=True, drop_future=drop_future
         )
         if path is not None:
-            from timeshift.export import OnnxOnlineRecognizer
-
-            return OnnxOnlineRecognizer(path), "onnxruntime"
+            return _onnx_stepper(path, chosen, precision), chosen
     model = model.to(torch.device(device)).eval()
     if hasattr(model, "set_channels_last"):
         model.set_channels_last(memory_format != "contiguous")

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from timeshift.data.formats import Annotations, SampleRecord, read_annotations
-from timeshift.engine.backend import inference_model
+from timeshift.engine.backend import Calibration, inference_model, load_for_inference
 from timeshift.engine.distributed import SINGLE_PROCESS, DistInfo, all_gather_tensors
 from timeshift.engine.figures import plot_confusion
 from timeshift.engine.fusion import (
@@ -38,7 +38,6 @@ from timeshift.engine.fusion import (
 from timeshift.engine.loaders import eval_dataset, eval_loader
 from timeshift.engine.metrics import classification_report, json_dumps
 from timeshift.models.checkpoints import check_writable as _check_writable
-from timeshift.models.checkpoints import load_model
 from timeshift.models.preprocessing import InputConfig, resolve_input_config
 
 __all__ = [
@@ -148,8 +147,10 @@ class EvalOptions:
     observed: float = 1.0  # sample from the first part of each video only (early recognition)
     online: bool = False  # stream each clip frame by frame through the online model
     drop_future: bool = False  # with online: a bidirectional model, future channels zeroed
-    backend: str = "auto"  # auto, eager, compile, onnxruntime (timeshift.engine.backend)
+    backend: str = "auto"  # auto, eager, compile, onnxruntime, openvino (engine.backend)
     memory_format: str = "auto"  # auto (channels_last), contiguous, channels_last
+    precision: str = "fp32"  # fp32, bf16 (OpenVINO), int8 (a quantised export)
+    calibration: Calibration | None = None  # int8: the clips it is calibrated on
 
     def for_checkpoint(self, meta: dict) -> EvalOptions:
         """These options with what they leave open taken from the checkpoint's ``sampling``
@@ -244,6 +245,8 @@ def _model_scores(
     if options.online:
         from timeshift.online import StreamedClips
 
+        if options.precision != "fp32":
+            raise ValueError("--online streams in PyTorch fp32: leave --precision out")
         # the online model streams frame by frame in PyTorch
         model = StreamedClips(model, drop_future=options.drop_future)
     else:
@@ -255,6 +258,8 @@ def _model_scores(
             memory_format=options.memory_format,
             device=device,
             size=size,
+            precision=options.precision,
+            calibration=options.calibration,
         )
     if flip_map is not None:
         _logger.info("direction-sensitive classes: mirrored views scored through the flip map")
@@ -272,7 +277,7 @@ def _check_fusion(mode: str, weights: Sequence[float] | None, count: int) -> Non
 
 def _load_models(checkpoints: Sequence[str | Path], device: torch.device) -> tuple[list, list]:
     """The models of ``checkpoints`` and their class names (the same for all, or an error)."""
-    models = [(path, load_model(path).to(device).eval()) for path in checkpoints]
+    models = [(path, load_for_inference(path).to(device).eval()) for path in checkpoints]
     classes = _meta(models[0][1], checkpoints[0])["classes"]
     for path, model in models[1:]:
         if _meta(model, path)["classes"] != classes:

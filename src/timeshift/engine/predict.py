@@ -14,6 +14,7 @@ import torch
 
 from timeshift.data.flow import FlowSettings
 from timeshift.data.formats import VIDEO_EXTENSIONS, Annotations, SampleRecord
+from timeshift.engine.backend import Calibration, load_for_inference
 from timeshift.engine.evaluate import (
     EvalOptions,
     _check_fusion,
@@ -24,7 +25,6 @@ from timeshift.engine.evaluate import (
 )
 from timeshift.engine.fusion import TSN_WEIGHTS, ScoreSet, fuse_scores
 from timeshift.engine.loaders import eval_dataset
-from timeshift.models.checkpoints import load_model
 from timeshift.models.preprocessing import resolve_input_config
 
 __all__ = ["flow_settings_of", "predict_videos"]
@@ -136,6 +136,8 @@ def predict_videos(
     full_res: bool | None = None,
     dense: bool | None = None,
     twice: bool = False,
+    precision: str = "fp32",
+    calibration: Calibration | None = None,
 ) -> list[dict]:
     """Top-k classes with softmax scores for every video (folders are searched for videos).
 
@@ -153,7 +155,9 @@ def predict_videos(
 
     ``clips``, ``crops``, ``full_res``, ``dense``, ``twice``: the test protocol; each left at
     ``None`` takes the checkpoint's (``EvalOptions.for_checkpoint``), e.g. the 10 dense clips x
-    3 crops a published dense model was evaluated with.
+    3 crops a published dense model was evaluated with. ``precision``: ``fp32``, ``bf16``
+    (OpenVINO) or ``int8`` (quantised on ``calibration`` clips, or an int8 ONNX export given as
+    ``checkpoint``).
     """
     torch_device = torch.device(device)
     options = EvalOptions(
@@ -166,6 +170,8 @@ def predict_videos(
         workers=workers,
         backend=backend,
         memory_format=memory_format,
+        precision=precision,
+        calibration=calibration,
     )
     weights = list(fusion_weights or (TSN_WEIGHTS["rgb"], TSN_WEIGHTS["flow"]))
     if flow_checkpoint is not None:
@@ -204,7 +210,7 @@ def predict_videos(
 
 def _streams(checkpoint, flow_checkpoint, device, flow_settings) -> list[_Stream]:
     if flow_checkpoint is None:
-        model = load_model(checkpoint).to(device).eval()
+        model = load_for_inference(checkpoint).to(device).eval()
         meta = _meta(model, checkpoint)
         flow = None
         if resolve_input_config(model, meta=meta).modality == "flow":

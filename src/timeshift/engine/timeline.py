@@ -341,6 +341,8 @@ def video_timeline(
     backend: str = "auto",
     memory_format: str = "auto",
     max_held_bytes: int = 256 * 2**20,
+    precision: str = "fp32",
+    calibration=None,
 ) -> Timeline:
     """The labels of ``video`` over time (see the module doc for the rules).
 
@@ -358,6 +360,8 @@ def video_timeline(
         smoother: stream mode's label smoothing (default ``LabelSmoother()``, as ``stream``).
         backend, memory_format: how the model runs (:func:`~timeshift.engine.backend.
             inference_model`; ``auto``: onnxruntime when installed).
+        precision, calibration: ``fp32``, ``bf16`` (OpenVINO) or ``int8`` (a quantised
+            export calibrated on a :class:`~timeshift.engine.backend.Calibration`).
         max_held_bytes: windows mode holds the frames of the last ``window`` seconds; when
             that would take more memory than this, they are held resized (same scores).
 
@@ -393,6 +397,8 @@ def video_timeline(
             backend=backend,
             memory_format=memory_format,
             max_held_bytes=max_held_bytes,
+            precision=precision,
+            calibration=calibration,
         )
         if online:
             return _stream_timeline(job, smoother or LabelSmoother())
@@ -542,6 +548,8 @@ def _clip_runner(job: _Job):
         job.model,
         backend=job.backend,
         memory_format=job.memory_format,
+        precision=job.precision,
+        calibration=job.calibration,
         device=job.device,
         size=job.inputs.input_size,
     )
@@ -582,6 +590,8 @@ class _Job:
     backend: str
     memory_format: str
     max_held_bytes: int
+    precision: str = "fp32"
+    calibration: object = None
 
     def result(self, mode: str, run: _Run, windows: list, segments: list, stats: dict):
         window = self.window if mode == "windows" else self.stride  # stream: the bins
@@ -691,6 +701,8 @@ def _online_recognizer(job: _Job):
         job.model,
         backend=job.backend,
         memory_format=job.memory_format,
+        precision=job.precision,
+        calibration=job.calibration,
         device=job.device,
         size=job.inputs.input_size,
     )
