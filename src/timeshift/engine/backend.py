@@ -259,6 +259,8 @@ def quantized_onnx(
             heldout_clips=calibration.heldout,
             online=online,
             size=size,
+            # any batch size at inference (test's --batch-size); online exports step 1 frame
+            export_options=None if online else {"dynamic_batch": True},
         )
         _write_hash(path)
     _log_quantization(path, read_export_meta(path))
@@ -409,8 +411,11 @@ def _exported_clips(model: ExportedModel, backend: str, device, precision: str) 
     if model.online:
         raise ValueError(f"{model.path} is an online export: test/predict run offline exports")
     own = model.precision if precision == "fp32" else precision
-    if model.precision == "int8" and own != "int8":
-        raise ValueError(f"{model.path} is an int8 export: it runs at int8 only")
+    if (model.precision == "int8") != (own == "int8"):
+        raise ValueError(
+            f"{model.path} is an {model.precision} export, asked for {own}: an int8 export "
+            "runs at int8 only, and int8 needs one ('timeshift export --quantize int8')"
+        )
     chosen = resolve_backend("onnxruntime" if backend == "auto" else backend, device, own)
     if own == "int8":
         _log_quantization(model.path, model.meta)

@@ -183,6 +183,11 @@ class EvalOptions:
 PROTOCOL_DEFAULTS = {"clips": 1, "crops": 1, "full_res": False, "dense": False}
 
 
+def _protocol(options: EvalOptions, meta: dict) -> dict:
+    """The protocol a summary reports: the options as run on this checkpoint, plain data."""
+    return dataclasses.asdict(options.for_checkpoint(meta))
+
+
 def _meta(model: nn.Module, path) -> dict:
     meta = model.checkpoint_meta
     if not meta.get("classes"):
@@ -403,7 +408,7 @@ def evaluate_checkpoints(
     summary = {
         "checkpoints": [str(p) for p in checkpoints],
         "data": str(data),
-        "protocol": options.for_checkpoint(_meta(models[0][1], models[0][0])).__dict__,
+        "protocol": _protocol(options, _meta(models[0][1], models[0][0])),
         "samples": int(keep.sum()),
         "unreadable": int((~keep).sum()),
         **_metrics(report),
@@ -472,7 +477,7 @@ def evaluate_two_stream(
         "checkpoints": [str(rgb_checkpoint), str(flow_checkpoint)],
         "data": str(rgb_data),
         "flow_data": str(flow_data),
-        "protocol": options.for_checkpoint(_meta(models[0][1], models[0][0])).__dict__,
+        "protocol": _protocol(options, _meta(models[0][1], models[0][0])),
         "samples": int(keep.sum()),
         "unreadable": int((~keep).sum()),
         **_metrics(report),
