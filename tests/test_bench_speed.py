@@ -105,7 +105,7 @@ def test_cli_latency_and_shift_overhead(tmp_path, capsys):
     args = ["tsn_resnet_tiny", "tsm_resnet_tiny", "--frames", "4", "--size", "32", "--iters", "2"]
     assert main(["bench", "latency", *args, "--output", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "| tsm_resnet_tiny 4f | eager | channels_last | 1 |" in text
+    assert "| tsm_resnet_tiny 4f | eager | fp32 | channels_last | 1 |" in text
     for ext in ("json", "csv", "md", "png"):
         assert (out / f"latency.{ext}").is_file()
     payload = json.loads((out / "latency.json").read_text())

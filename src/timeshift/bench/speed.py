@@ -27,6 +27,7 @@ from timeshift.models.registry import create_model
 __all__ = [
     "BACKENDS",
     "FORMATS",
+    "PRECISIONS",
     "VS3D_PAPER",
     "Contender",
     "ModelSpec",
@@ -37,8 +38,18 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "compile", "onnxruntime")
+BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
 FORMATS = ("contiguous", "channels_last")
+PRECISIONS = ("fp32", "bf16", "int8")
+# what each backend can run: PyTorch fp32; onnxruntime fp32 and int8 (a quantised export);
+# OpenVINO every precision (bf16: its inference precision hint)
+_RUNS = {
+    "eager": ("fp32",),
+    "compile": ("fp32",),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+}
+_ONNX = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -63,10 +74,18 @@ class Contender:
     backend: str
     memory_format: str
     run: Callable[[], object]
+    precision: str = "fp32"
 
     @property
     def key(self) -> str:
-        return f"{self.spec.title} | {self.backend} | {self.memory_format}"
+        return (
+            f"{self.spec.title} | {_runtime(self.backend, self.precision)} | {self.memory_format}"
+        )
+
+
+def _runtime(backend: str, precision: str) -> str:
+    """A backend and precision as one name: ``onnxruntime``, ``openvino bf16``, ..."""
+    return backend if precision == "fp32" else f"{backend} {precision}"
 
 
 def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
@@ -74,17 +93,44 @@ def _check_choice(value: str, choices: Sequence[str], what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(choices)}")
 
 
-def _onnx_runner(model: nn.Module, x: torch.Tensor, workdir: Path, label: str):
+def _onnx_runner(
+    model: nn.Module, x: torch.Tensor, workdir: Path, label: str, backend: str, precision: str
+):
+    """An ONNX export of ``model`` for ``x``'s batch on onnxruntime or OpenVINO; int8: the
+    export quantised (QDQ, per-channel) on random calibration inputs, which set its scales
+    but not its speed."""
     from timeshift.export import OnnxRecognizer, export_model
 
     if x.device.type != "cpu":
-        raise ValueError("the onnxruntime backend runs on the CPU here; use --device cpu")
+        raise ValueError(f"the {backend} backend runs on the CPU here; use --device cpu")
     path = workdir / f"{label.replace(' ', '_').replace('/', '-')}.onnx"
-    export_model(model, path, batch=x.shape[0], size=x.shape[-1], exporter="legacy", verify=True)
-    # several sessions share the process: idle threads sleep instead of spinning
-    session = OnnxRecognizer(path, threads=torch.get_num_threads(), spinning=False)
+    if not path.exists():  # the same model's fp32 export serves every precision
+        export_model(
+            model, path, batch=x.shape[0], size=x.shape[-1], exporter="legacy", verify=True
+        )
+    if precision == "int8":
+        path = _quantised(path, x)
+    threads = torch.get_num_threads()
+    if backend == "openvino":
+        from timeshift.export.openvino_models import OpenVinoRecognizer
+
+        hint = "fp32" if precision == "int8" else precision
+        session = OpenVinoRecognizer(path, precision=hint, threads=threads)
+    else:  # several sessions share the process: idle threads sleep instead of spinning
+        session = OnnxRecognizer(path, threads=threads, spinning=False)
     array = x.numpy()
     return lambda: session(array)
+
+
+def _quantised(path: Path, x: torch.Tensor) -> Path:
+    from timeshift.export.quantize import quantize_onnx
+
+    target = path.with_name(path.stem + ".int8.onnx")
+    if not target.exists():
+        generator = torch.Generator().manual_seed(0)
+        clips = [torch.randn(x.shape, generator=generator).numpy() for _ in range(4)]
+        quantize_onnx(path, target, clips, online=False)
+    return target
 
 
 def make_runner(
@@ -98,16 +144,19 @@ def make_runner(
     device: str = "cpu",
     workdir: Path | None = None,
     label: str = "model",
+    precision: str = "fp32",
 ) -> Callable[[], object]:
     """A no-argument callable running one inference of ``model`` on a fixed random batch
     ``(batch, frames, C, size, size)``. The model is used as given (copy it first if another
     contender needs it in another format)."""
     _check_choice(backend, BACKENDS, "backend")
     _check_choice(memory_format, FORMATS, "memory format")
+    _check_choice(precision, _RUNS[backend], f"precision of {backend}")
     model = model.to(device).eval()
     x = torch.randn(batch, frames, model.in_chans, size, size, device=device)
-    if backend == "onnxruntime":
-        return _onnx_runner(model, x, workdir or Path(tempfile.mkdtemp()), label)
+    if backend in _ONNX:
+        workdir = workdir or Path(tempfile.mkdtemp())
+        return _onnx_runner(model, x, workdir, label, backend, precision)
     model.set_channels_last(memory_format == "channels_last")
     if backend == "compile":
         model = torch.compile(model)
@@ -139,6 +188,7 @@ def _contenders(
     backends: Sequence[str],
     formats: Sequence[str],
     *,
+    precisions: Sequence[str] = ("fp32",),
     batch: int,
     size: int,
     num_classes: int,
@@ -152,34 +202,48 @@ def _contenders(
         except (ValueError, TypeError, RuntimeError) as exc:
             failures.append({"model": spec.title, "error": str(exc)})
             continue
-        for backend in backends:
-            # onnxruntime chooses its own layout: one contender, whatever the formats asked
-            for fmt in formats if backend != "onnxruntime" else ("-",):
-                _logger.info("building %s on %s (%s)", spec.title, backend, fmt)
-                try:
-                    run = make_runner(
-                        copy.deepcopy(base),
-                        backend=backend,
-                        memory_format=fmt if fmt != "-" else "contiguous",
-                        batch=batch,
-                        frames=spec.frames,
-                        size=size,
-                        device=device,
-                        workdir=workdir,
-                        label=f"{spec.title}-{backend}",
-                    )
-                except (ValueError, RuntimeError, ImportError) as exc:
-                    failures.append(
-                        {
-                            "model": spec.title,
-                            "backend": backend,
-                            "memory_format": fmt,
-                            "error": str(exc),
-                        }
-                    )
-                    continue
-                contenders.append(Contender(spec, backend, fmt, run))
+        for backend, precision, fmt in _runtimes(backends, precisions, formats):
+            _logger.info("building %s on %s (%s)", spec.title, _runtime(backend, precision), fmt)
+            try:
+                run = make_runner(
+                    copy.deepcopy(base),
+                    backend=backend,
+                    memory_format=fmt if fmt != "-" else "contiguous",
+                    batch=batch,
+                    frames=spec.frames,
+                    size=size,
+                    device=device,
+                    workdir=workdir,
+                    label=f"{spec.title}",
+                    precision=precision,
+                )
+            except (ValueError, RuntimeError, ImportError) as exc:
+                failures.append(
+                    {
+                        "model": spec.title,
+                        "backend": backend,
+                        "precision": precision,
+                        "memory_format": fmt,
+                        "error": str(exc),
+                    }
+                )
+                continue
+            contenders.append(Contender(spec, backend, fmt, run, precision))
     return contenders, failures
+
+
+def _runtimes(backends, precisions, formats) -> list[tuple[str, str, str]]:
+    """``(backend, precision, format)`` to time: each backend at each precision it runs
+    (others are left out, not errors: ``--precision fp32 int8`` with eager times eager fp32),
+    ONNX backends once (they choose their own layout)."""
+    chosen = []
+    for backend in backends:
+        for precision in precisions:
+            if precision in _RUNS[backend]:
+                chosen += [
+                    (backend, precision, fmt) for fmt in (("-",) if backend in _ONNX else formats)
+                ]
+    return chosen
 
 
 def benchmark_speed(
@@ -195,8 +259,9 @@ def benchmark_speed(
     warmup: int = 2,
     baseline: int = 0,
     progress: bool = False,
+    precisions: Sequence[str] = ("fp32",),
 ) -> list[dict]:
-    """Time every (model, backend, memory format) side by side.
+    """Time every (model, backend, precision, memory format) side by side.
 
     Returns one row per contender: median / p10 / p90 milliseconds per batch, relative spread,
     clips per second, ``vs_baseline`` (paired ratio of this row's time to the baseline model's
@@ -208,11 +273,14 @@ def benchmark_speed(
         _check_choice(b, BACKENDS, "backend")
     for f in formats:
         _check_choice(f, FORMATS, "memory format")
+    for p in precisions:
+        _check_choice(p, PRECISIONS, "precision")
     with tempfile.TemporaryDirectory(prefix="timeshift-bench-") as tmp:
         contenders, failures = _contenders(
             specs,
             backends,
             formats,
+            precisions=precisions,
             batch=batch,
             size=size,
             num_classes=num_classes,
@@ -232,13 +300,15 @@ def benchmark_speed(
     for c in contenders:
         ms = samples[c.key]
         stats = summary(ms)
-        twin = f"{base_title} | {c.backend} | {c.memory_format}"
+        twin = f"{base_title} | {_runtime(c.backend, c.precision)} | {c.memory_format}"
         eager = f"{c.spec.title} | eager | contiguous"
+        onnx = f"{c.spec.title} | onnxruntime | -"
         rows.append(
             {
                 "model": c.spec.title,
                 "frames": c.spec.frames,
                 "backend": c.backend,
+                "precision": c.precision,
                 "memory_format": c.memory_format,
                 "batch": batch,
                 "size": size,
@@ -249,6 +319,10 @@ def benchmark_speed(
                 if twin in by_key
                 else None,
                 "speedup": round(paired_ratio(samples[eager], ms), 3) if eager in by_key else None,
+                # the issue-18 target: each form against onnxruntime fp32, side by side
+                "vs_onnxruntime": round(paired_ratio(samples[onnx], ms), 3)
+                if onnx in by_key
+                else None,
             }
         )
     return rows + failures

@@ -27,6 +27,7 @@ DEFAULT_OUTPUT = "runs/bench"
 SPEED_COLUMNS = [
     "model",
     "backend",
+    "precision",
     "memory_format",
     "batch",
     "median_ms",
@@ -36,6 +37,7 @@ SPEED_COLUMNS = [
     "clips_per_s",
     "vs_baseline",
     "speedup",
+    "vs_onnxruntime",
 ]
 
 
@@ -144,11 +146,13 @@ def _speed(args: argparse.Namespace, suite: str) -> int:
         rounds=args.iters,
         warmup=args.warmup,
         progress=not args.no_progress,
+        precisions=args.precision,
     )
     what = "latency (batch 1)" if suite == "latency" else f"throughput (batch {args.batch})"
     title = (
         f"{what}, {args.frames} frames x {args.size}^2 on {args.device}; vs_baseline = time / "
-        f"{specs[0].title}'s on the same backend and format, speedup = eager contiguous / this"
+        f"{specs[0].title}'s on the same backend and format, speedup = eager contiguous / this, "
+        "vs_onnxruntime = onnxruntime fp32 / this"
     )
     return _finish(
         args,
@@ -355,11 +359,13 @@ def run_online(args: argparse.Namespace) -> int:
         memory_formats=args.format,
         size=args.size,
         rounds=args.iters,
+        precisions=args.precision,
     )
     title = f"online TSM vs the 2D model per frame, batch 1, {args.size}^2 (paired ratios)"
     columns = [
         "model",
         "backend",
+        "precision",
         "memory_format",
         "online_ms",
         "plain_2d_ms",
@@ -589,6 +595,16 @@ _MODELS = _arg(
 )
 
 
+_PRECISIONS = _arg(
+    "--precision",
+    nargs="+",
+    choices=("fp32", "bf16", "int8"),
+    default=["fp32"],
+    help="precision(s), each timed on the backends that run it: bf16 on openvino, int8 (a "
+    "quantised export) on onnxruntime and openvino (fp32)",
+)
+
+
 def _formats(**kwargs: Any) -> Arg:
     """``--format`` of the suites that time both memory formats by default."""
     both = ["contiguous", "channels_last"]
@@ -611,7 +627,7 @@ SUITES: dict[str, Suite] = {
     "latency": Suite(
         "batch-1 latency per model, format and backend",
         run_latency,
-        args=(_MODELS,),
+        args=(_MODELS, _PRECISIONS),
         model=(1, 224),
         runtime=Runtime(("contiguous", "channels_last")),
         iters=10,
@@ -619,7 +635,7 @@ SUITES: dict[str, Suite] = {
     "throughput": Suite(
         "clips/s of a batch per model, format, backend",
         run_throughput,
-        args=(_MODELS,),
+        args=(_MODELS, _PRECISIONS),
         model=(16, 224),
         runtime=Runtime(("contiguous", "channels_last")),
         iters=4,
@@ -670,9 +686,10 @@ SUITES: dict[str, Suite] = {
             _arg(
                 "--backend",
                 nargs="+",
-                choices=("eager", "onnxruntime"),
+                choices=("eager", "onnxruntime", "openvino"),
                 default=["eager", "onnxruntime"],
             ),
+            _PRECISIONS,
         ),
         iters=30,
     ),
