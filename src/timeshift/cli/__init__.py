@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from timeshift.cli import bench, data, demo, evaluate, export, models, stream, train
+from timeshift.cli import bench, compile, data, demo, evaluate, export, models, stream, train
 from timeshift.cli.common import build_parents
 from timeshift.errors import TimeshiftError
 
@@ -26,6 +26,7 @@ COMMANDS = (
     evaluate.add_parser,  # test, predict
     demo.add_parser,
     export.add_parser,
+    compile.add_parser,
     stream.add_parser,
     models.add_models_parser,
     models.add_fetch_parser,
