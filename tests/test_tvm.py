@@ -172,3 +172,19 @@ def test_cli_offline_host_build_matches_eager(tmp_path, capsys, monkeypatch):
     for one, logits in zip(clip, expected, strict=True):  # the graph's batch is 1
         (got,) = run([one[None].numpy()])
         torch.testing.assert_close(torch.from_numpy(got[0]), logits, atol=1e-4, rtol=1e-3)
+
+
+def test_aarch64_cross_build_is_an_arm64_library(tmp_path):
+    """The Raspberry Pi 4 target linked by the cross compiler (CI installs Debian's
+    g++-aarch64-linux-gnu): an aarch64 ELF shared library, with the runner and metadata."""
+    if not (shutil.which("aarch64-linux-gnu-g++") or shutil.which("g++-aarch64-linux-gnu")):
+        pytest.skip("no aarch64 cross compiler: apt-get install g++-aarch64-linux-gnu")
+    model = _model("tsm_mobilenet_v2_tiny")
+    result = _compile(
+        model, tmp_path / "pi4", target="raspberry-pi/4b-aarch64", online=True, size=S
+    )
+    assert result.cross_compiled and result.host_check is None  # it cannot run here
+    header = result.library.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and header[4] == 2  # 64-bit ELF
+    assert int.from_bytes(header[18:20], "little") == 183  # e_machine EM_AARCH64
+    assert {p.name for p in result.directory.iterdir()} == FILES
