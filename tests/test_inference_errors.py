@@ -339,7 +339,12 @@ def _pytorch_advice(text: str) -> bool:
 
 def test_cli_never_gives_pytorchs_unsafe_advice(exports, files, capsys):
     onnx, script = exports["onnx"], exports["torchscript"]
+    # predict and test run an ONNX export (its metadata stands for the checkpoint's): this one
+    # has no class names, which is said; commands that need the PyTorch model say what it is
     assert main(["predict", str(onnx), files["good"][0], *EAGER]) == 2
+    err = capsys.readouterr().err
+    assert "stores no class names" in err and not _pytorch_advice(err)
+    assert main(["export", str(onnx), "--output", str(onnx.with_suffix(".again.onnx"))]) == 2
     err = capsys.readouterr().err
     assert "ONNX model" in err and not _pytorch_advice(err)
     assert main(["stream", files["good"][0], str(script), "--backend", "eager"]) == 2

@@ -89,7 +89,7 @@ def stand_in(monkeypatch):
     def fake_load_model(path, **kwargs):
         return chosen["model"]
 
-    monkeypatch.setattr(evaluate_module, "load_model", fake_load_model)
+    monkeypatch.setattr(evaluate_module, "load_for_inference", fake_load_model)
 
     def use(model):
         chosen["model"] = model
