@@ -37,18 +37,22 @@ lint: install-dev
 # (marked slow, scheduled first) run on one worker while the others take the rest and steal
 # from its queue; a module split between workers builds its module fixtures in each (measured:
 # 333 s against 454 s keeping modules whole). test-fast leaves out the tests marked slow.
-# TVM's runtime, once loaded, does not survive the fork of a DataLoader worker in the same
-# process (a test worker aborted in CI): its tests run in a pytest process of their own.
-PYTEST := $(BIN)/python -m pytest -q -n auto --dist worksteal --ignore=tests/test_tvm.py
-PYTEST_TVM := $(BIN)/python -m pytest -q tests/test_tvm.py
+# TVM's and OpenVINO's runtimes, once loaded, do not survive a later fork in the same process
+# (DataLoader workers, subprocesses: test workers aborted in CI): the tests that load them run
+# in pytest processes of their own, one per runtime, after the rest.
+ISOLATED := tests/test_tvm.py tests/test_openvino.py tests/test_precision.py
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist worksteal $(ISOLATED:%=--ignore=%)
+PYTEST_ISOLATED := $(BIN)/python -m pytest -q
 
 test: install-dev lint
 	$(PYTEST) --durations=15
-	$(PYTEST_TVM)
+	$(PYTEST_ISOLATED) tests/test_tvm.py
+	$(PYTEST_ISOLATED) tests/test_openvino.py tests/test_precision.py
 
 test-fast: install-dev
 	$(PYTEST) -m "not slow"
-	$(PYTEST_TVM)
+	$(PYTEST_ISOLATED) tests/test_tvm.py
+	$(PYTEST_ISOLATED) tests/test_openvino.py tests/test_precision.py
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_shift.py
