@@ -28,6 +28,23 @@ def _as_numpy(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def checked_frames(
+    frame, size: int, channels: int, error: type[Exception] = ValueError
+) -> tuple[np.ndarray, bool]:
+    """``(frames (N, C, S, S) float32, whether one frame (C, S, S) was given)``: what an online
+    runner's ``step`` takes, checked against the exported size."""
+    frames = _as_numpy(frame)
+    single = frames.ndim == 3
+    if single:
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[1:] != (channels, size, size):
+        raise error(
+            f"expected a frame ({channels}, {size}, {size}) or frames (N, {channels}, {size}, "
+            f"{size}) (the exported size), got {tuple(np.shape(frame))}"
+        )
+    return frames, single
+
+
 class _OnnxModel:
     mode = ""
 
@@ -117,16 +134,7 @@ class OnnxOnlineRecognizer(_OnnxModel):
         self._batch = None
 
     def step(self, frame) -> torch.Tensor:
-        frames = _as_numpy(frame)
-        single = frames.ndim == 3
-        if single:
-            frames = frames[None]
-        size, c = self.meta["input_size"], self.in_chans
-        if frames.ndim != 4 or frames.shape[1:] != (c, size, size):
-            raise ValueError(
-                f"expected a frame ({c}, {size}, {size}) or frames (N, {c}, {size}, {size}) "
-                f"(the exported size), got {tuple(np.shape(frame))}"
-            )
+        frames, single = checked_frames(frame, self.meta["input_size"], self.in_chans)
         n = frames.shape[0]
         if n == 0:  # no stream: nothing to compute, the caches stay as they are
             return torch.zeros(0, self.num_classes)

@@ -24,7 +24,7 @@ from torch import nn
 
 from timeshift.errors import TimeshiftError
 from timeshift.export.exporter import read_export_meta
-from timeshift.export.onnx_models import _as_numpy
+from timeshift.export.onnx_models import _as_numpy, checked_frames
 
 __all__ = [
     "PRECISIONS",
@@ -246,16 +246,8 @@ class OpenVinoOnlineRecognizer(_OpenVinoModel):
         self._batch = None
 
     def step(self, frame) -> torch.Tensor:
-        frames = _as_numpy(frame)
-        single = frames.ndim == 3
-        if single:
-            frames = frames[None]
-        size, c = self.meta["input_size"], self.in_chans
-        if frames.ndim != 4 or frames.shape[1:] != (c, size, size):
-            raise OpenVinoError(
-                f"expected a frame ({c}, {size}, {size}) or frames (N, {c}, {size}, {size}) "
-                f"(the exported size), got {tuple(np.shape(frame))}"
-            )
+        size = self.meta["input_size"]
+        frames, single = checked_frames(frame, size, self.in_chans, OpenVinoError)
         n = frames.shape[0]
         if n == 0:  # no stream: nothing to compute, the caches stay as they are
             return torch.zeros(0, self.num_classes)
