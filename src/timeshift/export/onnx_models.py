@@ -45,6 +45,22 @@ def checked_frames(
     return frames, single
 
 
+class OnlineCaches:
+    """The cache sizes of an online runner (``cache``, ``cache_shapes``), as
+    :class:`timeshift.OnlineRecognizer` reports them."""
+
+    @property
+    def cache_floats(self) -> int:
+        """Floats held per stream (0 before the first frame)."""
+        if not self.cache:
+            return 0
+        return sum(int(np.prod(s)) for s in self.cache_shapes)
+
+    @property
+    def cache_bytes(self) -> int:
+        return self.cache_floats * 4
+
+
 class _OnnxModel:
     mode = ""
 
@@ -112,7 +128,7 @@ class OnnxRecognizer(_OnnxModel):
         return torch.from_numpy(logits)
 
 
-class OnnxOnlineRecognizer(_OnnxModel):
+class OnnxOnlineRecognizer(OnlineCaches, _OnnxModel):
     """An online export run frame by frame: the same ``step``/``reset`` API and cache sizes as
     :class:`timeshift.OnlineRecognizer`.
 
@@ -183,14 +199,3 @@ class OnnxOnlineRecognizer(_OnnxModel):
         self._buffers = [buffers(), buffers()]
         self._binding = self.session.io_binding()
         self._batch = n
-
-    @property
-    def cache_floats(self) -> int:
-        """Floats held per stream (0 before the first frame)."""
-        if not self.cache:
-            return 0
-        return sum(int(np.prod(s)) for s in self.cache_shapes)
-
-    @property
-    def cache_bytes(self) -> int:
-        return self.cache_floats * 4

@@ -24,7 +24,7 @@ from torch import nn
 
 from timeshift.errors import TimeshiftError
 from timeshift.export.exporter import read_export_meta
-from timeshift.export.onnx_models import _as_numpy, checked_frames
+from timeshift.export.onnx_models import OnlineCaches, _as_numpy, checked_frames
 
 __all__ = [
     "PRECISIONS",
@@ -221,7 +221,7 @@ class _Slot:
             request.set_output_tensor(index, tensor)
 
 
-class OpenVinoOnlineRecognizer(_OpenVinoModel):
+class OpenVinoOnlineRecognizer(OnlineCaches, _OpenVinoModel):
     """An online export run by OpenVINO frame by frame: the ``step``/``reset`` API and cache
     sizes of :class:`~timeshift.export.OnnxOnlineRecognizer`.
 
@@ -292,17 +292,6 @@ class OpenVinoOnlineRecognizer(_OpenVinoModel):
         pairs = zip(requests, sets, sets[::-1], strict=True)
         self._slots = [_Slot(request, reads, writes) for request, reads, writes in pairs]
         self._batch = n
-
-    @property
-    def cache_floats(self) -> int:
-        """Floats held per stream (0 before the first frame)."""
-        if not self.cache:
-            return 0
-        return sum(int(np.prod(s)) for s in self.cache_shapes)
-
-    @property
-    def cache_bytes(self) -> int:
-        return self.cache_floats * 4
 
 
 class OpenVinoClips(nn.Module):
