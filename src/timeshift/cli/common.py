@@ -85,7 +85,11 @@ def calibration_arg(args: argparse.Namespace):
         return None
     if args.precision != "int8":
         raise ValueError("--calibration is for --precision int8")
-    return Calibration(args.calibration, clips=args.calibration_clips)
+    return Calibration(
+        args.calibration,
+        clips=args.calibration_clips,
+        progress=not getattr(args, "no_progress", False),
+    )
 
 
 def _add_runtime_args(p: argparse.ArgumentParser, *, backends: tuple[str, ...]) -> None:

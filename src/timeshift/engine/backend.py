@@ -220,6 +220,7 @@ class Calibration:
     root: str | None = None
     clips: int = 32
     heldout: int = 16
+    progress: bool = True  # calibration's progress bars (not part of what is calibrated on)
 
     def digest(self) -> str:
         """What the calibration is made of: the list's content, not only its name."""
@@ -259,6 +260,7 @@ def quantized_onnx(
             heldout_clips=calibration.heldout,
             online=online,
             size=size,
+            progress=calibration.progress,
             # any batch size at inference (test's --batch-size); online exports step 1 frame
             export_options=None if online else {"dynamic_batch": True},
         )
