@@ -8,6 +8,7 @@ import sys
 
 from timeshift.cli.common import ROOT_HELP, Parents, calibration_arg, json_dumps
 from timeshift.data.flow import FLOW_ALGORITHMS
+from timeshift.data.manifest import MANIFEST_FORMATS, OUTPUT_FORMATS
 
 __all__ = ["add_parser", "run_fuse", "run_predict", "run_test"]
 
@@ -71,9 +72,30 @@ def add_parser(sub, parents: Parents) -> None:
 
     p = sub.add_parser("predict", help="top-k classes of videos", parents=inference)
     p.add_argument("checkpoint")
-    p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR")
+    p.add_argument("inputs", nargs="*", metavar="VIDEO_OR_DIR")
     p.add_argument("--top-k", type=int, default=5)
     _add_protocol_args(p)
+    scale = p.add_argument_group(
+        "at scale",
+        "every video of a manifest into --output (part files per process, resumable, merged "
+        "into predictions.jsonl|parquet and summary.json); runs under torchrun as it is: "
+        "torchrun --nproc_per_node P -m timeshift predict CHECKPOINT --manifest M --output OUT",
+    )
+    scale.add_argument(
+        "--manifest",
+        help="list file, text file of paths or URLs, JSONL/CSV/Parquet with a 'path' column, "
+        "or folder",
+    )
+    scale.add_argument("--manifest-format", choices=("auto", *MANIFEST_FORMATS), default="auto")
+    scale.add_argument("--root", help="folder the manifest's relative paths are relative to")
+    scale.add_argument("--output-format", choices=OUTPUT_FORMATS, default="jsonl")
+    scale.add_argument(
+        "--features", action="store_true", help="add each video's embedding (runs PyTorch)"
+    )
+    scale.add_argument(
+        "--retry-errors", action="store_true", help="redo the videos whose rows are errors"
+    )
+    scale.add_argument("--flush-every", type=int, default=64, help="rows per flushed write (64)")
     two_stream = p.add_argument_group(
         "two-stream",
         "CHECKPOINT (RGB) with a flow checkpoint, the flow of each video computed on the fly; "
@@ -103,7 +125,9 @@ def add_parser(sub, parents: Parents) -> None:
     timeline.add_argument(
         "--stride", type=_seconds, help="time between window starts, e.g. 1s (default: 1s)"
     )
-    timeline.add_argument("--output", help="folder for the timeline files (default: .)")
+    timeline.add_argument(
+        "--output", help="folder for the timeline files (default: .), or the --manifest job's"
+    )
     timeline.add_argument("--fps", type=float, help="frame rate of frame folders")
     p.set_defaults(func=run_predict)
 
@@ -423,6 +447,13 @@ def _flow_settings(args: argparse.Namespace):
 def run_predict(args: argparse.Namespace) -> int:
     from timeshift.engine.predict import predict_videos
 
+    if args.manifest is not None:
+        return _run_manifest(args)
+    given = [f"--{n.replace('_', '-')}" for n in _SCALE_FLAGS if getattr(args, n)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: for --manifest only")
+    if not args.inputs:
+        raise ValueError("give videos or folders to predict, or --manifest")
     if args.timeline:
         return _run_timeline(args)
     given = [f"--{n}" for n in ("window", "stride", "output", "fps") if getattr(args, n)]
@@ -463,6 +494,66 @@ def run_predict(args: argparse.Namespace) -> int:
             for name, top in item.get("streams", {}).items():
                 print(f"  ({name} alone: {top[0]['score']:.3f}  {top[0]['label']})")
     return _status(results, "no input could be predicted")
+
+
+_SCALE_FLAGS = ("root", "features", "retry_errors")
+
+
+def _run_manifest(args: argparse.Namespace) -> int:
+    from timeshift.engine.scale import predict_manifest
+
+    if args.inputs:
+        raise ValueError("give videos or --manifest, not both")
+    if args.output is None:
+        raise ValueError("--manifest needs --output: the folder of the part files and results")
+    flags = [
+        f"--{n.replace('_', '-')}" for n in (*_TWO_STREAM_FLAGS, "timeline") if getattr(args, n)
+    ]
+    if flags:
+        raise ValueError(f"{', '.join(flags)}: not with --manifest (one model, top-k rows)")
+    summary = predict_manifest(
+        args.checkpoint,
+        args.manifest,
+        args.output,
+        output_format=args.output_format,
+        manifest_format=args.manifest_format,
+        root=args.root,
+        top_k=args.top_k,
+        features=args.features,
+        retry_errors=args.retry_errors,
+        flush_every=args.flush_every,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        backend=args.backend,
+        memory_format=args.format,
+        precision=args.precision,
+        calibration=calibration_arg(args),
+        clips=args.clips,
+        crops=args.crops,
+        full_res=args.full_res,
+        dense=args.dense,
+        twice=args.twice,
+        progress=not args.no_progress,
+    )
+    if "videos" not in summary:  # not rank 0: its own share's statistics
+        return 0
+    if args.json:
+        print(json_dumps(summary, indent=1))
+    else:
+        run = summary["this_run"]
+        print(
+            f"{summary['videos']} videos predicted, {summary['failed']} failed: "
+            f"{args.output}/{summary['predictions']}"
+        )
+        if run["videos_per_s"] is not None:
+            print(
+                f"this run: {run['videos']} videos in {run['seconds']:.1f} s "
+                f"({run['videos_per_s']:.2f} videos/s, {run['processes']} processes; decode "
+                f"{run['decode_seconds']:.1f} s, model {run['model_seconds']:.1f} s), "
+                f"{run['skipped_already_written']} already written"
+            )
+    return 0 if summary["videos"] or not summary["failed"] else 1
 
 
 _PROTOCOL_FLAGS = ("clips", "crops", "full_res", "dense", "twice")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -337,6 +338,13 @@ class VideoDataset(Dataset):
             # all clips in one call: the same crop (and flip, and label) for every view
             views, label = self.transform(views, label, rng)
         return (views[0] if views.shape[0] == 1 else views), label
+
+    def load_record(self, record: SampleRecord, rng: random.Random | None = None):
+        """:meth:`load` of a record that need not be one of :attr:`records` (a streamed input,
+        e.g. a manifest's): ``(views, label)``, decoded the same way; nothing is cached."""
+        single = copy.copy(self)
+        single.records, single._cache = [record], None
+        return single.load(0, rng or random.Random(self.seed))
 
     def __getitem__(self, index: int):
         rng = random.Random(sample_seed(self.seed, self.epoch, index))

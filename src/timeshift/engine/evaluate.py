@@ -219,6 +219,20 @@ def _model_scores(
 ):
     """Test-protocol scores of ``model`` on ``ann`` (``flow_settings``: a flow model's videos
     whose flow is computed on the fly; ``arrays``: records read from frames in memory)."""
+    options = options.for_checkpoint(meta)
+    dataset, model = scoring_setup(
+        model, meta, ann, options, device, flow_settings=flow_settings, arrays=arrays
+    )
+    loader = eval_loader(dataset, batch_size=options.batch_size, workers=options.workers)
+    return evaluate(model, loader, device=device, num_classes=model.num_classes, progress=progress)
+
+
+def scoring_setup(
+    model, meta, ann: Annotations, options: EvalOptions, device, flow_settings=None, arrays=None
+):
+    """``(dataset, runnable)`` of the test protocol: the dataset of ``ann`` decoding each video
+    into its views (clips x crops), and ``model`` prepared to score them as ``options`` say
+    (backend, precision, online streaming; mirrored views unmirrored through the flip map)."""
     from timeshift.engine.loaders import UnmirroredViews, direction_protocol
 
     options = options.for_checkpoint(meta)
@@ -246,7 +260,6 @@ def _model_scores(
         flow_settings=flow_settings,
         arrays=arrays,
     )
-    loader = eval_loader(dataset, batch_size=options.batch_size, workers=options.workers)
     if options.online:
         from timeshift.online import StreamedClips
 
@@ -269,7 +282,7 @@ def _model_scores(
     if flip_map is not None:
         _logger.info("direction-sensitive classes: mirrored views scored through the flip map")
         model = UnmirroredViews(model, mirrored=mirrored, flip_map=flip_map)
-    return evaluate(model, loader, device=device, num_classes=model.num_classes, progress=progress)
+    return dataset, model
 
 
 def _check_fusion(mode: str, weights: Sequence[float] | None, count: int) -> None:
