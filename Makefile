@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) --quiet torch==2.13.0
-	$(PIP) --quiet -e ".[dev,video,export,openvino,tvm]"
+	$(PIP) --quiet -e ".[dev,video,export,openvino,tvm,ray]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,7 +40,8 @@ lint: install-dev
 # TVM's and OpenVINO's runtimes, once loaded, do not survive a later fork in the same process
 # (DataLoader workers, subprocesses: test workers aborted in CI): the tests that load them run
 # in pytest processes of their own, one per runtime, after the rest.
-ISOLATED := tests/test_tvm.py tests/test_openvino.py tests/test_precision.py
+# Ray starts its own processes (raylet, workers): its test also runs alone.
+ISOLATED := tests/test_tvm.py tests/test_openvino.py tests/test_precision.py tests/test_ray.py
 PYTEST := $(BIN)/python -m pytest -q -n auto --dist worksteal $(ISOLATED:%=--ignore=%)
 PYTEST_ISOLATED := $(BIN)/python -m pytest -q
 
@@ -48,11 +49,13 @@ test: install-dev lint
 	$(PYTEST) --durations=15
 	$(PYTEST_ISOLATED) tests/test_tvm.py
 	$(PYTEST_ISOLATED) tests/test_openvino.py tests/test_precision.py
+	$(PYTEST_ISOLATED) tests/test_ray.py
 
 test-fast: install-dev
 	$(PYTEST) -m "not slow"
 	$(PYTEST_ISOLATED) tests/test_tvm.py
 	$(PYTEST_ISOLATED) tests/test_openvino.py tests/test_precision.py
+	$(PYTEST_ISOLATED) tests/test_ray.py
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_shift.py

@@ -506,11 +506,14 @@ def _run_manifest(args: argparse.Namespace) -> int:
         raise ValueError("give videos or --manifest, not both")
     if args.output is None:
         raise ValueError("--manifest needs --output: the folder of the part files and results")
-    flags = [
-        f"--{n.replace('_', '-')}" for n in (*_TWO_STREAM_FLAGS, "timeline") if getattr(args, n)
-    ]
+    flags = [f"--{n.replace('_', '-')}" for n in _TWO_STREAM_FLAGS if getattr(args, n)]
     if flags:
         raise ValueError(f"{', '.join(flags)}: not with --manifest (one model, top-k rows)")
+    timeline = None
+    if args.timeline:  # each row gets the video's labelled segments
+        timeline = {k: getattr(args, k) for k in ("window", "stride", "fps") if getattr(args, k)}
+    elif args.window or args.stride or args.fps:
+        raise ValueError("--window, --stride, --fps: for --timeline only (add --timeline)")
     summary = predict_manifest(
         args.checkpoint,
         args.manifest,
@@ -535,6 +538,7 @@ def _run_manifest(args: argparse.Namespace) -> int:
         dense=args.dense,
         twice=args.twice,
         progress=not args.no_progress,
+        timeline=timeline,
     )
     if "videos" not in summary:  # not rank 0: its own share's statistics
         return 0

@@ -242,11 +242,20 @@ def _parquet_schema():
 
     if _SCHEMA is None:
         top = pa.struct([("label", pa.string()), ("index", pa.int64()), ("score", pa.float64())])
+        segment = pa.struct(
+            [
+                ("label", pa.string()),
+                ("score", pa.float64()),
+                ("start", pa.float64()),
+                ("end", pa.float64()),
+            ]
+        )
         _SCHEMA = pa.schema(
             [
                 ("path", pa.string()),
                 ("top_k", pa.list_(top)),
                 ("features", pa.list_(pa.float32())),
+                ("timeline", pa.list_(segment)),
                 ("error", pa.string()),
             ]
         )
@@ -290,6 +299,7 @@ class Decoded:
     views: torch.Tensor | None = None
     error: str | None = None
     decode_seconds: float = 0.0
+    location: str | None = None  # what was read (a URL as given), for the timeline
 
 
 class _PendingVideos(IterableDataset):
@@ -399,7 +409,9 @@ class VideoScorer:
     :meth:`rows` scores a batch of them into ``{"path", "top_k"[, "features"]}`` rows, or
     ``{"path", "error"}`` for a video that could not be read. The other arguments are
     :func:`~timeshift.engine.predict.predict_videos`'s; ``features`` adds the clip embedding
-    (the pooled features the classifier reads; runs PyTorch).
+    (the pooled features the classifier reads; runs PyTorch); ``timeline`` (``{"window",
+    "stride", "fps"}``, any of them) adds each video's labelled segments
+    (:func:`~timeshift.engine.timeline.video_timeline`, one more sequential decode of it).
     """
 
     def __init__(
@@ -420,6 +432,7 @@ class VideoScorer:
         twice: bool = False,
         batch_size: int = 4,
         workers: int = 0,
+        timeline: dict | None = None,
     ) -> None:
         from timeshift.engine.evaluate import EvalOptions, scoring_setup
         from timeshift.engine.predict import _streams
@@ -434,6 +447,15 @@ class VideoScorer:
         model, self.meta = stream.model, stream.meta
         self.classes = list(self.meta["classes"])
         self.top_k, self.features = top_k, features
+        # timelines run the plain model over each whole video (video_timeline's options)
+        self.timeline = dict(timeline) if timeline is not None else None
+        self._model = model
+        self._runtime = {
+            "backend": "eager" if features and backend == "auto" else backend,
+            "memory_format": memory_format,
+            "precision": precision,
+            "calibration": calibration,
+        }
         if features:
             model = _WithFeatures(model)
             backend = "eager" if backend == "auto" else backend
@@ -465,7 +487,7 @@ class VideoScorer:
         start = time.perf_counter()
         local = None
         try:
-            location = path if location is None else location
+            location = source = path if location is None else location
             if location.startswith(("http://", "https://")):
                 local = _download(location, scratch or Path(tempfile.gettempdir()))
                 location = str(local)
@@ -477,7 +499,7 @@ class VideoScorer:
                     path, f"unsupported URL scheme {scheme!r} (http, https and file are read)"
                 )
             views, _ = self.dataset.load_record(SampleRecord(location, -1), random.Random(0))
-            return self._decoded(path, views, start)
+            return self._decoded(path, views, start, source)
         except Exception as exc:  # any failure of one video is its row, never the job's end
             return Decoded(path, None, str(exc) or type(exc).__name__, time.perf_counter() - start)
         finally:
@@ -496,10 +518,10 @@ class VideoScorer:
             return Decoded(path, None, str(exc) or type(exc).__name__, time.perf_counter() - start)
 
     @staticmethod
-    def _decoded(path: str, views: torch.Tensor, start: float) -> Decoded:
+    def _decoded(path: str, views: torch.Tensor, start: float, location=None) -> Decoded:
         if views.dim() == 4:  # one view: (T, C, H, W)
             views = views.unsqueeze(0)
-        return Decoded(path, views, None, time.perf_counter() - start)
+        return Decoded(path, views, None, time.perf_counter() - start, location)
 
     @torch.no_grad()
     def rows(self, batch: list[Decoded], stats: _Stats | None = None) -> list[dict]:
@@ -525,9 +547,35 @@ class VideoScorer:
                 stats.failed += 1
                 rows.append({"path": item.path, "error": item.error})
             else:
-                stats.done += 1
-                rows.append(self._row(item.path, next(scored)))
+                row = self._row(item.path, next(scored))
+                if self.timeline is not None:
+                    row = self._with_timeline(row, item)
+                stats.done += "error" not in row
+                stats.failed += "error" in row
+                rows.append(row)
         return rows
+
+    def _with_timeline(self, row: dict, item: Decoded) -> dict:
+        """``row`` with the video's labelled segments (``{"label", "score", "start", "end"}``,
+        seconds), or an error row when its timeline cannot be made."""
+        from timeshift.engine.timeline import video_timeline
+
+        if item.location is None:
+            return {"path": item.path, "error": "timeline: the video's file is not known"}
+        try:
+            timeline = video_timeline(
+                self._model,
+                item.location,
+                top_k=self.top_k,
+                device=str(self.device),
+                progress=False,
+                **self._runtime,
+                **self.timeline,
+            )
+        except Exception as exc:  # one video's failure is its row
+            return {"path": item.path, "error": f"timeline: {exc or type(exc).__name__}"}
+        keys = ("label", "score", "start", "end")
+        return row | {"timeline": [{k: s[k] for k in keys} for s in timeline.segments]}
 
     def _row(self, path: str, scores: torch.Tensor) -> dict:
         k = len(self.classes)
@@ -569,15 +617,20 @@ def predict_manifest(
     dense: bool | None = None,
     twice: bool = False,
     progress: bool = True,
+    timeline: dict | None = None,
     info: DistInfo | None = None,
     merge: bool = True,
+    run_id: str | None = None,
 ) -> dict:
     """Predict every video of ``manifest`` into ``output`` (see the module doc); returns the
     summary (on rank 0, after the merge) or this rank's statistics (other ranks).
 
     Under ``torchrun`` every process runs this with the same arguments (``info``: taken from
     torchrun's environment). ``merge=False`` leaves the part files unmerged (call
-    :func:`merge_parts` later); the other arguments are :class:`VideoScorer`'s.
+    :func:`merge_parts` later). ``run_id``: the id every rank of this run shares, for its
+    marker files (default: rank 0's, broadcast); given, ranks can also be run one after the
+    other in one process (rank 0 last: it waits for the others' end markers). The other
+    arguments are :class:`VideoScorer`'s.
     """
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
@@ -593,7 +646,7 @@ def predict_manifest(
     output = Path(output)
     parts = output / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    run = _run_id(info)
+    run = run_id or _run_id(info)
     scorer = VideoScorer(
         checkpoint,
         top_k=top_k,
@@ -610,6 +663,7 @@ def predict_manifest(
         twice=twice,
         batch_size=batch_size,
         workers=workers,
+        timeline=timeline,
     )
     done, written = _scan_parts(output, info.rank, info.world_size, retry_errors)
     stats = _Stats(info.rank, skipped=len(done))
@@ -639,7 +693,9 @@ def predict_manifest(
     ranks = board.wait_for_all()
     if not merge:
         return {"ranks": ranks}
-    return merge_parts(output, output_format=output_format, ranks=ranks, seconds=stats.seconds)
+    # the job's wall time: until the slowest rank ended
+    seconds = time.perf_counter() - started
+    return merge_parts(output, output_format=output_format, ranks=ranks, seconds=seconds)
 
 
 def _run_id(info: DistInfo) -> str:

@@ -1,0 +1,1 @@
+"""Adapters that run timeshift inside other engines (Ray Data)."""
