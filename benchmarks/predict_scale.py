@@ -6,13 +6,15 @@ splits), listed in one manifest. Models (random weights: speed does not depend o
 
 * ``demo``: the demo's TSM (narrow ResNet-18, 8 frames at 32 px), where decoding dominates;
 * ``r50``: TSM-ResNet50, 8 frames at 224 px (the frames upscaled), where the model dominates:
-  its videos/s per core is what the extrapolation in docs/scale.md starts from.
+  its videos/s per core is what the extrapolation in docs/scale.md starts from;
+* ``long``: the demo model on ``--long-videos`` 60-second 320x240 H.264 videos (25 fps), for
+  the decoding cost of videos longer than the synthetic clips (8 frames sought in each).
 
 Every run is a fresh CLI process (as a user runs it), the same total of DataLoader workers per
 machine (1 process x 2 workers, 2 processes x 1 worker, ``OMP_NUM_THREADS`` = cores / processes),
 and reads its figures from the job's own summary.json. Written: ``--out``/scale.{json,md,png}.
 
-    python benchmarks/predict_scale.py [--videos-per-class 8] [--r50-videos 24] [--out DIR]
+    python benchmarks/predict_scale.py [--videos-per-class 8] [--r50-videos 24] [--long-videos 16]
 """
 
 from __future__ import annotations
@@ -104,14 +106,31 @@ def _manifest(folder: Path, paths: dict, limit: int | None = None) -> Path:
     return target
 
 
+def _long_videos(folder: Path, count: int) -> Path:
+    from timeline_speed import synthetic_video  # benchmarks/timeline_speed.py
+
+    folder.mkdir(parents=True, exist_ok=True)
+    first = synthetic_video(folder / "0.mp4", seconds=60, fps=25, size=(240, 320))
+    for i in range(1, count):  # the same content: decoding costs the same
+        (folder / f"{i}.mp4").write_bytes(first.read_bytes())
+    manifest = folder / "manifest.txt"
+    manifest.write_text("".join(f"{i}.mp4\n" for i in range(count)))
+    return manifest
+
+
 def _table(rows: list[dict]) -> str:
-    head = "| model | processes | videos | videos/s | x 1 process | job s | decode s | model s |"
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    head = (
+        "| model | processes | videos | videos/s | x 1 process | job s | decode s | model s "
+        "| decode ms/video | model ms/video |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        n = max(r["videos"], 1)
         lines.append(
             f"| {r['model']} | {r['processes']} | {r['videos']} | {r['videos_per_s']:.2f} | "
             f"{r['speedup']:.2f} | {r['job_seconds']:.1f} | {r['decode_seconds']:.1f} | "
-            f"{r['model_seconds']:.1f} |"
+            f"{r['model_seconds']:.1f} | {1000 * r['decode_seconds'] / n:.1f} | "
+            f"{1000 * r['model_seconds'] / n:.1f} |"
         )
     return "\n".join(lines)
 
@@ -120,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos-per-class", type=int, default=8)
     parser.add_argument("--r50-videos", type=int, default=24)
+    parser.add_argument("--long-videos", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("docs/bench/scale"))
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -131,9 +151,10 @@ def main() -> None:
         )
         paths = make_synthetic(folder / "synthetic", spec, progress=False)
         classes = class_names()
-        for key, limit in (("demo", None), ("r50", args.r50_videos)):
-            checkpoint = _checkpoint(folder, key, classes)
-            manifest = _manifest(folder, paths, limit)
+        long_manifest = _long_videos(folder / "long", args.long_videos)
+        for key, limit in (("demo", None), ("r50", args.r50_videos), ("long", None)):
+            checkpoint = _checkpoint(folder, "demo" if key == "long" else key, classes)
+            manifest = long_manifest if key == "long" else _manifest(folder, paths, limit)
             # a first run exports (and caches) the ONNX graph: not part of the figures
             _run(checkpoint, manifest, folder / f"warm-{key}", processes=1, cores=cores)
             single = None

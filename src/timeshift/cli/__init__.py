@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -56,9 +57,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2 (``-v`` raises them, with the traceback); anything else is a bug and raises."""
     args = build_parser().parse_args(argv)
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    # under torchrun with several processes, each log line says which process wrote it
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = f"[rank {os.environ.get('RANK', '?')}] " if world > 1 else ""
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
+        format=f"{rank}%(levelname)s %(name)s: %(message)s",
     )
     try:
         return args.func(args)
