@@ -107,9 +107,9 @@ def test_the_documented_pipeline_gives_the_rows_of_predict(local_ray, videos, re
     results = dataset.map_batches(
         RayPredictor,
         fn_constructor_kwargs={"checkpoint": str(videos["checkpoint"]), **OPTIONS},
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=0.5,
-        batch_size=4,
+        compute=ray.data.ActorPoolStrategy(size=2),
+        num_cpus=0.5,  # two actors leave a CPU to the read and write tasks
+        batch_size=2,
         batch_format="pandas",
     )
     results.write_parquet(str(tmp_path / "out"))

@@ -53,7 +53,7 @@ from timeshift.data.decode import VideoDecodeError
 from timeshift.data.formats import Annotations, SampleRecord
 from timeshift.data.manifest import OUTPUT_FORMATS, Manifest, ManifestItem, path_key
 from timeshift.engine.backend import Calibration
-from timeshift.engine.distributed import DistInfo, init_distributed
+from timeshift.engine.distributed import DistInfo, cleanup, init_distributed
 from timeshift.errors import TimeshiftError
 
 __all__ = [
@@ -640,72 +640,107 @@ def predict_manifest(
         manifest = Manifest(Path(manifest), manifest_format, Path(root) if root else None)
     started = time.perf_counter()
     total = manifest.count()  # every line checked before any work
+    joined = info is None
     info = info or init_distributed(torch.device("cpu"))
     if device == "cuda" and info.world_size > 1:
         device = f"cuda:{info.local_rank}"
     output = Path(output)
     parts = output / "parts"
     parts.mkdir(parents=True, exist_ok=True)
-    run = run_id or _run_id(info)
-    scorer = VideoScorer(
-        checkpoint,
-        top_k=top_k,
-        features=features,
-        device=device,
-        backend=backend,
-        memory_format=memory_format,
-        precision=precision,
-        calibration=calibration,
-        clips=clips,
-        crops=crops,
-        full_res=full_res,
-        dense=dense,
-        twice=twice,
-        batch_size=batch_size,
-        workers=workers,
-        timeline=timeline,
-    )
-    done, written = _scan_parts(output, info.rank, info.world_size, retry_errors)
-    stats = _Stats(info.rank, skipped=len(done))
-    _logger.info(
-        "rank %d of %d: %d videos of its share already written; predicting the rest",
-        info.rank,
-        info.world_size,
-        len(done),
-    )
-    loader = DataLoader(
-        _PendingVideos(manifest, scorer, info, done),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_as_list,
-        prefetch_factor=2 if workers else None,
-    )
-    board = _ProgressBoard(parts / f"run-{run}", info, total, progress)
-    with PredictionWriter(parts, info.rank, format=output_format, flush_every=flush_every) as out:
-        board.start(written)
-        for batch in loader:
-            out.write(scorer.rows(batch, stats))
-            board.update(stats)
-    stats.seconds = time.perf_counter() - started
-    board.finish(stats)
-    if not info.is_main:
-        return _stats_dict(stats)
-    ranks = board.wait_for_all()
-    if not merge:
-        return {"ranks": ranks}
-    # the job's wall time: until the slowest rank ended
-    seconds = time.perf_counter() - started
-    return merge_parts(output, output_format=output_format, ranks=ranks, seconds=seconds)
+    job_lock, refused = _job_lock(parts, info)
+    try:
+        run = run_id or _run_id(info, refused)
+    finally:
+        if joined:  # the run id was the one collective: the ranks then end at their own pace
+            cleanup()
+    if refused is not None:  # ranks run one by one in this process (run_id given)
+        raise ScaleError(refused)
+    try:
+        scorer = VideoScorer(
+            checkpoint,
+            top_k=top_k,
+            features=features,
+            device=device,
+            backend=backend,
+            memory_format=memory_format,
+            precision=precision,
+            calibration=calibration,
+            clips=clips,
+            crops=crops,
+            full_res=full_res,
+            dense=dense,
+            twice=twice,
+            batch_size=batch_size,
+            workers=workers,
+            timeline=timeline,
+        )
+        done, written = _scan_parts(output, info.rank, info.world_size, retry_errors)
+        stats = _Stats(info.rank, skipped=len(done))
+        _logger.info(
+            "rank %d of %d: %d videos of its share already written; predicting the rest",
+            info.rank,
+            info.world_size,
+            len(done),
+        )
+        loader = DataLoader(
+            _PendingVideos(manifest, scorer, info, done),
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=_as_list,
+            prefetch_factor=2 if workers else None,
+        )
+        board = _ProgressBoard(parts / f"run-{run}", info, total, progress)
+        with PredictionWriter(
+            parts, info.rank, format=output_format, flush_every=flush_every
+        ) as out:
+            board.start(written)
+            for batch in loader:
+                out.write(scorer.rows(batch, stats))
+                board.update(stats)
+        stats.seconds = time.perf_counter() - started
+        board.finish(stats)
+        if not info.is_main:
+            return _stats_dict(stats)
+        ranks = board.wait_for_all()
+        if not merge:
+            return {"ranks": ranks}
+        # the job's wall time: until the slowest rank ended
+        seconds = time.perf_counter() - started
+        return merge_parts(output, output_format=output_format, ranks=ranks, seconds=seconds)
+    finally:
+        if job_lock is not None:
+            job_lock.close()
 
 
-def _run_id(info: DistInfo) -> str:
-    """An id of this run shared by all ranks (rank 0's, broadcast), for its marker files."""
-    token = [uuid.uuid4().hex[:12]]
+def _run_id(info: DistInfo, refused: str | None = None) -> str:
+    """An id of this run shared by all ranks (rank 0's, broadcast), for its marker files; or,
+    when rank 0 could not take the output folder (``refused``), that error on every rank."""
+    token = [uuid.uuid4().hex[:12] if refused is None else None, refused]
     if info.enabled:
         import torch.distributed as dist
 
         dist.broadcast_object_list(token, src=0)
+    if token[0] is None:
+        raise ScaleError(token[1])
     return token[0]
+
+
+def _job_lock(parts: Path, info: DistInfo):
+    """``(lock, None)``: rank 0 holds ``parts/.lock-job`` for the whole run (one job per
+    output folder, whatever its number of processes), or ``(None, why)`` when another job
+    holds it. Other ranks take nothing (``(None, None)``)."""
+    if not info.is_main:
+        return None, None
+    lock = open(parts / ".lock-job", "a")  # noqa: SIM115 (held open until the run ends)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None, (
+            f"{parts.parent}: another job is writing into this output folder; one job per "
+            "output folder at a time (wait for it, or give another --output)"
+        )
+    return lock, None
 
 
 def _stats_dict(stats: _Stats) -> dict:

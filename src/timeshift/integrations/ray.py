@@ -9,6 +9,7 @@ per actor from a checkpoint file or a registry name (it wraps
     top_k    list<struct<label, index, score>>    null for a video that failed
     error    string                               null when the video was scored
     features list<float>                          only with features=True
+    timeline list<struct<label, score, start, end>>  only with timeline={...}
 
 The batches it returns are Arrow tables with the schema of ``predict --output-format
 parquet``, so :meth:`~ray.data.Dataset.write_parquet` writes real nested columns. A row is read
@@ -20,7 +21,8 @@ from a ``frames`` column of decoded frames, ``(F, H, W, 3)`` uint8, such as
 Resources: a local ``ray.init()`` costs a few seconds, and on a 2-CPU machine an actor pool
 whose actors each ask for a whole CPU leaves no CPU for the read tasks that feed it, and the
 job stalls. :func:`actor_resources` (and so :func:`predict_dataset`) therefore asks for a fixed
-pool of actors with a fractional CPU each, leaving a CPU to the rest of the pipeline.
+pool of one actor per CPU, each with a fraction of a CPU, so that the pool leaves a CPU to the
+rest of the pipeline.
 
 Needs ``pip install 'timeshift[ray]'``; ``ray`` is imported when first used.
 """
@@ -90,7 +92,8 @@ class RayPredictor:
         **scorer_options: the other options of
             :class:`~timeshift.engine.scale.VideoScorer` (``device``, ``backend``,
             ``precision``, ``memory_format``, ``clips``, ``crops``, ``full_res``, ``dense``,
-            ``twice``, ``batch_size``).
+            ``twice``, ``batch_size``, ``timeline``: a ``timeline`` column, on path rows
+            only, as the scorer reads the video's file again).
 
     Example::
 
@@ -118,6 +121,7 @@ class RayPredictor:
         scorer_options.setdefault("workers", 0)
         self.scorer = VideoScorer(checkpoint, top_k=top_k, features=features, **scorer_options)
         self.features = features
+        self.timeline = getattr(self.scorer, "timeline", None) is not None
         _logger.info("RayPredictor ready: %s on %s", checkpoint, self.scorer.device)
 
     def __call__(self, batch: Any):
@@ -141,7 +145,8 @@ class RayPredictor:
                 self.scorer.decode(path, str(location) if location is not None else None)
                 for path, location in zip(paths, locations, strict=True)
             ]
-        return rows_to_table(self.scorer.rows(decoded), features=self.features)
+        rows = self.scorer.rows(decoded)
+        return rows_to_table(rows, features=self.features, timeline=self.timeline)
 
 
 def _columns(batch: Any) -> dict[str, Iterable]:
@@ -159,15 +164,17 @@ def _columns(batch: Any) -> dict[str, Iterable]:
     )
 
 
-def rows_to_table(rows: list[dict], *, features: bool = False):
+def rows_to_table(rows: list[dict], *, features: bool = False, timeline: bool = False):
     """``VideoScorer.rows`` as an Arrow table with ``predict --output-format parquet``'s
-    schema (``features`` dropped unless asked for); error rows have a null ``top_k``."""
+    schema, less the optional columns not asked for (``features``, ``timeline``: the same
+    columns in every batch); error rows have a null ``top_k``."""
     pa = _pyarrow()
     from timeshift.engine.scale import _parquet_schema
 
     schema = _parquet_schema()
-    if not features:
-        schema = schema.remove(schema.get_field_index("features"))
+    for name, wanted in (("features", features), ("timeline", timeline)):
+        if not wanted and name in schema.names:
+            schema = schema.remove(schema.get_field_index(name))
     data = {name: [row.get(name) for row in rows] for name in schema.names}
     return pa.Table.from_pydict(data, schema=schema)
 
@@ -203,30 +210,45 @@ def read_manifest(
     return ray.data.from_items(items, override_num_blocks=override_num_blocks)
 
 
-def actor_resources(*, actors: int | None = None, cpus: float | None = None) -> dict:
-    """``map_batches`` keyword arguments for a pool of :class:`RayPredictor` actors that
-    cannot starve the rest of the pipeline of CPUs.
+def actor_resources(
+    *, actors: int | None = None, cpus: float | None = None, num_gpus: float | None = None
+) -> dict:
+    """``map_batches`` keyword arguments for a fixed pool of :class:`RayPredictor` actors that
+    leaves a CPU to the read and write tasks of the pipeline.
+
+    Ray's ``num_cpus`` is a scheduling share, not a limit: an actor asking for a whole CPU
+    next to the read task that feeds it can leave that task unscheduled on a 2-CPU machine.
+    The defaults give every actor a fraction of a CPU (``OMP_NUM_THREADS`` is then 1 in the
+    actor) so that the pool takes the cluster's CPUs minus one.
 
     Args:
-        actors: a fixed pool size (default: half the cluster's CPUs, at least 1).
-        cpus: CPUs each actor asks for (default: a fraction chosen so that the pool takes
-            at most the cluster's CPUs minus one, 0.5 at most, 0.25 at least): what leaves
-            room for the read and write tasks on a 2-CPU machine, where actors of a whole
-            CPU each next to a read task stall the job.
+        actors: a fixed pool size (default: one per CPU of the cluster, or one per
+            ``num_gpus`` share of its GPUs).
+        cpus: CPUs each actor asks for (default: ``(CPUs - 1) / actors``, at most 1, at
+            least 0.1).
+        num_gpus: GPUs per actor (pass ``device="cuda"`` to the predictor too).
     """
     ray = _ray()
-    total = _cluster_cpus(ray)
-    actors = actors if actors is not None else max(1, int(total // 2))
+    resources = _cluster_resources(ray)
+    total = resources.get("CPU", 1.0)
+    if actors is None:
+        if num_gpus:
+            actors = max(1, int(resources.get("GPU", 0.0) / num_gpus))
+        else:
+            actors = max(1, int(total))
     if cpus is None:
-        spare = max(total - 1.0, 0.5)
-        cpus = min(0.5, max(0.25, spare / actors))
-    return {"compute": ray.data.ActorPoolStrategy(size=actors), "num_cpus": cpus}
+        cpus = round(min(1.0, max(0.1, (total - 1.0) / actors)), 2)
+    options = {"compute": ray.data.ActorPoolStrategy(size=actors), "num_cpus": cpus}
+    if num_gpus:
+        options["num_gpus"] = num_gpus
+    return options
 
 
-def _cluster_cpus(ray) -> float:
+def _cluster_resources(ray) -> dict[str, float]:
+    """The cluster's resources (this machine's CPUs before ``ray.init()``)."""
     if ray.is_initialized():
-        return float(ray.cluster_resources().get("CPU", 1.0))
-    return float(os.cpu_count() or 1)
+        return dict(ray.cluster_resources())
+    return {"CPU": float(os.cpu_count() or 1)}
 
 
 def predict_dataset(
@@ -247,13 +269,11 @@ def predict_dataset(
         dataset: the videos, e.g. :func:`read_manifest` or :func:`frames_to_clips`.
         checkpoint: a checkpoint file or registry name.
         batch_size: videos per call of an actor.
-        actors, cpus: the pool (see :func:`actor_resources`).
-        num_gpus: GPUs per actor (pass ``device="cuda"`` too).
+        actors, cpus, num_gpus: the pool (see :func:`actor_resources`); with ``num_gpus``
+            pass ``device="cuda"`` too.
         **predictor_options: :class:`RayPredictor`'s options.
     """
-    resources = actor_resources(actors=actors, cpus=cpus)
-    if num_gpus:
-        resources["num_gpus"] = num_gpus
+    resources = actor_resources(actors=actors, cpus=cpus, num_gpus=num_gpus)
     return dataset.map_batches(
         RayPredictor,
         fn_constructor_kwargs={"checkpoint": str(checkpoint), **predictor_options},
@@ -282,6 +302,6 @@ def frames_to_clips(dataset, *, path_column: str = "path"):
 
 def _stack_frames(group: dict[str, np.ndarray], *, path_column: str) -> dict[str, np.ndarray]:
     """One video's frame rows -> one row with its frames stacked in ``frame_index`` order."""
-    order = np.argsort(np.asarray(group["frame_index"]), kind="stable")
+    order = np.arange(len(group["frame_index"]))
     frames = np.stack([np.asarray(group["frame"][i]) for i in order])
     return {"path": np.asarray([str(group[path_column][0])]), "frames": frames[None]}
