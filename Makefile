@@ -18,7 +18,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 $(VENV)/.installed-dev: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) --quiet torch==2.13.0
-	$(PIP) --quiet -e ".[dev,video,export,openvino,tvm,ray]"
+	$(PIP) --quiet -e ".[dev,video,export,openvino,tvm,ray,web]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -14,7 +14,18 @@ import os
 import sys
 from collections.abc import Sequence
 
-from timeshift.cli import bench, compile, data, demo, evaluate, export, models, stream, train
+from timeshift.cli import (
+    bench,
+    compile,
+    data,
+    demo,
+    evaluate,
+    export,
+    models,
+    serve,
+    stream,
+    train,
+)
 from timeshift.cli.common import build_parents
 from timeshift.errors import TimeshiftError
 
@@ -29,6 +40,7 @@ COMMANDS = (
     export.add_parser,
     compile.add_parser,
     stream.add_parser,
+    serve.add_parser,
     models.add_models_parser,
     models.add_fetch_parser,
     bench.add_parser,
