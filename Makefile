@@ -40,8 +40,10 @@ lint: install-dev
 # TVM's and OpenVINO's runtimes, once loaded, do not survive a later fork in the same process
 # (DataLoader workers, subprocesses: test workers aborted in CI): the tests that load them run
 # in pytest processes of their own, one per runtime, after the rest.
-# Ray starts its own processes (raylet, workers): its test also runs alone.
-ISOLATED := tests/test_tvm.py tests/test_openvino.py tests/test_precision.py tests/test_ray.py
+# Ray starts its own processes (raylet, workers) and the browser tests a Chromium: they also run
+# alone.
+ISOLATED := tests/test_tvm.py tests/test_openvino.py tests/test_precision.py tests/test_ray.py \
+	tests/test_serve_browser.py
 PYTEST := $(BIN)/python -m pytest -q -n auto --dist worksteal $(ISOLATED:%=--ignore=%)
 PYTEST_ISOLATED := $(BIN)/python -m pytest -q
 
@@ -50,12 +52,14 @@ test: install-dev lint
 	$(PYTEST_ISOLATED) tests/test_tvm.py
 	$(PYTEST_ISOLATED) tests/test_openvino.py tests/test_precision.py
 	$(PYTEST_ISOLATED) tests/test_ray.py
+	$(PYTEST_ISOLATED) tests/test_serve_browser.py
 
 test-fast: install-dev
 	$(PYTEST) -m "not slow"
 	$(PYTEST_ISOLATED) tests/test_tvm.py
 	$(PYTEST_ISOLATED) tests/test_openvino.py tests/test_precision.py
 	$(PYTEST_ISOLATED) tests/test_ray.py
+	$(PYTEST_ISOLATED) tests/test_serve_browser.py
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_shift.py

@@ -416,7 +416,7 @@ class VideoScorer:
 
     def __init__(
         self,
-        checkpoint: str | os.PathLike,
+        checkpoint: str | os.PathLike | nn.Module,
         *,
         top_k: int = 5,
         features: bool = False,
@@ -443,7 +443,10 @@ class VideoScorer:
                 "exported graphs output logits only"
             )
         self.device = torch.device(device)
-        stream = _streams(checkpoint, None, self.device, None)[0]
+        if isinstance(checkpoint, nn.Module):  # a model already loaded (serve, notebooks)
+            stream = _loaded_stream(checkpoint.to(self.device).eval())
+        else:
+            stream = _streams(checkpoint, None, self.device, None)[0]
         model, self.meta = stream.model, stream.meta
         self.classes = list(self.meta["classes"])
         self.top_k, self.features = top_k, features
@@ -472,7 +475,7 @@ class VideoScorer:
             precision=precision,
             calibration=calibration,
         ).for_checkpoint(self.meta)
-        placeholder = Annotations([SampleRecord(str(checkpoint), -1)], self.classes)
+        placeholder = Annotations([SampleRecord(stream.checkpoint, -1)], self.classes)
         self.dataset, self.runnable = scoring_setup(
             model, self.meta, placeholder, self.options, self.device, stream.flow_settings
         )
@@ -579,17 +582,31 @@ class VideoScorer:
 
     def _row(self, path: str, scores: torch.Tensor) -> dict:
         k = len(self.classes)
-        values, indices = scores[:k].softmax(dim=0).topk(min(self.top_k, k))
-        row = {
-            "path": path,
-            "top_k": [
-                {"label": self.classes[c], "index": int(c), "score": float(v)}
-                for c, v in zip(indices.tolist(), values.tolist(), strict=True)
-            ],
-        }
+        row = {"path": path, "top_k": _top_k(scores[:k].softmax(dim=0), self.classes, self.top_k)}
         if self.features:
             row["features"] = [float(x) for x in scores[k:].tolist()]
         return row
+
+
+def _top_k(probabilities: torch.Tensor, classes: list[str], k: int) -> list[dict]:
+    """``[{"label", "index", "score"}, ...]``: the ``k`` most probable classes, best first."""
+    values, indices = probabilities.topk(min(k, len(classes)))
+    return [
+        {"label": classes[c], "index": int(c), "score": float(v)}
+        for c, v in zip(indices.tolist(), values.tolist(), strict=True)
+    ]
+
+
+def _loaded_stream(model: nn.Module):
+    from timeshift.engine.evaluate import _meta
+    from timeshift.engine.predict import _Stream, flow_settings_of
+    from timeshift.models.preprocessing import resolve_input_config
+
+    meta = _meta(model, type(model).__name__)
+    flow = None
+    if resolve_input_config(model, meta=meta).modality == "flow":
+        flow = flow_settings_of(meta)
+    return _Stream("", type(model).__name__, model, meta, flow)
 
 
 def predict_manifest(
