@@ -7,12 +7,14 @@ squares). Models (random weights: speed does not depend on them): ``demo``, the 
 TSM-ResNet-18 at 32 px, where decoding and the per-video overhead dominate; ``r50``,
 TSM-ResNet50 at 224 px, where the model dominates. Both routes use the same backend
 (``--backend``, eager by default: the onnxruntime backend would export once per actor).
-The Ray routes run on a local instance with all the machine's CPUs and the integration's
-default resources (:func:`timeshift.integrations.ray.actor_resources`), then with
-``--actors`` actors. The figures include each route's start-up (the actors' imports and
-model loading); "with init" adds ``ray.init()``.
+The Ray route runs on a local instance with all the machine's CPUs and the integration's
+default resources (:func:`timeshift.integrations.ray.actor_resources`; ``--actors`` to
+change the pool). Every route runs once uncounted (imports, Ray's worker pool), then on
+``--videos`` and on five times as many videos: the difference gives its marginal videos/s
+and its fixed cost (start-up: the actors' imports and model loading; ``ray.init()`` is
+reported apart).
 
-    python benchmarks/ray_overhead.py [--videos 24] [--model demo|r50] [--actors 2] [--json F]
+    python benchmarks/ray_overhead.py [--videos 24] [--model demo|r50] [--actors N] [--json F]
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ CLASSES = [f"class{k}" for k in range(10)]
 
 
 def write_videos(folder: Path, *, count: int, frames: int) -> Path:
-    """``count`` H.264 clips of a square moving over a tinted background; their manifest."""
+    """``count`` H.264 clips of a square moving over a tinted background; a manifest of them."""
     import av
 
     names = []
@@ -96,21 +98,42 @@ def run_ray(checkpoint: Path, manifest: Path, out: Path, *, backend: str, actors
     return pq.read_table(out).num_rows
 
 
+def rates(seconds: dict[int, float]) -> tuple[float, float]:
+    """``(fixed seconds, videos/s)`` of a route from its times on two manifest sizes: the
+    marginal rate, and what is left of the smaller run's time once its videos are paid for."""
+    (small, t_small), (large, t_large) = sorted(seconds.items())
+    if t_large <= t_small:  # a busy machine: no figure rather than a wrong one
+        return float("nan"), float("nan")
+    rate = (large - small) / (t_large - t_small)
+    return t_small - small / rate, rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--videos", type=int, default=24)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--model", choices=sorted(MODELS), default="demo")
     parser.add_argument("--backend", default="eager")
-    parser.add_argument("--actors", type=int, default=2, help="a second, larger Ray pool")
+    parser.add_argument("--actors", type=int, help="the Ray pool (default: the integration's)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    sizes = (args.videos, 5 * args.videos)
+    plain, ray_seconds = {}, {}
     with tempfile.TemporaryDirectory(prefix="ray-overhead-") as tmp:
         folder = Path(tmp)
-        manifest = write_videos(folder, count=args.videos, frames=args.frames)
+        manifest = write_videos(folder, count=sizes[1], frames=args.frames)
+        names = manifest.read_text().splitlines()
+        manifests = {}
+        for n in sizes:
+            manifests[n] = folder / f"manifest-{n}.txt"
+            manifests[n].write_text("\n".join(names[:n]) + "\n", encoding="utf-8")
         checkpoint = save_checkpoint(folder, args.model)
-        plain = run_plain(checkpoint, manifest, folder / "plain", backend=args.backend)
+        run_plain(checkpoint, manifests[sizes[0]], folder / "plain-warm", backend=args.backend)
+        for n in sizes:
+            plain[n] = run_plain(
+                checkpoint, manifests[n], folder / f"plain-{n}", backend=args.backend
+            )
 
         import ray
 
@@ -118,31 +141,50 @@ def main() -> None:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         init = time.perf_counter() - started
         ray.data.DataContext.get_current().enable_progress_bars = False
-        runs = []
-        for actors in (None, args.actors):
+        run_ray(
+            checkpoint,
+            manifests[sizes[0]],
+            folder / "ray-warm",
+            backend=args.backend,
+            actors=args.actors,
+        )
+        for n in sizes:
             started = time.perf_counter()
-            rows = run_ray(
-                checkpoint, manifest, folder / f"ray-{actors}", backend=args.backend, actors=actors
-            )
-            runs.append((actors, time.perf_counter() - started, rows))
+            out = folder / f"ray-{n}"
+            rows = run_ray(checkpoint, manifests[n], out, backend=args.backend, actors=args.actors)
+            ray_seconds[n] = time.perf_counter() - started
+            assert rows == n, f"the Ray route wrote {rows} rows for {n} videos"
         ray.shutdown()
 
-    n = args.videos
     print(
-        f"{n} videos, {args.frames} frames, model {args.model}, backend {args.backend}, "
+        f"model {args.model}, backend {args.backend}, {args.frames} frames a video, "
         f"{os.cpu_count()} CPUs; ray.init(): {init:.1f} s"
     )
-    print("| route | seconds | videos/s | x plain |")
-    print("|---|---|---|---|")
-    print(f"| predict_manifest, 1 process | {plain:.1f} | {n / plain:.2f} | 1.00 |")
-    figures = {"videos": n, "init_seconds": init, "plain_seconds": plain, "ray": []}
-    for actors, seconds, rows in runs:
-        label = "default pool" if actors is None else f"{actors} actors"
-        assert rows == n, f"the Ray route wrote {rows} rows for {n} videos"
-        for name, total in (("", seconds), (" + ray.init()", seconds + init)):
-            print(f"| Ray, {label}{name} | {total:.1f} | {n / total:.2f} | {plain / total:.2f} |")
-        figures["ray"].append({"actors": actors, "seconds": seconds})
+    print("| route | videos | seconds | videos/s | x plain |")
+    print("|---|---|---|---|---|")
+    for n in sizes:
+        for name, total in (
+            ("predict_manifest, 1 process", plain[n]),
+            ("Ray Data", ray_seconds[n]),
+            ("Ray Data + ray.init()", ray_seconds[n] + init),
+        ):
+            print(f"| {name} | {n} | {total:.1f} | {n / total:.2f} | {plain[n] / total:.2f} |")
+    fixed_plain, rate_plain = rates(plain)
+    fixed_ray, rate_ray = rates(ray_seconds)
+    print(
+        f"\nmarginal videos/s: plain {rate_plain:.2f}, Ray {rate_ray:.2f} "
+        f"(x {rate_ray / rate_plain:.2f}); fixed cost: plain {fixed_plain:.1f} s, "
+        f"Ray {fixed_ray:.1f} s + ray.init() {init:.1f} s"
+    )
     if args.json:
+        figures = {
+            "sizes": sizes,
+            "init_seconds": init,
+            "plain_seconds": plain,
+            "ray_seconds": ray_seconds,
+            "marginal_videos_per_s": {"plain": rate_plain, "ray": rate_ray},
+            "fixed_seconds": {"plain": fixed_plain, "ray": fixed_ray},
+        }
         args.json.write_text(json.dumps(figures, indent=1) + "\n", encoding="utf-8")
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "VideoScorer",
     "finished_keys",
     "merge_parts",
+    "parquet_schema",
     "predict_manifest",
     "read_parts",
 ]
@@ -236,7 +237,9 @@ def _cut_torn_line(path: Path) -> None:
 _SCHEMA = None
 
 
-def _parquet_schema():
+def parquet_schema():
+    """The Arrow schema of result rows (part files, the merge, Ray's output): ``path``,
+    ``top_k`` (list of ``{label, index, score}``), ``features``, ``timeline``, ``error``."""
     global _SCHEMA
     import pyarrow as pa
 
@@ -277,7 +280,7 @@ def _write_parquet(target: Path, rows: list[dict]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _parquet_schema()
+    schema = parquet_schema()
     columns = {name: [row.get(name) for row in rows] for name in schema.names}
     table = pa.Table.from_pydict(columns, schema=schema)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -403,7 +406,7 @@ class VideoScorer:
     """A checkpoint (or registry name) with its test protocol: videos in, result rows out.
 
     The one scoring path of batch inference, shared by :func:`predict_manifest` (decoding in
-    DataLoader workers) and :class:`timeshift.ray.RayPredictor` (decoding in Ray actors):
+    DataLoader workers) and :class:`timeshift.integrations.ray.RayPredictor` (in Ray actors):
     :meth:`decode` reads a path or URL into its views (clips x crops, the checkpoint's own
     preprocessing), :meth:`decode_frames` does the same for frames already in memory, and
     :meth:`rows` scores a batch of them into ``{"path", "top_k"[, "features"]}`` rows, or
@@ -905,7 +908,7 @@ def _merge_parquet(tmp: Path, rows: Iterator[dict], chunk: int = 4096) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = _parquet_schema()
+    schema = parquet_schema()
     with pq.ParquetWriter(tmp, schema) as writer:
         buffer = []
         for row in rows:

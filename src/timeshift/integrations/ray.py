@@ -169,9 +169,9 @@ def rows_to_table(rows: list[dict], *, features: bool = False, timeline: bool = 
     schema, less the optional columns not asked for (``features``, ``timeline``: the same
     columns in every batch); error rows have a null ``top_k``."""
     pa = _pyarrow()
-    from timeshift.engine.scale import _parquet_schema
+    from timeshift.engine.scale import parquet_schema
 
-    schema = _parquet_schema()
+    schema = parquet_schema()
     for name, wanted in (("features", features), ("timeline", timeline)):
         if not wanted and name in schema.names:
             schema = schema.remove(schema.get_field_index(name))
@@ -290,9 +290,9 @@ def frames_to_clips(dataset, *, path_column: str = "path"):
 
     Memory: the grouping is a shuffle, and every video then travels whole and decoded through
     the object store (a minute of 224x224 video at 30 frames/s is about 270 MB, of 1080p
-    about 11 GB), where :class:`RayPredictor` on ``path`` rows reads only the frames the
-    test protocol samples. Prefer the path route for long or large videos; this one suits
-    short clips, or frames that another Ray step made.
+    about 11 GB), where :class:`RayPredictor` on ``path`` rows decodes each video inside
+    the actor and passes on only its result row. Prefer the path route for long or large
+    videos; this one suits short clips, or frames that another Ray step made.
     """
     _ray()
     return dataset.groupby(path_column).map_groups(
@@ -302,6 +302,6 @@ def frames_to_clips(dataset, *, path_column: str = "path"):
 
 def _stack_frames(group: dict[str, np.ndarray], *, path_column: str) -> dict[str, np.ndarray]:
     """One video's frame rows -> one row with its frames stacked in ``frame_index`` order."""
-    order = np.arange(len(group["frame_index"]))
+    order = np.argsort(np.asarray(group["frame_index"]), kind="stable")
     frames = np.stack([np.asarray(group["frame"][i]) for i in order])
     return {"path": np.asarray([str(group[path_column][0])]), "frames": frames[None]}
