@@ -814,6 +814,10 @@ class _ProgressBoard:
                 count += data["done"] + data["failed"]
         return count
 
+    def _advance(self) -> None:
+        """The bar to the global count (by update, so that tqdm's videos/s stays right)."""
+        self._bar.update(max(0, self._global() - self._bar.n))
+
     def update(self, stats: _Stats, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last < _PROGRESS_EVERY:
@@ -822,8 +826,7 @@ class _ProgressBoard:
         counts = {"done": stats.done, "failed": stats.failed}
         self._write(f"progress-{self.info.rank:05d}.json", counts)
         if self._bar is not None:
-            self._bar.n = self._global()
-            self._bar.refresh()
+            self._advance()
 
     def finish(self, stats: _Stats) -> None:
         self.update(stats, force=True)
@@ -835,11 +838,10 @@ class _ProgressBoard:
         names = [f"done-{r:05d}.json" for r in range(self.info.world_size)]
         while not all((self.folder / n).exists() for n in names):
             if self._bar is not None:
-                self._bar.n = self._global()
-                self._bar.refresh()
+                self._advance()
             time.sleep(0.5)
         if self._bar is not None:
-            self._bar.n = self._global()
+            self._advance()
             self._bar.close()
         ranks = [json.loads((self.folder / n).read_text(encoding="utf-8")) for n in names]
         # this run's markers, and those of runs killed before their end
