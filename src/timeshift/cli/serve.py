@@ -59,6 +59,18 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+def _allowed_hosts(host: str) -> tuple[str, ...] | None:
+    """The Host names the server answers: this machine's names and ``--host`` (a DNS name
+    rebound to 127.0.0.1 by a web page is refused); any name when listening on every
+    interface, whose names the server cannot know."""
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    return tuple(dict.fromkeys((*LOOPBACK_NAMES, host)))
+
+
 def run_serve(args: argparse.Namespace) -> int:
     from timeshift.serve import ServeOptions, create_app
 
@@ -68,6 +80,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ImportError(
             "timeshift serve needs the web extra: pip install 'timeshift[web]'"
         ) from None
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {args.port}")
     options = ServeOptions(
         backend=args.backend,
         memory_format=args.format,
@@ -81,6 +95,7 @@ def run_serve(args: argparse.Namespace) -> int:
         fps=args.fps,
         window=args.window,
         stride=args.stride,
+        allowed_hosts=_allowed_hosts(args.host),
     )
     if not _is_loopback(args.host):
         print(

@@ -78,6 +78,9 @@ class ServeOptions:
     max_frame_pixels: int = 1920 * 1080
     max_connections: int = 4
     max_predictions: int = 2
+    # the Host names requests may carry (None: any); `timeshift serve` gives the loopback names
+    # and --host, so that a web page cannot reach the server through a rebound DNS name
+    allowed_hosts: tuple[str, ...] | None = None
     fps: float | None = None
     window: float = 2.0
     stride: float = 1.0
@@ -89,6 +92,14 @@ class ServeOptions:
             if getattr(self, name) <= 0:
                 raise ServeError(
                     f"--{name.replace('_', '-')} must be > 0, got {getattr(self, name)}"
+                )
+        for name in ("window", "stride"):  # seconds; else every upload's timeline fails
+            if not getattr(self, name) > 0:
+                raise ServeError(f"--{name} must be > 0 seconds, got {getattr(self, name)}")
+        for name in ("top_k", "max_predictions", "smooth"):
+            if getattr(self, name) < 1:
+                raise ServeError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}"
                 )
         if self.fps is not None and not 0 < self.fps <= 60:
             raise ServeError(f"--fps must be in (0, 60], got {self.fps}")
@@ -355,7 +366,13 @@ def create_app(
         WebSocketRoute("/api/stream", state.stream),
         Mount("/static", app=StaticFiles(directory=str(STATIC)), name="static"),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(_SecurityHeaders)])
+    middleware = [Middleware(_SecurityHeaders)]
+    if served.options.allowed_hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        hosts = list(served.options.allowed_hosts)
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=hosts))
+    app = Starlette(routes=routes, middleware=middleware)
     app.state.served = served
     return app
 
@@ -409,6 +426,8 @@ class _State:
     async def predict(self, request):
         from starlette.responses import JSONResponse
 
+        if not _same_origin(request.headers):
+            return _error(403, "uploads are accepted from this server's own page only")
         limit = int(self.options.max_upload_mb * 2**20)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit + 64 * 1024:
@@ -441,6 +460,17 @@ class _State:
 
     # -- WebSocket -----------------------------------------------------------------------
     async def stream(self, websocket):
+        from starlette.websockets import WebSocketDisconnect
+
+        try:
+            await self._stream(websocket)
+        except WebSocketDisconnect:  # the client left while it was being answered: its business
+            _logger.debug("a stream client went away")
+
+    async def _stream(self, websocket):
+        if not _same_origin(websocket.headers):  # another site's page: refused (403)
+            await websocket.close(code=1008)
+            return
         await websocket.accept()
         async with self.lock:
             full = self.connections >= self.options.max_connections
@@ -506,6 +536,18 @@ class _State:
         )
 
 
+def _same_origin(headers) -> bool:
+    """Whether a request comes from this server's own page, or from a client that is not a
+    browser (no ``Origin``): a page of another site must not use the camera stream or post
+    uploads through the user's browser."""
+    from urllib.parse import urlsplit
+
+    origin = headers.get("origin")
+    if origin is None:
+        return True
+    return urlsplit(origin).netloc.lower() == headers.get("host", "").lower()
+
+
 def _ready(served: ServedModel) -> dict:
     return {"mode": "online" if served.online else "window", "fps": round(served.fps, 2)}
 
@@ -528,6 +570,9 @@ class _FrameTooLarge(ValueError):
     pass
 
 
+MAX_FRAME_ASPECT = 4  # cameras give 4:3 to 21:9, either way round
+
+
 def _decode_jpeg(data: bytes, max_pixels: int) -> np.ndarray:
     """A JPEG (or PNG) frame as ``(H, W, 3)`` uint8 RGB; its size checked from the header,
     before any pixel is decoded."""
@@ -540,9 +585,20 @@ def _decode_jpeg(data: bytes, max_pixels: int) -> np.ndarray:
                 raise _FrameTooLarge(
                     f"frame of {width}x{height} pixels over the limit of {max_pixels} pixels"
                 )
+            # the shorter side is resized to the model's scale: a thin frame would grow by
+            # its aspect ratio squared (1x20000 pixels -> gigabytes at a scale of 256)
+            if max(width, height) > MAX_FRAME_ASPECT * min(width, height):
+                raise ValueError(
+                    f"frame of {width}x{height} pixels: expected a camera frame (aspect ratio "
+                    f"at most {MAX_FRAME_ASPECT}:1)"
+                )
             if image.format not in ("JPEG", "PNG"):
                 raise ValueError(f"frames must be JPEG or PNG images, got {image.format}")
             return np.array(image.convert("RGB"))  # a writable copy
+    except Image.DecompressionBombError:  # a header claiming more than Pillow itself opens
+        raise _FrameTooLarge(
+            f"frame over the limit of {max_pixels} pixels (its header claims far more)"
+        ) from None
     except UnidentifiedImageError:
         raise ValueError(f"not a JPEG or PNG image ({len(data)} bytes)") from None
     except (OSError, SyntaxError) as exc:  # a truncated or damaged image
