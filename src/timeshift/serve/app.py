@@ -344,7 +344,7 @@ def create_app(
     model: str | os.PathLike | nn.Module | ServedModel, options: ServeOptions | None = None
 ):
     """The Starlette application serving ``model`` (a checkpoint, a registry name such as
-    ``tsm_mobilenet_v2.jester_online``, or a loaded model)."""
+    ``tsm_mobilenet_v2.jester_8f_online``, or a loaded model)."""
     try:
         from starlette.applications import Starlette
         from starlette.middleware import Middleware
