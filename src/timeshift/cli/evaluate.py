@@ -335,6 +335,27 @@ def _run_options(args: argparse.Namespace) -> dict:
     }
 
 
+def _predict_options(args: argparse.Namespace) -> dict:
+    """What ``predict`` (of videos or of a manifest) takes from the command line: the top-k,
+    the test protocol and how the model runs."""
+    return {
+        "top_k": args.top_k,
+        "clips": args.clips,
+        "crops": args.crops,
+        "full_res": args.full_res,
+        "dense": args.dense,
+        "twice": args.twice,
+        "precision": args.precision,
+        "calibration": calibration_arg(args),
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "device": args.device,
+        "backend": args.backend,
+        "memory_format": args.format,
+        "progress": not args.no_progress,
+    }
+
+
 def _eval_options(args: argparse.Namespace):
     from timeshift.engine.evaluate import EvalOptions
 
@@ -462,20 +483,7 @@ def run_predict(args: argparse.Namespace) -> int:
     results = predict_videos(
         args.checkpoint,
         args.inputs,
-        top_k=args.top_k,
-        clips=args.clips,
-        crops=args.crops,
-        full_res=args.full_res,
-        dense=args.dense,
-        twice=args.twice,
-        precision=args.precision,
-        calibration=calibration_arg(args),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        backend=args.backend,
-        memory_format=args.format,
-        progress=not args.no_progress,
+        **_predict_options(args),
         flow_checkpoint=args.flow,
         flow_settings=_flow_settings(args),
         fusion_weights=args.fusion_weights,
@@ -521,23 +529,10 @@ def _run_manifest(args: argparse.Namespace) -> int:
         output_format=args.output_format,
         manifest_format=args.manifest_format,
         root=args.root,
-        top_k=args.top_k,
         features=args.features,
         retry_errors=args.retry_errors,
         flush_every=args.flush_every,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        device=args.device,
-        backend=args.backend,
-        memory_format=args.format,
-        precision=args.precision,
-        calibration=calibration_arg(args),
-        clips=args.clips,
-        crops=args.crops,
-        full_res=args.full_res,
-        dense=args.dense,
-        twice=args.twice,
-        progress=not args.no_progress,
+        **_predict_options(args),
         timeline=timeline,
     )
     if "videos" not in summary:  # not rank 0: its own share's statistics

@@ -185,26 +185,18 @@ class ServedModel:
             std=self.inputs.std,
         )
         options = self.options
+        runtime = {
+            "backend": options.backend,
+            "memory_format": options.memory_format,
+            "device": options.device,
+            "size": self.inputs.input_size,
+            "precision": options.precision,
+            "calibration": options.calibration,
+        }
         if self.online:
-            recognizer, _ = online_recognizer(
-                self.model,
-                backend=options.backend,
-                memory_format=options.memory_format,
-                device=options.device,
-                size=self.inputs.input_size,
-                precision=options.precision,
-                calibration=options.calibration,
-            )
+            recognizer, _ = online_recognizer(self.model, **runtime)
         else:
-            runnable = inference_model(
-                self.model,
-                backend=options.backend,
-                memory_format=options.memory_format,
-                device=options.device,
-                size=self.inputs.input_size,
-                precision=options.precision,
-                calibration=options.calibration,
-            )
+            runnable = inference_model(self.model, **runtime)
             recognizer = WindowRecognizer(runnable, self.num_segments, self._window_frames())
         smoother = LabelSmoother(window=options.smooth, margin=options.margin)
         return LiveSession(self, recognizer, preprocess, smoother)
