@@ -351,6 +351,18 @@ def test_default_limit_refuses_a_tiny_file_of_huge_frames(tmp_path):
         assert reader.num_frames == 1
 
 
+def test_frames_far_thinner_than_a_video_frame_are_refused(tmp_path):
+    """A 16x336 video (21:1) is under the pixel limit but is no camera's frame: resizing its
+    shorter side to a model's input would multiply its size. 16:1 is still read."""
+    thin = write_test_video(tmp_path / "thin.mkv", np.zeros((2, 16, 336, 3), np.uint8))
+    for backend in ("pyav", "opencv"):
+        with pytest.raises(VideoDecodeError, match=r"16 ?x ?336|336x16|aspect ratio over 16:1"):
+            open_video(thin, backend=backend)
+    wide = write_test_video(tmp_path / "wide.mkv", np.zeros((2, 16, 256, 3), np.uint8))
+    with open_video(wide) as reader:
+        assert reader.get_frames([1]).shape == (1, 16, 256, 3)
+
+
 # -- timestamps ----------------------------------------------------------------------------------
 
 

@@ -37,6 +37,7 @@ from timeshift.errors import TimeshiftError
 __all__ = [
     "BACKENDS",
     "DEFAULT_MAX_FRAME_PIXELS",
+    "MAX_FRAME_ASPECT",
     "MAX_FRAME_PIXELS_ENV",
     "ArrayReader",
     "FrameFolderReader",
@@ -130,10 +131,25 @@ def max_frame_pixels(limit: int | None = None) -> int:
     return value
 
 
+# 32:9 "super ultrawide" is 3.6:1 and 360-degree video 2:1: a frame far thinner than this is
+# not a video frame, and resizing its shorter side to a model's input would multiply its size
+# (a 16x65536 frame is under the pixel limit, and gigabytes once its shorter side is 256)
+MAX_FRAME_ASPECT = 16
+
+
 def check_frame_size(path: str | os.PathLike, width: int, height: int, limit: int) -> None:
     """Raise :class:`VideoDecodeError` when ``width x height`` frames exceed ``limit`` pixels
-    (before any is decoded: a small file can ask for gigabytes)."""
+    (before any is decoded: a small file can ask for gigabytes), or are thinner than
+    :data:`MAX_FRAME_ASPECT` to 1."""
     pixels = int(width) * int(height)
+    short, long = sorted((int(width), int(height)))
+    if short > 0 and long > MAX_FRAME_ASPECT * short:
+        raise VideoDecodeError(
+            path,
+            f"{width}x{height} frames: an aspect ratio over {MAX_FRAME_ASPECT}:1 is not a video "
+            "frame (resized to a model's input, one frame would take "
+            f"{_human(3 * 256 * 256 * long // short)})",
+        )
     if pixels <= limit:
         return
     try:
