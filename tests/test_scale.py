@@ -455,3 +455,35 @@ def test_a_second_job_on_the_same_output_folder_fails_before_any_work(job, tmp_p
         assert not list(parts.glob("part-*"))  # nothing written
     summary = _predict(job, tmp_path / "out")  # released: the job runs
     assert summary["videos"] + summary["failed"] == len(job["paths"])
+
+
+def test_a_video_that_kills_its_decoding_worker_is_an_error_row(
+    job, reference, tmp_path, monkeypatch
+):
+    """A decoder that crashes its process (a segfault in FFmpeg, the OOM killer) on one video:
+    that video gets an error row, a new worker goes on with the rest, and a rerun does not try
+    it again (it would kill the job again)."""
+    import signal
+
+    from torch.utils.data import get_worker_info
+
+    from timeshift.engine.scale import VideoScorer
+
+    poison = job["paths"][2]
+    decode = VideoScorer.decode
+
+    def crashing(self, path, location=None, **kwargs):
+        if path == poison and get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return decode(self, path, location, **kwargs)
+
+    monkeypatch.setattr(VideoScorer, "decode", crashing)  # the forked workers inherit it
+    summary = _predict(job, tmp_path, workers=1)
+    rows = _by_path(_rows(tmp_path / "predictions.jsonl"))
+    assert sorted(rows) == sorted(job["paths"])
+    assert "decoding process died" in rows[poison]["error"]
+    others = {p: r for p, r in reference["rows"].items() if p != poison}
+    _assert_same_rows({p: rows[p] for p in others}, others)
+    assert summary["failed"] == len(job["bad"]) + 1
+    again = _predict(job, tmp_path, workers=1)  # skipped: written as an error
+    assert again["this_run"]["videos"] == 0

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -309,8 +310,16 @@ class _PendingVideos(IterableDataset):
     """This rank's share of the manifest minus the videos already written, each decoded into
     its test-protocol views; worker ``w`` of ``n`` takes every ``n``-th pending video."""
 
-    def __init__(self, manifest: Manifest, scorer: VideoScorer, info: DistInfo, done: np.ndarray):
+    def __init__(
+        self,
+        manifest: Manifest,
+        scorer: VideoScorer,
+        info: DistInfo,
+        done: np.ndarray,
+        journal: Path | None = None,
+    ):
         self.manifest, self.scorer, self.info, self.done = manifest, scorer, info, done
+        self.journal = journal  # where workers note the video they are decoding
 
     def pending(self) -> Iterator[ManifestItem]:
         for item in self.manifest:
@@ -325,10 +334,40 @@ class _PendingVideos(IterableDataset):
     def __iter__(self) -> Iterator[Decoded]:
         worker = get_worker_info()
         index, count = (worker.id, worker.num_workers) if worker is not None else (0, 1)
+        note = None
+        if worker is not None and self.journal is not None:
+            note = self.journal / f"decoding-{self.info.rank:05d}-{os.getpid()}.txt"
         with tempfile.TemporaryDirectory(prefix="timeshift-fetch-") as scratch:
             for n, item in enumerate(self.pending()):
-                if n % count == index:
-                    yield self.scorer.decode(item.path, item.location, scratch=Path(scratch))
+                if n % count != index:
+                    continue
+                if note is not None:  # a decoder that kills its process leaves its path here
+                    note.write_text(item.path, encoding="utf-8")
+                decoded = self.scorer.decode(item.path, item.location, scratch=Path(scratch))
+                if note is not None:
+                    note.write_text("", encoding="utf-8")
+                yield decoded
+
+
+_MAX_WORKER_DEATHS = 100  # per run and rank: beyond, something else is wrong
+
+
+def _dead_workers_videos(journal: Path, rank: int, error: Exception) -> list[str]:
+    """The videos the DataLoader workers named in ``error`` (they died: a crash in a decoder,
+    the kernel's OOM killer) were decoding, from their notes under ``journal``; the notes of
+    this rank's workers are then removed (a new loader starts new workers)."""
+    # torch says "DataLoader worker (pid 12) is killed by signal" or "(pid(s) 12, 13) exited"
+    found = re.search(r"pid(?:\(s\))? ([\d, ]+)\)", str(error))
+    pids = {int(p) for p in re.findall(r"\d+", found.group(1))} if found else set()
+    culprits = []
+    for note in journal.glob(f"decoding-{rank:05d}-*.txt"):
+        pid = int(note.stem.rsplit("-", 1)[1])
+        with contextlib.suppress(OSError):
+            path = note.read_text(encoding="utf-8")
+            if pid in pids and path:
+                culprits.append(path)
+        note.unlink(missing_ok=True)
+    return culprits
 
 
 def _download(url: str, scratch: Path, timeout: float = 60.0) -> Path:
@@ -702,21 +741,40 @@ def predict_manifest(
             info.world_size,
             len(done),
         )
-        loader = DataLoader(
-            _PendingVideos(manifest, scorer, info, done),
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=_as_list,
-            prefetch_factor=2 if workers else None,
-        )
         board = _ProgressBoard(parts / f"run-{run}", info, total, progress)
         with PredictionWriter(
             parts, info.rank, format=output_format, flush_every=flush_every
         ) as out:
             board.start(written)
-            for batch in loader:
-                out.write(scorer.rows(batch, stats))
-                board.update(stats)
+            deaths, poisoned = 0, set()
+            while True:
+                loader = DataLoader(
+                    _PendingVideos(manifest, scorer, info, done, journal=board.folder),
+                    batch_size=batch_size,
+                    num_workers=workers,
+                    collate_fn=_as_list,
+                    prefetch_factor=2 if workers else None,
+                )
+                try:
+                    for batch in loader:
+                        out.write(scorer.rows(batch, stats))
+                        board.update(stats)
+                    break
+                except RuntimeError as exc:  # a worker died: its video is an error row
+                    culprits = _dead_workers_videos(board.folder, info.rank, exc)
+                    deaths += 1
+                    if not culprits or deaths > _MAX_WORKER_DEATHS:
+                        raise
+                    _logger.warning("a decoding worker died on %s; going on", culprits)
+                    message = f"the decoding process died on this video ({exc})"
+                    out.write([{"path": path, "error": message} for path in culprits])
+                    out.flush()
+                    stats.failed += len(culprits)
+                    # the new loader's workers skip all this rank has written so far (and the
+                    # videos that killed a worker, even when error rows are retried)
+                    poisoned.update(path_key(path) for path in culprits)
+                    done, _ = _scan_parts(output, info.rank, info.world_size, retry_errors)
+                    done = np.union1d(done, np.array(sorted(poisoned), dtype=np.uint64))
         stats.seconds = time.perf_counter() - started
         board.finish(stats)
         if not info.is_main:
